@@ -1,0 +1,14 @@
+"""torchcarve: a graph compiler that makes trained neural networks smaller and faster."""
+from .api import Compiled, compile, load, save
+from .backends.torch import export_torch, to_torch
+from .errors import CaptureError, CarveError, ParseError, PipelineError, ShapeError, UnsupportedOpError, VerifyError
+from .frontends import capture
+from .ir import Graph, Node, ParamStore, TensorType, Value, parse, verify
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "CaptureError", "CarveError", "Compiled", "Graph", "Node", "ParamStore", "ParseError", "PipelineError",
+    "ShapeError", "TensorType", "UnsupportedOpError", "Value", "VerifyError", "capture", "compile", "export_torch",
+    "load", "parse", "save", "to_torch", "verify",
+]

@@ -1,0 +1,70 @@
+"""The public API: capture, text form, save/load, backends, compile."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from .backends.torch import export_torch, to_torch
+from .errors import FileFormatError
+from .fileio import atomic_directory
+from .frontends import capture
+from .ir import Graph, ParamStore, parse, verify
+
+GRAPH_FILE = "graph.ir"
+WEIGHTS_FILE = "weights.safetensors"
+
+
+def save(graph: Graph, path: str | Path) -> Path:
+    """Write `graph` to a directory: graph.ir (text form) + weights.safetensors (atomically)."""
+    path = Path(path)
+    with atomic_directory(path) as staging:
+        (staging / GRAPH_FILE).write_text(graph.to_text())
+        graph.params.save(staging / WEIGHTS_FILE)
+    return path
+
+
+def load(path: str | Path) -> Graph:
+    """Read a directory written by `save` (or a bare .ir file); verifies the result."""
+    path = Path(path)
+    if not path.exists():
+        raise FileFormatError(f"{path}: no such file or directory")
+    text_path = path / GRAPH_FILE if path.is_dir() else path
+    weights_path = path / WEIGHTS_FILE if path.is_dir() else path.with_name(WEIGHTS_FILE)
+    if not text_path.is_file():
+        raise FileFormatError(f"{path}: no {GRAPH_FILE} inside", hint="expected a directory written by tc.save")
+    try:
+        text = text_path.read_text()
+    except (OSError, UnicodeDecodeError) as e:
+        raise FileFormatError(f"{text_path}: cannot read IR text ({e})") from e
+    params = ParamStore.load(weights_path) if weights_path.is_file() else ParamStore()
+    graph = parse(text, params=params, verify=False)
+    verify(graph, check_params=True)
+    return graph
+
+
+@dataclass
+class Compiled:
+    """What `compile` returns: the graph, the PyTorch module running it, and the pass report."""
+
+    graph: Graph
+    module: torch.nn.Module
+    report: list[Any] = field(default_factory=list)
+
+    def to_torch_dir(self, path: str | Path) -> Path:
+        return export_torch(self.graph, path)
+
+
+def compile(model: torch.nn.Module, example_inputs: Any, pipeline: str = "", *, method: str = "auto",
+            dynamic_batch: bool = False, calibration: Any = None) -> Compiled:
+    """Capture `model`, run `pipeline` over it, and build the PyTorch module of the result."""
+    graph = capture(model, example_inputs, method=method, dynamic_batch=dynamic_batch)
+    report: list[Any] = []
+    if pipeline:
+        from .passes import optimize
+
+        result = optimize(graph, pipeline, calibration=calibration)
+        graph, report = result.graph, result.report
+    return Compiled(graph, to_torch(graph), report)

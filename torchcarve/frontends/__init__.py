@@ -1,0 +1,82 @@
+"""Frontends: PyTorch models (torch.export, torch.fx) into IR."""
+from __future__ import annotations
+
+import inspect
+from contextlib import contextmanager
+from typing import Any, Iterator
+
+import torch
+
+from ..errors import CaptureError
+from ..ir import Graph
+from .export import capture_export
+from .fx import capture_fx
+
+METHODS = {"export": capture_export, "fx": capture_fx}
+
+
+def capture(model: torch.nn.Module, example_inputs: Any, method: str = "auto", *,
+            dynamic_batch: bool = False, name: str | None = None) -> Graph:
+    """Capture `model` (in eval mode, restored afterwards) on `example_inputs` into IR.
+
+    method: "export" (torch.export), "fx" (torch.fx.symbolic_trace) or "auto" (export, then fx;
+    if both fail, one CaptureError gives both reasons). dynamic_batch makes dim 0 symbolic.
+    """
+    if not isinstance(model, torch.nn.Module):
+        raise CaptureError(f"expected a torch.nn.Module, got {type(model).__name__}")
+    inputs = (example_inputs,) if isinstance(example_inputs, torch.Tensor) else tuple(example_inputs)
+    if method not in (*METHODS, "auto"):
+        raise CaptureError(f"unknown capture method '{method}'", hint="use 'auto', 'export' or 'fx'")
+    graph_name = name or type(model).__name__
+    methods = list(METHODS) if method == "auto" else [method]
+    errors: list[str] = []
+    with _eval_mode(model):
+        for each in methods:
+            try:
+                return METHODS[each](TensorOutputs(model), inputs, dynamic_batch=dynamic_batch, name=graph_name,
+                                     input_names=_input_names(model, len(inputs)))
+            except CaptureError as e:
+                errors.append(f"{each}: {e}")
+    if len(errors) == 1:
+        raise CaptureError(errors[0])
+    raise CaptureError("could not capture the model; " + "; ".join(errors),
+                       hint="check that example_inputs run through the model in eval mode")
+
+
+def _input_names(model: torch.nn.Module, count: int) -> list[str]:
+    """The names of forward's first `count` positional parameters (x, input_ids, ...)."""
+    try:
+        parameters = list(inspect.signature(model.forward).parameters.values())
+    except (TypeError, ValueError):
+        return []
+    positional = [p.name for p in parameters if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
+    return positional[:count] if len(positional) >= count else []
+
+
+class TensorOutputs(torch.nn.Module):
+    """Wraps a model so it returns the tensor leaves of its output (HF ModelOutput, caches, ...).
+
+    Graph outputs are those leaves in pytree order; non-tensor leaves (a DynamicCache) are dropped.
+    Weight names stay the wrapped model's own (see PREFIX).
+    """
+
+    PREFIX = "model."
+
+    def __init__(self, model: torch.nn.Module) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, *inputs: Any) -> tuple:
+        leaves = torch.utils._pytree.tree_leaves(self.model(*inputs))
+        return tuple(leaf for leaf in leaves if isinstance(leaf, torch.Tensor))
+
+
+@contextmanager
+def _eval_mode(model: torch.nn.Module) -> Iterator[None]:
+    modes = {m: m.training for m in model.modules()}
+    model.eval()
+    try:
+        yield
+    finally:
+        for module, training in modes.items():
+            module.training = training

@@ -1,0 +1,152 @@
+"""aten-level torch.fx graph -> IR. Shared by the export and fx frontends (one converter)."""
+from __future__ import annotations
+
+import operator
+from dataclasses import dataclass
+from typing import Any, Sequence
+
+import torch
+import torch.fx
+
+from ..errors import CaptureError, CarveError
+from ..ir import Graph, TensorType, verify
+from ..ir.infer import InferenceUnavailable, infer_types
+from ..ir.ops import get_op, op_name
+from ..ir.types import dtype_name
+
+# list arguments that take -1 for "whatever the symbolic batch makes this"
+INFERABLE_SIZE_OPS = {"aten.view", "aten.reshape", "aten._unsafe_view", "aten.expand"}
+
+
+@dataclass(frozen=True)
+class ParamSource:
+    """A placeholder that reads a weight: its ParamStore name, tensor and whether it trains."""
+
+    name: str
+    tensor: torch.Tensor
+    trainable: bool
+
+    def __post_init__(self) -> None:  # names relative to the user's model, not the capture wrapper
+        object.__setattr__(self, "name", self.name.removeprefix("model."))
+
+
+class SymDim:
+    """A symbolic int flowing through the fx graph (sym_size and arithmetic on it)."""
+
+
+def convert(fx_graph: torch.fx.Graph, params: dict[str, ParamSource], name: str,
+            input_names: Sequence[str] = ()) -> Graph:
+    """Build an IR graph; placeholders not in `params` become graph inputs, in order, named
+    after `input_names` where given (the model's forward arguments)."""
+    graph = Graph(name)
+    env: dict[torch.fx.Node, Any] = {}
+    names = iter(input_names)
+    for node in fx_graph.nodes:
+        try:
+            if node.op == "placeholder" and node.name not in params:
+                env[node] = _graph_input(graph, node, next(names, node.name))
+                continue
+            env[node] = _convert_node(graph, node, env, params)
+        except CarveError:
+            raise
+        except Exception as e:
+            raise CaptureError(f"could not convert fx node '{node.name}' ({node.target}): {e}") from e
+    verify(graph)
+    return graph
+
+
+def _convert_node(graph: Graph, node: torch.fx.Node, env: dict, params: dict[str, ParamSource]) -> Any:
+    if node.op == "placeholder":
+        return _placeholder(graph, node, params)
+    if node.op == "output":
+        graph.set_outputs(_outputs(node.args[0], env))
+        return None
+    if node.op != "call_function":
+        raise CaptureError(f"fx node '{node.name}' is a {node.op}; only aten-level graphs are converted")
+    if node.target is operator.getitem:
+        return env[node.args[0]][node.args[1]]
+    if isinstance(node.target, torch._ops.OpOverload) and node.target.name() == "aten::sym_size.int":
+        return SymDim()
+    if node.target in (operator.mul, operator.add, operator.sub, operator.floordiv, operator.mod):
+        return SymDim()
+    if not isinstance(node.target, torch._ops.OpOverload):
+        raise CaptureError(f"fx node '{node.name}' calls {node.target}, which is not a torch op",
+                           hint="capture with method='export', which lowers python calls to aten ops")
+    if not node.target._schema.returns:
+        return None  # runtime assertions (aten._assert_tensor_metadata): nothing to compute
+    return _call(graph, node, env)
+
+
+def _placeholder(graph: Graph, node: torch.fx.Node, params: dict[str, ParamSource]) -> Any:
+    source = params[node.name]
+    if not node.users:
+        return None
+    return graph.add_param(source.name, source.tensor, trainable=source.trainable)
+
+
+def _graph_input(graph: Graph, node: torch.fx.Node, name: str) -> Any:
+    val = node.meta.get("val")
+    if not isinstance(val, torch.Tensor):
+        raise CaptureError(f"model input '{name}' is a {type(val).__name__}; only tensor inputs are supported")
+    return graph.add_input(name, _type_of_fake(val))
+
+
+def _type_of_fake(val: torch.Tensor) -> TensorType:
+    dims = [int(d) if isinstance(d, int) or str(d).isdigit() else "batch" for d in val.shape]
+    return TensorType(tuple(dims), dtype_name(val.dtype))
+
+
+def _outputs(result: Any, env: dict) -> list:
+    flat, _ = torch.utils._pytree.tree_flatten(result)
+    values = [env[item] for item in flat if isinstance(item, torch.fx.Node)]
+    return [v for v in values if not isinstance(v, SymDim) and v is not None]
+
+
+def _call(graph: Graph, node: torch.fx.Node, env: dict) -> Any:
+    name = op_name(node.target)
+    opdef = get_op(name)
+    signature = opdef.extra["signature"]
+    args = torch.fx.node.map_arg(node.args, lambda n: env[n])
+    kwargs = torch.fx.node.map_arg(node.kwargs, lambda n: env[n])
+    args, kwargs = _resolve_symbolic_sizes(name, args, kwargs, node)
+    inputs, attrs = signature.encode(args, kwargs, is_tensor=lambda v: hasattr(v, "producer"))
+    try:
+        types = infer_types(opdef, attrs, [v.type for v in inputs])
+    except InferenceUnavailable:
+        types = [_type_of_fake(v) for v in _flat_vals(node.meta.get("val"))]
+    ir_node = graph.add_node(name, inputs, attrs, output_types=types, names=[node.name] if len(types) == 1 else (),
+                             scope=_scope(node))
+    return ir_node.outputs[0] if _single_result(node.target) else list(ir_node.outputs)
+
+
+def _single_result(overload: torch._ops.OpOverload) -> bool:
+    returns = overload._schema.returns
+    return len(returns) == 1 and str(returns[0].type) == "Tensor"
+
+
+def _flat_vals(val: Any) -> list:
+    items = val if isinstance(val, (list, tuple)) else [val]
+    return [v for v in items if isinstance(v, torch.Tensor)]
+
+
+def _resolve_symbolic_sizes(name: str, args: tuple, kwargs: dict, node: torch.fx.Node) -> tuple[tuple, dict]:
+    """Size lists holding symbolic ints: -1 where the op can infer it, else a clear error."""
+    def fix(value: Any) -> Any:
+        if isinstance(value, SymDim):
+            raise CaptureError(f"'{node.name}' ({name}) takes a size computed from the dynamic batch",
+                               hint="capture without dynamic_batch=True")
+        if isinstance(value, (list, tuple)) and any(isinstance(v, SymDim) for v in value):
+            if name not in INFERABLE_SIZE_OPS or sum(isinstance(v, SymDim) for v in value) > 1:
+                raise CaptureError(f"'{node.name}' ({name}) takes a size computed from the dynamic batch",
+                                   hint="capture without dynamic_batch=True")
+            return [-1 if isinstance(v, SymDim) else v for v in value]
+        return value
+    return tuple(fix(a) for a in args), {k: fix(v) for k, v in kwargs.items()}
+
+
+def _scope(node: torch.fx.Node) -> str:
+    stack = node.meta.get("nn_module_stack") or {}
+    if not stack:
+        return ""
+    path = list(stack.values())[-1][0]
+    return path.removeprefix("model").removeprefix(".") if isinstance(path, str) else ""

@@ -1,0 +1,48 @@
+"""torch.export.export -> IR. The default path; handles HF transformers models."""
+from __future__ import annotations
+
+from typing import Any, Sequence
+
+import torch
+
+from ..errors import CaptureError
+from ..ir import Graph
+from .aten import ParamSource, convert
+
+
+def capture_export(model: torch.nn.Module, example_inputs: tuple, dynamic_batch: bool = False,
+                   name: str = "main", input_names: Sequence[str] = ()) -> Graph:
+    """Export `model` (non-strict) and convert the aten graph."""
+    dynamic_shapes = None
+    if dynamic_batch:
+        batch = torch.export.Dim("batch")
+        dynamic_shapes = tuple({0: batch} if isinstance(x, torch.Tensor) else None for x in example_inputs)
+    try:
+        program = torch.export.export(model, example_inputs, dynamic_shapes=dynamic_shapes, strict=False)
+    except Exception as e:
+        raise CaptureError(f"torch.export failed: {_first_line(e)}") from e
+    if any(node.op == "get_attr" for node in program.graph.nodes):
+        program = program.run_decompositions({})  # inlines autocast/no_grad regions, keeps conv2d/linear
+    return convert(program.graph, _param_sources(program), name, input_names)
+
+
+def _param_sources(program: Any) -> dict[str, ParamSource]:
+    from torch.export.graph_signature import InputKind
+
+    sources: dict[str, ParamSource] = {}
+    tensors = {**program.state_dict, **program.constants}
+    for spec in program.graph_signature.input_specs:
+        if spec.kind == InputKind.USER_INPUT:
+            continue
+        if spec.kind not in (InputKind.PARAMETER, InputKind.BUFFER, InputKind.CONSTANT_TENSOR):
+            raise CaptureError(f"exported input '{spec.arg.name}' is a {spec.kind.name}, which is not supported")
+        tensor = tensors[spec.target]
+        if not isinstance(tensor, torch.Tensor):
+            raise CaptureError(f"'{spec.target}' is a {type(tensor).__name__}, not a tensor")
+        sources[spec.arg.name] = ParamSource(spec.target, tensor.detach(), spec.kind == InputKind.PARAMETER)
+    return sources
+
+
+def _first_line(error: Exception) -> str:
+    text = str(error).strip()
+    return text.splitlines()[0] if text else type(error).__name__

@@ -1,0 +1,77 @@
+"""Shape inference: run an op's torch kernel on meta tensors.
+
+Symbolic dims are stood in for by distinct large primes, and output sizes are factored back
+into symbols, so `view`, `flatten`, `cat`, ... infer "batch*12"-style dims with no per-op code.
+"""
+from __future__ import annotations
+
+from typing import Any, Sequence
+
+import torch
+
+from ..errors import ShapeError
+from .ops import OpDef, get_op
+from .types import DTYPE_NAMES, Dim, TensorType
+
+SENTINELS = (10007, 10009, 10037, 10039, 10061, 10067, 10069, 10079, 10091, 10093)
+
+
+class InferenceUnavailable(ShapeError):
+    """The op's output shape depends on data (nonzero, ...) or has no meta kernel."""
+
+
+def infer_types(op: str | OpDef, attrs: dict[str, Any], input_types: Sequence[TensorType]) -> list[TensorType]:
+    """Output types of `op` applied to inputs of `input_types` with `attrs`."""
+    opdef = get_op(op) if isinstance(op, str) else op
+    if opdef.infer is not None:
+        return opdef.infer(attrs, list(input_types))
+    symbols = sorted({s for t in input_types for s in t.symbols})
+    if len(symbols) > len(SENTINELS):
+        raise ShapeError(f"{opdef.name}: more than {len(SENTINELS)} symbolic dims are not supported")
+    sentinel = dict(zip(symbols, SENTINELS))
+    meta_inputs = [_meta_tensor(t, sentinel) for t in input_types]
+    try:
+        with torch.device("meta"):
+            outputs = opdef.run(meta_inputs, attrs)
+    except (NotImplementedError, torch.fx.experimental.symbolic_shapes.GuardOnDataDependentSymNode) as e:
+        raise InferenceUnavailable(f"{opdef.name}: no shape inference on meta tensors ({e})") from e
+    except Exception as e:  # the kernel's own argument checks: report them as shape errors
+        message = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise ShapeError(f"{opdef.name}: {message}", hint=f"input types: {', '.join(map(str, input_types))}") from e
+    names = {v: k for k, v in sentinel.items()}
+    return [_type_of(out, names, opdef.name) for out in outputs]
+
+
+def _meta_tensor(t: TensorType, sentinel: dict[str, int]) -> torch.Tensor:
+    sizes = [_sentinel_dim(d, sentinel) for d in t.shape]
+    return torch.empty(sizes, dtype=t.torch_dtype, device="meta")
+
+
+def _sentinel_dim(dim: Dim, sentinel: dict[str, int]) -> int:
+    if isinstance(dim, int):
+        return dim
+    size = 1
+    for part in dim.split("*"):
+        size *= int(part) if part.isdigit() else sentinel[part]
+    return size
+
+
+def _type_of(out: Any, names: dict[int, str], op: str) -> TensorType:
+    if not isinstance(out, torch.Tensor):
+        raise InferenceUnavailable(f"{op} returns a {type(out).__name__}, not a tensor")
+    if out.dtype not in DTYPE_NAMES:
+        raise ShapeError(f"{op} returns dtype {out.dtype}, which the IR does not support")
+    return TensorType(tuple(_symbolic_dim(int(d), names) for d in out.shape), DTYPE_NAMES[out.dtype])
+
+
+def _symbolic_dim(size: int, names: dict[int, str]) -> Dim:
+    """Factor the sentinel primes out of `size`: 10007*24 -> "batch*24"."""
+    parts: list[str] = []
+    for prime, name in names.items():
+        while size and size % prime == 0:
+            parts.append(name)
+            size //= prime
+    if not parts:
+        return size
+    return "*".join(parts + ([str(size)] if size != 1 else []))
+

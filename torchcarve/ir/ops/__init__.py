@@ -1,0 +1,84 @@
+"""The op registry: one OpDef per op name, holding everything the compiler knows about it.
+
+Ops from any `torch.ops` namespace are described by their schema on demand (`aten.conv2d`,
+`aten.add.Scalar`, `mylib.custom`), so every captured op runs and infers shapes. An op is
+*known* when a table here gives it rules (cost, ...); unknown ops are barriers to passes.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from functools import lru_cache
+from typing import TYPE_CHECKING, Any, Callable, Sequence
+
+import torch
+
+from ...errors import UnsupportedOpError
+
+if TYPE_CHECKING:
+    from ..node import Node
+    from ..types import TensorType
+
+Args = tuple[list[Any], dict[str, Any]]
+
+
+@dataclass(frozen=True)
+class OpDef:
+    """What the compiler knows about one op.
+
+    fn:      the torch callable the PyTorch backend calls (an OpOverload or a plain function
+             whose source is self-contained, so generated code can carry it).
+    bind:    (inputs, attrs) -> (args, kwargs) for `fn`, with Values standing in for tensors.
+    attrs:   valid attribute names (None: not checked).
+    infer:   (attrs, input types) -> output types; None means "run fn on meta tensors".
+    macs:    (node, sizes) -> multiply-accumulates; None means 0.
+    known:   passes may reason about the op (False: a barrier they leave alone).
+    """
+
+    name: str
+    fn: Callable[..., Any]
+    bind: Callable[[Sequence[Any], dict[str, Any]], Args]
+    attrs: frozenset[str] | None = None
+    infer: Callable[[dict[str, Any], list["TensorType"]], list["TensorType"]] | None = None
+    macs: Callable[["Node", dict[str, int]], int] | None = None
+    known: bool = False
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def run(self, inputs: Sequence[Any], attrs: dict[str, Any]) -> list[Any]:
+        """Call the kernel with concrete inputs; always returns a list of outputs."""
+        args, kwargs = self.bind(inputs, attrs)
+        result = self.fn(*args, **kwargs)
+        return list(result) if isinstance(result, (tuple, list)) else [result]
+
+
+_EXPLICIT: dict[str, OpDef] = {}
+
+
+def register_op(opdef: OpDef) -> OpDef:
+    """Add an op that is not a torch.ops overload (e.g. `onnx.*`, `carve.*`)."""
+    _EXPLICIT[opdef.name] = opdef
+    get_op.cache_clear()
+    return opdef
+
+
+@lru_cache(maxsize=None)
+def get_op(name: str) -> OpDef:
+    """The OpDef for an op name; UnsupportedOpError if no registry or torch.ops namespace has it."""
+    if name in _EXPLICIT:
+        return _EXPLICIT[name]
+    from .aten import schema_opdef
+
+    opdef = schema_opdef(name)
+    if opdef is None:
+        raise UnsupportedOpError(f"unknown op '{name}'", hint="ops are torch.ops overloads (aten.conv2d) or registered ops")
+    return opdef
+
+
+def op_name(overload: torch._ops.OpOverload) -> str:
+    """IR name of a torch overload: `aten.add` for the default/Tensor overload, else `aten.add.Scalar`."""
+    from .aten import overload_op_name
+
+    return overload_op_name(overload)
+
+
+# importing registers the tables
+from . import core  # noqa: E402,F401

@@ -1,0 +1,231 @@
+"""torch.ops overloads as IR ops: signatures from the op schema, plus the table of known aten ops.
+
+Encoding (shared by capture, the kernel call and the code generator): tensor arguments are node
+inputs in schema order; every other argument is an attribute named after its schema argument,
+omitted when it equals the schema default. A list-of-tensors argument (`cat`'s `tensors`) takes
+all the inputs left over; when it holds Nones (`index`), an attribute masks where they go.
+"""
+from __future__ import annotations
+
+import math
+from functools import lru_cache
+from typing import Any, Callable, Sequence
+
+import torch
+
+from . import OpDef
+
+TENSOR_TYPES = {"Tensor", "Optional[Tensor]"}
+TENSOR_LIST_TYPES = {"List[Tensor]", "List[Optional[Tensor]]"}
+DROPPED_ARGS = {"device", "layout", "pin_memory", "memory_format"}  # placement, not math
+MISSING = object()
+
+
+def overload_op_name(overload: torch._ops.OpOverload) -> str:
+    """`aten::conv2d` default -> "aten.conv2d"; `aten::add.Tensor` -> "aten.add.Tensor"."""
+    namespace, name = overload._schema.name.split("::")
+    suffix = "" if overload._overloadname == "default" else f".{overload._overloadname}"
+    return f"{namespace}.{name}{suffix}"
+
+
+def resolve_overload(name: str) -> torch._ops.OpOverload | None:
+    """The torch overload an IR op name stands for, or None."""
+    parts = name.split(".")
+    if len(parts) not in (2, 3) or not all(p.isidentifier() for p in parts):
+        return None
+    namespace, op, overload = parts[0], parts[1], parts[2] if len(parts) == 3 else "default"
+    try:
+        packet = getattr(getattr(torch.ops, namespace), op)
+        return getattr(packet, overload)
+    except (AttributeError, RuntimeError):
+        return None
+
+
+def _kind(arg: Any) -> str:
+    type_name = str(arg.type)
+    if type_name in TENSOR_TYPES:
+        return "tensor"
+    if type_name in TENSOR_LIST_TYPES:
+        return "tensor-list"
+    return "attr"
+
+
+def _default(arg: Any) -> Any:
+    return arg.default_value if arg.has_default_value() else MISSING
+
+
+def _same(a: Any, b: Any) -> bool:
+    """Equality that tells 1 from True and 1.0 from 1 (schema defaults are typed)."""
+    if isinstance(a, (list, tuple)) and isinstance(b, (list, tuple)):
+        return len(a) == len(b) and all(_same(x, y) for x, y in zip(a, b))
+    return type(a) is type(b) and a == b
+
+
+def attr_value(value: Any) -> Any:
+    """Normalise an argument for storage as an attribute (tuples become lists)."""
+    if isinstance(value, (list, tuple)):
+        return [attr_value(v) for v in value]
+    return value
+
+
+class Signature:
+    """Encodes call arguments into (inputs, attrs) and binds them back, from a torch schema."""
+
+    def __init__(self, overload: torch._ops.OpOverload) -> None:
+        self.overload = overload
+        self.args = [a for a in overload._schema.arguments if a.name not in DROPPED_ARGS]
+        self.attr_names = frozenset(a.name for a in self.args)
+
+    def encode(self, args: Sequence[Any], kwargs: dict[str, Any], is_tensor: Callable[[Any], bool]) -> tuple[list[Any], dict[str, Any]]:
+        """Split a call's arguments into tensor inputs (in order) and attributes."""
+        schema_args = list(self.overload._schema.arguments)
+        values = [args[i] if i < len(args) else kwargs.get(a.name, MISSING) for i, a in enumerate(schema_args)]
+        inputs: list[Any] = []
+        attrs: dict[str, Any] = {}
+        for index, (arg, value) in enumerate(zip(schema_args, values)):
+            if value is MISSING or arg.name in DROPPED_ARGS:
+                continue
+            kind = _kind(arg)
+            if kind == "tensor-list":
+                inputs.extend(v for v in value if v is not None)
+                if any(v is None for v in value):
+                    attrs[arg.name] = [None if v is None else True for v in value]
+            elif kind == "tensor" and is_tensor(value):
+                inputs.append(value)
+            elif kind == "tensor" and value is None:
+                later = values[index + 1:]
+                needed = _default(arg) is MISSING or any(is_tensor(v) or isinstance(v, (list, tuple)) for v in later)
+                if needed:
+                    attrs[arg.name] = None
+            elif not _same(value, _default(arg)):
+                attrs[arg.name] = attr_value(value)
+        return inputs, attrs
+
+    def bind(self, inputs: Sequence[Any], attrs: dict[str, Any]) -> tuple[list[Any], dict[str, Any]]:
+        """Rebuild (args, kwargs) for the overload; inputs are placed by the encoding rules."""
+        args: list[Any] = []
+        kwargs: dict[str, Any] = {}
+        position = 0
+        for index, arg in enumerate(self.args):
+            kind = _kind(arg)
+            if arg.name in attrs and kind != "tensor-list":
+                value = attrs[arg.name]
+            elif kind == "tensor-list":
+                later = sum(1 for a in self.args[index + 1:] if _kind(a) == "tensor" and a.name not in attrs)
+                count = len(inputs) - position - later
+                value, position = self._take_list(inputs, position, count, attrs.get(arg.name))
+            elif kind == "tensor" and position < len(inputs):
+                value, position = inputs[position], position + 1
+            else:
+                continue  # omitted: the schema default applies
+            if arg.kwarg_only or kwargs or len(args) != index:
+                kwargs[arg.name] = value
+            else:
+                args.append(value)
+        return args, kwargs
+
+    @staticmethod
+    def _take_list(inputs: Sequence[Any], position: int, count: int, mask: list | None) -> tuple[list[Any], int]:
+        taken = list(inputs[position:position + count])
+        if mask is None:
+            return taken, position + count
+        it = iter(taken)
+        return [next(it) if m is not None else None for m in mask], position + count
+
+
+# ---- costs -------------------------------------------------------------------------------
+
+def _numel(value: Any, sizes: dict[str, int]) -> int:
+    return value.type.numel(sizes)
+
+
+def conv_macs(node: Any, sizes: dict[str, int]) -> int:
+    # out elements x (in channels per group x kernel area)
+    weight = node.inputs[1].type
+    return _numel(node.outputs[0], sizes) * math.prod(weight.shape[1:])
+
+
+def conv_transpose_macs(node: Any, sizes: dict[str, int]) -> int:
+    # every input element is scattered through out_channels/groups x kernel area
+    weight = node.inputs[1].type
+    return _numel(node.inputs[0], sizes) * math.prod(weight.shape[1:])
+
+
+def last_dim_macs(operand: int) -> Callable[[Any, dict[str, int]], int]:
+    """MACs = out elements x the contracted dim, read from input `operand`'s last axis."""
+    def macs(node: Any, sizes: dict[str, int]) -> int:
+        return _numel(node.outputs[0], sizes) * _dim(node.inputs[operand].type.shape[-1], sizes)
+    return macs
+
+
+def matmul_macs(node: Any, sizes: dict[str, int]) -> int:
+    # contracted dim: the second-to-last of the right operand (its only dim when 1-D)
+    rhs = node.inputs[1].type.shape
+    return _numel(node.outputs[0], sizes) * _dim(rhs[-2] if len(rhs) > 1 else rhs[0], sizes)
+
+
+def addmm_macs(node: Any, sizes: dict[str, int]) -> int:
+    return _numel(node.outputs[0], sizes) * _dim(node.inputs[1].type.shape[-1], sizes)
+
+
+def attention_macs(node: Any, sizes: dict[str, int]) -> int:
+    # QK^T and AV: 2 x (batch, heads, L, S, D)
+    keys = node.inputs[1].type.shape
+    return 2 * _numel(node.inputs[0], sizes) * _dim(keys[-2], sizes)
+
+
+def _dim(dim: Any, sizes: dict[str, int]) -> int:
+    from ..types import concrete_dim
+
+    return concrete_dim(dim, sizes)
+
+
+# ---- the table of known aten ops ---------------------------------------------------------
+# name -> rules. Every op named here is "known": passes may reason about it. Later issues add
+# columns (pruning dim rules, ONNX lowering) to the same table.
+KNOWN_ATEN: dict[str, dict[str, Any]] = {
+    "aten.conv1d": {"macs": conv_macs}, "aten.conv2d": {"macs": conv_macs}, "aten.conv3d": {"macs": conv_macs},
+    "aten.convolution": {"macs": conv_macs},
+    "aten.conv_transpose1d": {"macs": conv_transpose_macs},
+    "aten.conv_transpose2d.input": {"macs": conv_transpose_macs},
+    "aten.linear": {"macs": last_dim_macs(0)},
+    "aten.matmul": {"macs": matmul_macs}, "aten.bmm": {"macs": matmul_macs}, "aten.mm": {"macs": matmul_macs},
+    "aten.addmm": {"macs": addmm_macs}, "aten.baddbmm": {"macs": matmul_macs},
+    "aten.scaled_dot_product_attention": {"macs": attention_macs},
+    "aten.embedding": {},
+    **{f"aten.{op}": {} for op in (
+        "relu", "relu_", "gelu", "silu", "sigmoid", "tanh", "hardswish", "hardsigmoid", "hardtanh", "leaky_relu",
+        "elu", "mish", "softplus", "erf", "exp", "log", "sqrt", "rsqrt", "neg", "abs", "reciprocal", "sin", "cos",
+        "softmax.int", "log_softmax.int", "_softmax", "_log_softmax",
+        "batch_norm", "_native_batch_norm_legit_no_training", "layer_norm", "group_norm", "native_layer_norm",
+        "instance_norm", "rms_norm",
+        "max_pool1d", "max_pool2d", "avg_pool1d", "avg_pool2d", "adaptive_avg_pool1d", "adaptive_avg_pool2d",
+        "max_pool2d_with_indices", "adaptive_max_pool2d",
+        "flatten.using_ints", "view", "reshape", "_unsafe_view", "permute", "transpose.int", "t", "contiguous",
+        "clone", "unsqueeze", "squeeze", "squeeze.dim", "squeeze.dims", "expand", "expand_as", "repeat",
+        "cat", "stack", "split.Tensor", "split_with_sizes", "chunk", "unbind.int", "slice.Tensor", "select.int",
+        "index.Tensor", "narrow", "gather", "mean.dim", "mean", "sum.dim_IntList", "sum", "amax", "max.dim",
+        "dropout", "alias", "detach", "_to_copy", "to.dtype", "type_as", "masked_fill.Scalar", "where.self",
+        "pad", "constant_pad_nd", "upsample_nearest2d.vec", "upsample_bilinear2d.vec", "pixel_shuffle",
+        "channel_shuffle", "arange", "arange.start", "arange.start_step", "zeros", "ones", "full", "zeros_like",
+        "ones_like", "full_like", "cumsum", "tril", "triu", "clamp", "clamp_min", "clamp_max", "lift_fresh_copy",
+        "scalar_tensor",
+    )},
+    **{f"aten.{op}.{overload}": {} for op in ("add", "sub", "mul", "div", "pow", "rsub", "eq", "ne", "lt", "le",
+                                              "gt", "ge", "minimum", "maximum", "bitwise_and", "bitwise_or",
+                                              "bitwise_not", "logical_not", "floor_divide", "remainder")
+       for overload in ("Tensor", "Scalar", "Tensor_Scalar", "Tensor_Tensor")},
+}
+
+
+@lru_cache(maxsize=None)
+def schema_opdef(name: str) -> OpDef | None:
+    """Build the OpDef of a torch.ops overload from its schema and the KNOWN_ATEN rules."""
+    overload = resolve_overload(name)
+    if overload is None:
+        return None
+    signature = Signature(overload)
+    rules = KNOWN_ATEN.get(name)
+    return OpDef(name=name, fn=overload, bind=signature.bind, attrs=signature.attr_names,
+                 macs=(rules or {}).get("macs"), known=rules is not None,
+                 extra={"signature": signature})

@@ -1,0 +1,91 @@
+"""ParamStore: parameter name -> tensor, loaded lazily from safetensors; never pickled."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Iterator, MutableMapping
+
+import torch
+
+from ..errors import FileFormatError
+
+
+class ParamStore(MutableMapping[str, torch.Tensor]):
+    """Weights referenced by `param` nodes. Tensors are treated as immutable: replace, don't edit.
+
+    `trainable` names the entries that were nn.Parameters (the rest are buffers/constants).
+    """
+
+    def __init__(self, tensors: dict[str, torch.Tensor] | None = None, trainable: set[str] | None = None) -> None:
+        self._tensors: dict[str, torch.Tensor] = dict(tensors or {})
+        self._lazy: dict[str, Path] = {}
+        self.trainable: set[str] = set(trainable or ())
+
+    def __getitem__(self, name: str) -> torch.Tensor:
+        if name not in self._tensors and name in self._lazy:
+            self._tensors[name] = _read_tensor(self._lazy.pop(name), name)
+        return self._tensors[name]
+
+    def __setitem__(self, name: str, tensor: torch.Tensor) -> None:
+        self._lazy.pop(name, None)
+        self._tensors[name] = tensor.detach()
+
+    def __delitem__(self, name: str) -> None:
+        if name in self._lazy:
+            del self._lazy[name]
+        else:
+            del self._tensors[name]
+        self.trainable.discard(name)
+
+    def __iter__(self) -> Iterator[str]:
+        yield from self._tensors
+        yield from self._lazy
+
+    def __len__(self) -> int:
+        return len(self._tensors) + len(self._lazy)
+
+    def __contains__(self, name: object) -> bool:
+        return name in self._tensors or name in self._lazy
+
+    def copy(self) -> "ParamStore":
+        """A new store sharing the (immutable) tensors."""
+        new = ParamStore(self._tensors, self.trainable)
+        new._lazy = dict(self._lazy)
+        return new
+
+    def unique_name(self, base: str) -> str:
+        """`base`, or `base_1`, `base_2`, ... whichever is free."""
+        name, k = base, 0
+        while name in self:
+            k += 1
+            name = f"{base}_{k}"
+        return name
+
+    def save(self, path: str | Path) -> None:
+        """Write every tensor to a safetensors file."""
+        from safetensors.torch import save_file
+
+        tensors = {name: self[name].contiguous() for name in self}
+        save_file(tensors, str(path), metadata={"trainable": ",".join(sorted(self.trainable))})
+
+    @classmethod
+    def load(cls, path: str | Path) -> "ParamStore":
+        """Open a safetensors file; tensors are read on first access."""
+        from safetensors import safe_open
+
+        path = Path(path)
+        try:
+            with safe_open(str(path), framework="pt") as f:
+                names = list(f.keys())
+                metadata = f.metadata() or {}
+        except Exception as e:  # safetensors raises several types for corrupt files
+            raise FileFormatError(f"{path}: not a readable safetensors file ({e})") from e
+        store = cls(trainable={n for n in metadata.get("trainable", "").split(",") if n})
+        store._lazy = {name: path for name in names}
+        return store
+
+
+def _read_tensor(path: Path, name: str) -> torch.Tensor:
+    from safetensors import safe_open
+
+    with safe_open(str(path), framework="pt") as f:
+        return f.get_tensor(name)

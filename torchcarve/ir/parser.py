@@ -1,0 +1,285 @@
+"""Parser for the text form. Errors give line:col and what was expected there."""
+from __future__ import annotations
+
+import json
+import re
+from typing import Any, Iterator, NamedTuple
+
+from ..errors import CarveError, ParseError
+from .graph import Graph
+from .ops import get_op
+from .params import ParamStore
+from .types import DIM_RE, DTYPES, TensorType
+
+TOKEN_RE = re.compile(r"""
+    (?P<ws>[ \t\r\n]+|//[^\n]*)
+  | (?P<value>%[A-Za-z_][A-Za-z0-9_]*)
+  | (?P<symbol>@[A-Za-z_][A-Za-z0-9_]*)
+  | (?P<string>"(?:[^"\\\n]|\\.)*")
+  | (?P<number>-?(?:\d+\.\d*(?:[eE][-+]?\d+)?|\d+[eE][-+]?\d+|\d+)|-inf)
+  | (?P<ident>[A-Za-z_][A-Za-z0-9_]*(?:\.[A-Za-z_][A-Za-z0-9_]*)*)
+  | (?P<arrow>->)
+  | (?P<punct>[(){}\[\],:=*])
+""", re.VERBOSE)
+KEYWORDS = {"none": None, "true": True, "false": False, "inf": float("inf"), "nan": float("nan")}
+MAX_NUMBER_DIGITS = 40
+
+
+class Token(NamedTuple):
+    kind: str
+    text: str
+    line: int
+    col: int
+
+
+def tokenize(text: str) -> Iterator[Token]:
+    line, line_start, pos = 1, 0, 0
+    while pos < len(text):
+        match = TOKEN_RE.match(text, pos)
+        if match is None:
+            raise ParseError(f"{line}:{pos - line_start + 1}: unexpected character {text[pos]!r}")
+        kind = match.lastgroup or ""
+        if kind != "ws":
+            yield Token(kind, match.group(), line, pos - line_start + 1)
+        newlines = match.group().count("\n")
+        if newlines:
+            line += newlines
+            line_start = match.start() + match.group().rindex("\n") + 1
+        pos = match.end()
+    yield Token("eof", "", line, pos - line_start + 1)
+
+
+class Parser:
+    """Recursive descent over the token stream; builds the Graph as it goes."""
+
+    def __init__(self, text: str, params: ParamStore | None) -> None:
+        self.tokens = list(tokenize(text))
+        self.pos = 0
+        self.params = params
+
+    # ---- token helpers -----------------------------------------------------------------
+    @property
+    def peek(self) -> Token:
+        return self.tokens[self.pos]
+
+    def error(self, expected: str, token: Token | None = None) -> ParseError:
+        token = token or self.peek
+        found = repr(token.text) if token.kind != "eof" else "end of input"
+        return ParseError(f"{token.line}:{token.col}: expected {expected}, found {found}")
+
+    def take(self, kind: str, text: str | None = None, expected: str | None = None) -> Token:
+        token = self.peek
+        if token.kind != kind or (text is not None and token.text != text):
+            raise self.error(expected or (repr(text) if text else kind))
+        self.pos += 1
+        return token
+
+    def accept(self, kind: str, text: str | None = None) -> Token | None:
+        token = self.peek
+        if token.kind == kind and (text is None or token.text == text):
+            self.pos += 1
+            return token
+        return None
+
+    def separated(self, parse_item: Any, close: str) -> list[Any]:
+        """Items separated by commas up to (and consuming) the `close` punctuation."""
+        items: list[Any] = []
+        if self.accept("punct", close):
+            return items
+        while True:
+            items.append(parse_item())
+            if self.accept("punct", close):
+                return items
+            self.take("punct", ",", expected=f"',' or '{close}'")
+
+    # ---- grammar -----------------------------------------------------------------------
+    def parse_graph(self) -> Graph:
+        self.take("ident", "graph", expected="'graph'")
+        name = self.take("symbol", expected="graph name '@name'").text[1:]
+        graph = Graph(name, self.params if self.params is not None else ParamStore())
+        graph.name = name
+        self.values: dict[str, Any] = {}
+        self.take("punct", "(")
+        for value_name, type in self.separated(self.parse_argument, ")"):
+            graph.inputs.append(self.define(graph, value_name, type, None))
+        self.take("arrow", expected="'->'")
+        self.take("punct", "(")
+        result_types = self.separated(self.parse_type, ")")
+        self.take("punct", "{")
+        while not self.accept("ident", "return"):
+            self.parse_statement(graph)
+        outputs = [] if self.peek.text == "}" else self.separated_until_brace()
+        self.take("punct", "}")
+        self.take("eof", expected="end of input after '}'")
+        if [v.type for v in outputs] != result_types:
+            raise ParseError(f"return types ({', '.join(str(v.type) for v in outputs)}) do not match the "
+                             f"signature ({', '.join(map(str, result_types))})")
+        graph.outputs = outputs
+        return graph
+
+    def separated_until_brace(self) -> list[Any]:
+        values = [self.use_value()]
+        while self.accept("punct", ","):
+            values.append(self.use_value())
+        return values
+
+    def parse_argument(self) -> tuple[str, TensorType]:
+        name = self.take("value", expected="argument '%name'").text[1:]
+        self.take("punct", ":")
+        return name, self.parse_type()
+
+    def parse_type(self) -> TensorType:
+        token = self.take("ident", expected="a type like f32[1,3]")
+        if token.text not in DTYPES:
+            raise self.error(f"a dtype ({', '.join(DTYPES)})", token)
+        self.take("punct", "[")
+        dims = self.separated(self.parse_dim, "]")
+        return TensorType(tuple(dims), token.text)
+
+    def parse_dim(self) -> int | str:
+        parts = [self.parse_dim_factor()]
+        while self.accept("punct", "*"):
+            parts.append(self.parse_dim_factor())
+        text = "*".join(parts)
+        if not DIM_RE.fullmatch(text):
+            raise ParseError(f"{self.peek.line}:{self.peek.col}: bad dim {text!r}")
+        return int(text) if text.isdigit() else text
+
+    def parse_dim_factor(self) -> str:
+        token = self.peek
+        if token.kind == "number" and token.text.isdigit() and len(token.text) <= 18:
+            self.pos += 1
+            return token.text
+        if token.kind == "ident" and "." not in token.text:
+            self.pos += 1
+            return token.text
+        raise self.error("a dim (a non-negative integer or a symbol)")
+
+    def parse_statement(self, graph: Graph) -> None:
+        names = [self.take("value", expected="'%name =' or 'return'").text[1:]]
+        while self.accept("punct", ","):
+            names.append(self.take("value", expected="'%name'").text[1:])
+        self.take("punct", "=")
+        op_token = self.take("ident", expected="an op name")
+        if op_token.text == "param":
+            self.parse_param(graph, names, op_token)
+            return
+        try:
+            opdef = get_op(op_token.text)
+        except CarveError:
+            raise ParseError(f"{op_token.line}:{op_token.col}: unknown op '{op_token.text}'") from None
+        self.take("punct", "(")
+        inputs = self.separated(self.use_value, ")")
+        attrs = self.parse_attrs() if self.peek.text == "{" else {}
+        unknown = sorted(set(attrs) - opdef.attrs) if opdef.attrs is not None else []
+        if unknown:
+            raise ParseError(f"{op_token.line}:{op_token.col}: {opdef.name} has no attribute "
+                             f"{', '.join(unknown)}; valid: {', '.join(sorted(opdef.attrs or ()))}")
+        self.take("punct", ":")
+        types = [self.parse_type()]
+        while self.accept("punct", ","):
+            types.append(self.parse_type())
+        scope = self.parse_loc()
+        self.add(graph, op_token, opdef.name, inputs, attrs, names, types, scope)
+
+    def parse_param(self, graph: Graph, names: list[str], op_token: Token) -> None:
+        param_name = self.parse_string()
+        self.take("punct", ":")
+        self.add(graph, op_token, "param", [], {"name": param_name}, names, [self.parse_type()], "")
+
+    def parse_loc(self) -> str:
+        if not self.accept("ident", "loc"):
+            return ""
+        self.take("punct", "(")
+        scope = self.parse_string()
+        self.take("punct", ")")
+        return scope
+
+    def add(self, graph: Graph, token: Token, op: str, inputs: list, attrs: dict, names: list[str],
+            types: list[TensorType], scope: str) -> None:
+        if len(names) != len(types):
+            raise ParseError(f"{token.line}:{token.col}: {len(names)} results but {len(types)} types")
+        for name in names:
+            self.check_new(name, token)
+        node = graph.add_node(op, inputs, attrs, output_types=types, names=names, scope=scope)
+        for value in node.outputs:
+            self.values[value.name] = value
+
+    def check_new(self, name: str, token: Token) -> None:
+        if name in self.values:
+            raise ParseError(f"{token.line}:{token.col}: %{name} is defined twice (SSA)")
+
+    def define(self, graph: Graph, name: str, type: TensorType, token: Token | None) -> Any:
+        from .value import Value
+
+        self.check_new(name, token or self.peek)
+        value = Value(type, name)
+        value.graph = graph
+        graph._names.add(name)
+        self.values[name] = value
+        return value
+
+    def use_value(self) -> Any:
+        token = self.take("value", expected="a value '%name'")
+        if token.text[1:] not in self.values:
+            raise ParseError(f"{token.line}:{token.col}: %{token.text[1:]} is used before it is defined")
+        return self.values[token.text[1:]]
+
+    def parse_attrs(self) -> dict[str, Any]:
+        self.take("punct", "{")
+        attrs: dict[str, Any] = {}
+        for key, value in self.separated(self.parse_attr_entry, "}"):
+            if key in attrs:
+                raise self.error(f"a new attribute name (duplicate '{key}')")
+            attrs[key] = value
+        return attrs
+
+    def parse_attr_entry(self) -> tuple[str, Any]:
+        key = self.take("ident", expected="an attribute name").text
+        self.take("punct", "=")
+        return key, self.parse_attr_value()
+
+    def parse_attr_value(self) -> Any:
+        token = self.peek
+        if token.kind == "string":
+            return self.parse_string()
+        if token.kind == "number":
+            self.pos += 1
+            return _number(token)
+        if token.kind == "ident" and token.text in KEYWORDS:
+            self.pos += 1
+            return KEYWORDS[token.text]
+        if token.kind == "ident" and token.text in DTYPES:
+            self.pos += 1
+            return DTYPES[token.text]
+        if self.accept("punct", "["):
+            return self.separated(self.parse_attr_value, "]")
+        raise self.error("an attribute value (number, string, true/false/none, dtype or [list])")
+
+    def parse_string(self) -> str:
+        token = self.take("string", expected="a string")
+        try:
+            return json.loads(token.text)
+        except ValueError:
+            raise ParseError(f"{token.line}:{token.col}: bad string escape in {token.text}") from None
+
+
+def _number(token: Token) -> int | float:
+    text = token.text
+    if len(text) > MAX_NUMBER_DIGITS:
+        raise ParseError(f"{token.line}:{token.col}: number too long")
+    if text == "-inf":
+        return float("-inf")
+    return float(text) if any(c in text for c in ".eE") else int(text)
+
+
+def parse(text: str, params: ParamStore | None = None, verify: bool = True) -> Graph:
+    """Parse the text form. With `params`, param nodes must name tensors in it."""
+    if not isinstance(text, str):
+        raise ParseError(f"expected IR text (str), got {type(text).__name__}")
+    graph = Parser(text, params).parse_graph()
+    if verify:
+        from .verifier import verify as verify_graph
+
+        verify_graph(graph, check_params=params is not None)
+    return graph

@@ -1,0 +1,101 @@
+"""TensorType: a shape (ints or symbolic dims such as "batch" or "batch*12") and a dtype."""
+from __future__ import annotations
+
+import math
+import re
+from dataclasses import dataclass
+from typing import Union
+
+import torch
+
+Dim = Union[int, str]
+
+# short name <-> torch dtype; the short names are what the text form prints.
+DTYPES: dict[str, torch.dtype] = {
+    "f32": torch.float32, "f16": torch.float16, "bf16": torch.bfloat16, "f64": torch.float64,
+    "i64": torch.int64, "i32": torch.int32, "i16": torch.int16, "i8": torch.int8,
+    "u8": torch.uint8, "bool": torch.bool, "c64": torch.complex64, "c128": torch.complex128,
+}
+DTYPE_NAMES: dict[torch.dtype, str] = {v: k for k, v in DTYPES.items()}
+
+SYMBOL_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+DIM_RE = re.compile(r"(?:[A-Za-z_][A-Za-z0-9_]*|\d+)(?:\*(?:[A-Za-z_][A-Za-z0-9_]*|\d+))*")
+
+
+def dtype_name(dtype: torch.dtype) -> str:
+    """The short name of a torch dtype ("f32")."""
+    from ..errors import CarveError
+
+    if dtype not in DTYPE_NAMES:
+        raise CarveError(f"dtype {dtype} is not supported by the IR", hint=f"supported: {', '.join(DTYPES)}")
+    return DTYPE_NAMES[dtype]
+
+
+def dim_symbols(dim: Dim) -> list[str]:
+    """The symbols a dim is a product of ("batch*seq*2" -> ["batch", "seq"])."""
+    if isinstance(dim, int):
+        return []
+    return [part for part in dim.split("*") if not part.isdigit()]
+
+
+def normalize_dim(dim: Dim) -> Dim:
+    """Canonical form of a dim: ints stay ints; products are sorted symbols then one int factor."""
+    if isinstance(dim, int):
+        return dim
+    if dim.isdigit():
+        return int(dim)
+    parts = dim.split("*")
+    factor = math.prod(int(p) for p in parts if p.isdigit())
+    symbols = sorted(p for p in parts if not p.isdigit())
+    if factor == 0:
+        return 0
+    return "*".join(symbols + ([str(factor)] if factor != 1 else []))
+
+
+@dataclass(frozen=True)
+class TensorType:
+    """The static type of a value: shape and dtype."""
+
+    shape: tuple[Dim, ...]
+    dtype: str = "f32"
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "shape", tuple(normalize_dim(d) for d in self.shape))
+
+    def __str__(self) -> str:
+        return f"{self.dtype}[{','.join(str(d) for d in self.shape)}]"
+
+    @property
+    def rank(self) -> int:
+        return len(self.shape)
+
+    @property
+    def is_static(self) -> bool:
+        return all(isinstance(d, int) for d in self.shape)
+
+    @property
+    def symbols(self) -> set[str]:
+        return {s for d in self.shape for s in dim_symbols(d)}
+
+    @property
+    def torch_dtype(self) -> torch.dtype:
+        return DTYPES[self.dtype]
+
+    def numel(self, sizes: dict[str, int] | None = None) -> int:
+        """Element count; symbolic dims take their size from `sizes` (default 1)."""
+        return math.prod(concrete_dim(d, sizes or {}) for d in self.shape)
+
+    @property
+    def itemsize(self) -> int:
+        return torch.empty((), dtype=self.torch_dtype).element_size()
+
+    @classmethod
+    def of(cls, tensor: torch.Tensor) -> "TensorType":
+        return cls(tuple(int(d) for d in tensor.shape), dtype_name(tensor.dtype))
+
+
+def concrete_dim(dim: Dim, sizes: dict[str, int]) -> int:
+    """The integer a dim stands for when each symbol has the size given (1 when unknown)."""
+    if isinstance(dim, int):
+        return dim
+    return math.prod(int(p) if p.isdigit() else sizes.get(p, 1) for p in dim.split("*"))
