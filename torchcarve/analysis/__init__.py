@@ -1,0 +1,1 @@
+"""Analyses over the IR: cost model, numeric-equivalence oracle, sensitivity."""
