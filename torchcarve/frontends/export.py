@@ -16,7 +16,8 @@ def capture_export(model: torch.nn.Module, example_inputs: tuple, dynamic_batch:
     dynamic_shapes = None
     if dynamic_batch:
         batch = torch.export.Dim("batch")
-        dynamic_shapes = tuple({0: batch} if isinstance(x, torch.Tensor) else None for x in example_inputs)
+        # one entry per positional argument; the capture wrapper takes them as *inputs
+        dynamic_shapes = (tuple({0: batch} if isinstance(x, torch.Tensor) else None for x in example_inputs),)
     try:
         program = torch.export.export(model, example_inputs, dynamic_shapes=dynamic_shapes, strict=False)
     except Exception as e:

@@ -1,0 +1,30 @@
+"""`carve export GRAPH --to onnx|torch -o PATH`."""
+from __future__ import annotations
+
+import argparse
+
+from .common import read_graph
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser("export", help="write a graph as an ONNX file or a PyTorch module")
+    parser.add_argument("graph", help="a saved graph directory, .ir file or .onnx file")
+    parser.add_argument("--to", choices=["onnx", "torch"], required=True)
+    parser.add_argument("-o", "--output", required=True,
+                        help="the .onnx file, or the directory for model.py + weights.safetensors")
+    parser.set_defaults(run=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    graph = read_graph(args.graph)
+    if args.to == "torch":
+        from ..backends.torch import export_torch
+
+        export_torch(graph, args.output)
+        print(f"wrote {args.output}/model.py and {args.output}/weights.safetensors")
+        return 0
+    from ..backends.onnx import to_onnx
+
+    to_onnx(graph, args.output)
+    print(f"wrote {args.output}")
+    return 0

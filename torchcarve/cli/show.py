@@ -1,0 +1,44 @@
+"""`carve show GRAPH`: the text form and a summary (params, MACs, op histogram, signature)."""
+from __future__ import annotations
+
+import argparse
+
+from rich.console import Console
+from rich.markup import escape
+from rich.table import Table
+
+from ..analysis.cost import graph_cost
+from ..ir import Graph
+from .common import read_graph
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser("show", help="print a graph's text form and summary")
+    parser.add_argument("graph", help="a saved graph directory, .ir file or .onnx file")
+    parser.add_argument("--summary-only", action="store_true", help="print only the summary table")
+    parser.set_defaults(run=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    graph = read_graph(args.graph)
+    console = Console()
+    if not args.summary_only:
+        console.print(graph.to_text(), markup=False, highlight=False, soft_wrap=True)
+    console.print(summary_table(graph))
+    return 0
+
+
+def summary_table(graph: Graph, title: str | None = None) -> Table:
+    """Signature, node count, params, MACs (per batch item) and the op histogram, as a rich table."""
+    cost = graph_cost(graph)
+    table = Table(title=title or f"@{graph.name}", show_header=False)
+    table.add_column("what", style="bold")
+    table.add_column("value")
+    table.add_row("inputs", escape(", ".join(f"%{v.name}: {v.type}" for v in graph.inputs)))
+    table.add_row("outputs", escape(", ".join(str(v.type) for v in graph.outputs)))
+    table.add_row("nodes", f"{len(graph) - len(graph.param_nodes())} ops + {len(graph.param_nodes())} params")
+    table.add_row("parameters", f"{cost.params:,}")
+    table.add_row("MACs", f"{cost.macs:,}")
+    table.add_row("bytes moved", f"{cost.bytes:,}")
+    table.add_row("ops", ", ".join(f"{op} x{n}" for op, n in graph.op_histogram().most_common()))
+    return table
