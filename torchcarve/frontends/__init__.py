@@ -2,7 +2,9 @@
 from __future__ import annotations
 
 import inspect
-from contextlib import contextmanager
+import io
+import logging
+from contextlib import contextmanager, redirect_stderr, redirect_stdout
 from typing import Any, Iterator
 
 import torch
@@ -30,7 +32,7 @@ def capture(model: torch.nn.Module, example_inputs: Any, method: str = "auto", *
     graph_name = name or type(model).__name__
     methods = list(METHODS) if method == "auto" else [method]
     errors: list[str] = []
-    with _eval_mode(model):
+    with _eval_mode(model), _quiet_torch_logs():
         for each in methods:
             try:
                 return METHODS[each](TensorOutputs(model), inputs, dynamic_batch=dynamic_batch, name=graph_name,
@@ -69,6 +71,19 @@ class TensorOutputs(torch.nn.Module):
     def forward(self, *inputs: Any) -> tuple:
         leaves = torch.utils._pytree.tree_leaves(self.model(*inputs))
         return tuple(leaf for leaf in leaves if isinstance(leaf, torch.Tensor))
+
+
+@contextmanager
+def _quiet_torch_logs() -> Iterator[None]:
+    """torch logs and prints failed traces; the CaptureError already says what went wrong."""
+    logger = logging.getLogger("torch")
+    level = logger.level
+    logger.setLevel(logging.ERROR)
+    try:
+        with redirect_stdout(io.StringIO()), redirect_stderr(io.StringIO()):
+            yield
+    finally:
+        logger.setLevel(level)
 
 
 @contextmanager

@@ -44,6 +44,10 @@ def _param_sources(program: Any) -> dict[str, ParamSource]:
     return sources
 
 
-def _first_line(error: Exception) -> str:
+def _first_line(error: Exception, limit: int = 160) -> str:
+    """The first sentence of a (often very long) torch error, for a one-line message."""
     text = str(error).strip()
-    return text.splitlines()[0] if text else type(error).__name__
+    if not text:
+        return type(error).__name__
+    sentence = text.splitlines()[0].split(". ")[0]
+    return sentence if len(sentence) <= limit else sentence[:limit - 3] + "..."

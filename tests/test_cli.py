@@ -1,0 +1,104 @@
+"""The `carve` command line: happy paths, and bad input giving one clear line, exit 1, no output."""
+from __future__ import annotations
+
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+import torch
+
+import torchcarve as tc
+from torchcarve.cli import main
+
+FACTORIES = textwrap.dedent('''
+    import torch
+
+    def small_cnn():
+        torch.manual_seed(0)
+        return torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3, padding=1), torch.nn.BatchNorm2d(4), torch.nn.ReLU(),
+                                   torch.nn.Flatten(), torch.nn.Linear(4 * 8 * 8, 5))
+
+    class DataDependent(torch.nn.Module):
+        def forward(self, x):
+            if x.sum() > 0:          # neither torch.export nor fx can trace a branch on data
+                return x * 2
+            return x - 1
+
+    def not_a_model():
+        return 42
+''')
+
+
+@pytest.fixture
+def workdir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    (tmp_path / "factories.py").write_text(FACTORIES)
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    return tmp_path
+
+
+def run_cli(capsys: pytest.CaptureFixture, *argv: str) -> tuple[int, str, str]:
+    code = main(list(argv))
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err
+
+
+def test_capture_show_export_torch(workdir: Path, capsys: pytest.CaptureFixture) -> None:
+    code, out, _ = run_cli(capsys, "capture", "factories:small_cnn", "--input", "2x3x8x8", "-o", "m.carve")
+    assert code == 0 and "captured" in out
+    assert (workdir / "m.carve" / "graph.ir").is_file() and (workdir / "m.carve" / "weights.safetensors").is_file()
+
+    code, out, _ = run_cli(capsys, "show", "m.carve")
+    assert code == 0
+    assert "aten.conv2d(" in out and "parameters" in out and "MACs" in out
+    graph = tc.load("m.carve")
+    assert f"{sum(t.numel() for n, t in graph.params.items() if 'num_batches' not in n):,}" in out
+
+    code, _, _ = run_cli(capsys, "export", "m.carve", "--to", "torch", "-o", "torch_out")
+    assert code == 0 and (workdir / "torch_out" / "model.py").is_file()
+    x = torch.randn(2, 3, 8, 8)
+    model = __import__("factories").small_cnn().eval()
+    assert torch.allclose(tc.to_torch(graph)(x), model(x), atol=1e-5)
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["show", "missing.carve"], "no such file"),
+    (["show", "garbage.ir"], "1:1: unexpected character"),
+    (["capture", "no_such_module:make", "--input", "1x3", "-o", "out.carve"], "cannot import 'no_such_module'"),
+    (["capture", "factories:missing", "--input", "1x3", "-o", "out.carve"], "no callable 'missing'"),
+    (["capture", "factories:not_a_model", "--input", "1x3", "-o", "out.carve"], "not a torch.nn.Module"),
+    (["capture", "factories:DataDependent", "--input", "1x3", "-o", "out.carve"], "could not capture the model"),
+    (["capture", "factories:small_cnn", "--input", "2x5x8x8", "-o", "out.carve"], "torch.export failed"),
+    (["capture", "factories:small_cnn", "--input", "2xAx8", "-o", "out.carve"], "bad input shape"),
+])
+def test_bad_input_is_one_clear_line(workdir: Path, capsys: pytest.CaptureFixture, argv: list[str], message: str) -> None:
+    (workdir / "garbage.ir").write_text("\x00 this is not IR")
+    before = sorted(p.name for p in workdir.iterdir())
+    code, _, err = run_cli(capsys, *argv)
+    assert code == 1
+    assert message in err
+    assert "Traceback" not in err
+    assert err.startswith(f"carve {argv[0]}: error: ") and len(err.splitlines()[0]) < 400
+    assert sorted(p.name for p in workdir.iterdir()) == before  # nothing written, not even a temp dir
+
+
+def test_debug_flag_shows_traceback(workdir: Path) -> None:
+    with pytest.raises(tc.CarveError):
+        main(["--debug", "show", "missing.carve"])
+
+
+def test_console_script_entry_point(workdir: Path) -> None:
+    carve = Path(sys.executable).parent / "carve"  # the installed console script
+    result = subprocess.run([str(carve), "show", "missing.carve"], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 1 and "no such file" in result.stderr
+
+
+def test_demo_runs_end_to_end(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    code, out, _ = run_cli(capsys, "demo", "--out", str(tmp_path / "demo"), "--epochs", "3")
+    assert code == 0
+    assert (tmp_path / "demo" / "torch" / "model.py").is_file()
+    assert (tmp_path / "demo" / "model.carve" / "graph.ir").is_file()
+    accuracies = [float(tok.rstrip("%")) for line in out.splitlines() for tok in line.split() if tok.endswith("%")]
+    assert accuracies and min(accuracies) > 80.0  # even 3 epochs learn the digits
