@@ -4,11 +4,12 @@ from .backends.torch import export_torch, to_torch
 from .errors import CaptureError, CarveError, ParseError, PipelineError, ShapeError, UnsupportedOpError, VerifyError
 from .frontends import capture
 from .ir import Graph, Node, ParamStore, TensorType, Value, parse, verify
+from .passes import OptimizeResult, optimize
 
 __version__ = "0.1.0"
 
 __all__ = [
-    "CaptureError", "CarveError", "Compiled", "Graph", "Node", "ParamStore", "ParseError", "PipelineError",
+    "CaptureError", "CarveError", "Compiled", "Graph", "Node", "OptimizeResult", "optimize", "ParamStore", "ParseError", "PipelineError",
     "ShapeError", "TensorType", "UnsupportedOpError", "Value", "VerifyError", "capture", "compile", "export_torch",
     "load", "parse", "save", "to_torch", "verify",
 ]

@@ -15,6 +15,9 @@ A pass is a frozen dataclass whose fields are its options, registered once by na
 from __future__ import annotations
 
 import dataclasses
+import json
+import types
+import typing
 from dataclasses import dataclass, field
 from typing import Any, Callable, ClassVar, Sequence
 
@@ -51,6 +54,7 @@ class Pass:
     """Base of all passes; subclasses are frozen dataclasses registered with @register_pass."""
 
     name: ClassVar[str] = ""
+    exact: ClassVar[bool] = False  # True: outputs must not change (check-numerics enforces it)
 
     def run(self, graph: Graph, ctx: PassContext) -> PassResult:
         raise NotImplementedError(f"pass {self.name} does not implement run()")
@@ -65,7 +69,13 @@ class Pass:
         return self.spec()
 
 
+SPECIAL = set(',{}[]=" ')
+
+
 def _option_text(value: Any) -> str:
+    if isinstance(value, str):
+        plain = value and value != "none" and not SPECIAL & set(value)
+        return value if plain else json.dumps(value)
     if isinstance(value, bool):
         return "true" if value else "false"
     if isinstance(value, (tuple, list)):
@@ -89,3 +99,69 @@ def register_pass(name: str) -> Callable[[type[Pass]], type[Pass]]:
         PASSES[name] = cls
         return cls
     return decorate
+
+
+def option_fields(cls: type[Pass]) -> list[tuple[str, Any, Any]]:
+    """(field name, resolved type, default) of every option of a pass class."""
+    hints = typing.get_type_hints(cls)
+    return [(f.name, hints[f.name], f.default) for f in dataclasses.fields(cls)]
+
+
+def type_text(tp: Any) -> str:
+    """A readable type name for docs and errors: float, tuple[int, ...], str | None."""
+    return tp.__name__ if isinstance(tp, type) and not typing.get_args(tp) else str(tp).replace("typing.", "")
+
+
+class OptionError(ValueError):
+    """An option value that does not convert to its field's type."""
+
+
+def convert_option(value: Any, tp: Any) -> Any:
+    """Convert parsed option text (a str, or a list of them) to the field type `tp`."""
+    origin, args = typing.get_origin(tp), typing.get_args(tp)
+    if origin in (typing.Union, types.UnionType):
+        if value == "none" and type(None) in args:
+            return None
+        return _first_conversion(value, [a for a in args if a is not type(None)], tp)
+    if origin is typing.Literal:
+        if value not in [str(a) for a in args]:
+            raise OptionError(f"expects one of {', '.join(map(str, args))}, got {value!r}")
+        return next(a for a in args if str(a) == value)
+    if origin is tuple:
+        items = value if isinstance(value, list) else [value]
+        item_types = [args[0]] * len(items) if len(args) == 2 and args[1] is Ellipsis else list(args)
+        if len(item_types) != len(items):
+            raise OptionError(f"expects {len(item_types)} values, got {len(items)}")
+        return tuple(convert_option(v, t) for v, t in zip(items, item_types))
+    if isinstance(value, list):
+        raise OptionError(f"expects {type_text(tp)}, got a list")
+    return _convert_scalar(value, tp)
+
+
+def _first_conversion(value: Any, candidates: list[Any], tp: Any) -> Any:
+    for candidate in candidates:
+        try:
+            return convert_option(value, candidate)
+        except OptionError:
+            continue
+    raise OptionError(f"expects {type_text(tp)}, got {value!r}")
+
+
+BOOLS = {"true": True, "1": True, "yes": True, "false": False, "0": False, "no": False}
+
+
+def _convert_scalar(text: str, tp: Any) -> Any:
+    if tp is bool:
+        if text.lower() not in BOOLS:
+            raise OptionError(f"expects bool (true/false), got {text!r}")
+        return BOOLS[text.lower()]
+    if tp is str:
+        return text
+    try:
+        return tp(text) if tp in (int, float) else _unsupported(tp)
+    except ValueError:
+        raise OptionError(f"expects {type_text(tp)}, got {text!r}") from None
+
+
+def _unsupported(tp: Any) -> Any:
+    raise OptionError(f"option type {type_text(tp)} is not supported (use int, float, bool, str, tuples, Optional)")

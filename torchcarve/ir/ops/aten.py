@@ -133,6 +133,31 @@ class Signature:
         return [next(it) if m is not None else None for m in mask], position + count
 
 
+def arguments(node: Any) -> dict[str, Any]:
+    """Every schema argument of an aten node by name: tensor inputs as Values, attrs, defaults applied."""
+    signature = schema_opdef(node.op).extra["signature"]
+    args, kwargs = signature.bind(list(node.inputs), node.attrs)
+    named = {a.name: _default(a) for a in signature.args}
+    named.update(zip((a.name for a in signature.args), args))
+    named.update(kwargs)
+    return {name: (None if value is MISSING else value) for name, value in named.items()}
+
+
+def attr_with_default(node: Any, name: str) -> Any:
+    """One argument of an aten node, with the schema default applied when the attr is omitted."""
+    return arguments(node)[name]
+
+
+def encode_arguments(op: str, named: dict[str, Any]) -> tuple[list[Any], dict[str, Any]]:
+    """(inputs, attrs) for `op` called with `named` schema arguments (Values are the tensor inputs)."""
+    from ..value import Value
+
+    signature = schema_opdef(op).extra["signature"]
+    defaults = {a.name: _default(a) for a in signature.args}
+    given = {k: v for k, v in named.items() if not _same(v, defaults.get(k, MISSING))}
+    return signature.encode([], given, lambda v: isinstance(v, Value))
+
+
 # ---- costs -------------------------------------------------------------------------------
 
 def _numel(value: Any, sizes: dict[str, int]) -> int:
