@@ -143,7 +143,7 @@ def _literal(value: Any, expr: dict[Value, str]) -> str:
         return expr[value]
     if isinstance(value, (list, tuple)):
         return "[" + ", ".join(_literal(v, expr) for v in value) + "]"
-    if isinstance(value, torch.dtype):
+    if isinstance(value, (torch.dtype, torch.memory_format)):
         return f"torch.{str(value).split('.')[-1]}"
     if isinstance(value, float) and not math.isfinite(value):
         return f"float({str(value)!r})"

@@ -35,7 +35,7 @@ def capture(model: torch.nn.Module, example_inputs: Any, method: str = "auto", *
     with _eval_mode(model), _quiet_torch_logs():
         for each in methods:
             try:
-                return METHODS[each](TensorOutputs(model), inputs, dynamic_batch=dynamic_batch, name=graph_name,
+                return METHODS[each](model, inputs, dynamic_batch=dynamic_batch, name=graph_name,
                                      input_names=_input_names(model, len(inputs)))
             except CaptureError as e:
                 errors.append(f"{each}: {e}")
@@ -53,24 +53,6 @@ def _input_names(model: torch.nn.Module, count: int) -> list[str]:
         return []
     positional = [p.name for p in parameters if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
     return positional[:count] if len(positional) >= count else []
-
-
-class TensorOutputs(torch.nn.Module):
-    """Wraps a model so it returns the tensor leaves of its output (HF ModelOutput, caches, ...).
-
-    Graph outputs are those leaves in pytree order; non-tensor leaves (a DynamicCache) are dropped.
-    Weight names stay the wrapped model's own (see PREFIX).
-    """
-
-    PREFIX = "model."
-
-    def __init__(self, model: torch.nn.Module) -> None:
-        super().__init__()
-        self.model = model
-
-    def forward(self, *inputs: Any) -> tuple:
-        leaves = torch.utils._pytree.tree_leaves(self.model(*inputs))
-        return tuple(leaf for leaf in leaves if isinstance(leaf, torch.Tensor))
 
 
 @contextmanager

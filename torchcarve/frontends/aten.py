@@ -26,8 +26,34 @@ class ParamSource:
     tensor: torch.Tensor
     trainable: bool
 
-    def __post_init__(self) -> None:  # names relative to the user's model, not the capture wrapper
-        object.__setattr__(self, "name", self.name.removeprefix("model."))
+
+class TensorOutputs(torch.nn.Module):
+    """Wraps a model so it returns the tensor leaves of its output (HF ModelOutput, caches, ...).
+
+    Graph outputs are those leaves in pytree order; non-tensor leaves (a DynamicCache) are dropped.
+    Weight and scope names under the wrapper start with PREFIX; `unwrapped_name` strips it.
+    """
+
+    PREFIX = "model."
+
+    def __init__(self, model: torch.nn.Module) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, *inputs: Any) -> tuple:
+        return tensor_leaves(self.model(*inputs))
+
+
+def tensor_leaves(output: Any) -> tuple:
+    """The tensors of a model's (nested) output, in pytree order."""
+    return tuple(leaf for leaf in torch.utils._pytree.tree_leaves(output) if isinstance(leaf, torch.Tensor))
+
+
+def unwrapped_name(path: str) -> str:
+    """A weight or module path under TensorOutputs, relative to the user's model."""
+    if path == TensorOutputs.PREFIX.rstrip("."):
+        return ""
+    return path.removeprefix(TensorOutputs.PREFIX)
 
 
 class SymDim:
@@ -149,4 +175,4 @@ def _scope(node: torch.fx.Node) -> str:
     if not stack:
         return ""
     path = list(stack.values())[-1][0]
-    return path.removeprefix("model").removeprefix(".") if isinstance(path, str) else ""
+    return unwrapped_name(path) if isinstance(path, str) else ""

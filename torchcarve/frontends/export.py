@@ -7,19 +7,19 @@ import torch
 
 from ..errors import CaptureError
 from ..ir import Graph
-from .aten import ParamSource, convert
+from .aten import ParamSource, TensorOutputs, convert, unwrapped_name
 
 
 def capture_export(model: torch.nn.Module, example_inputs: tuple, dynamic_batch: bool = False,
                    name: str = "main", input_names: Sequence[str] = ()) -> Graph:
-    """Export `model` (non-strict) and convert the aten graph."""
+    """Export `model` (non-strict, wrapped so its outputs are flat tensors) and convert the aten graph."""
     dynamic_shapes = None
     if dynamic_batch:
         batch = torch.export.Dim("batch")
         # one entry per positional argument; the capture wrapper takes them as *inputs
         dynamic_shapes = (tuple({0: batch} if isinstance(x, torch.Tensor) else None for x in example_inputs),)
     try:
-        program = torch.export.export(model, example_inputs, dynamic_shapes=dynamic_shapes, strict=False)
+        program = torch.export.export(TensorOutputs(model), example_inputs, dynamic_shapes=dynamic_shapes, strict=False)
     except Exception as e:
         raise CaptureError(f"torch.export failed: {_first_line(e)}") from e
     if any(node.op == "get_attr" for node in program.graph.nodes):
@@ -40,7 +40,7 @@ def _param_sources(program: Any) -> dict[str, ParamSource]:
         tensor = tensors[spec.target]
         if not isinstance(tensor, torch.Tensor):
             raise CaptureError(f"'{spec.target}' is a {type(tensor).__name__}, not a tensor")
-        sources[spec.arg.name] = ParamSource(spec.target, tensor.detach(), spec.kind == InputKind.PARAMETER)
+        sources[spec.arg.name] = ParamSource(unwrapped_name(spec.target), tensor.detach(), spec.kind == InputKind.PARAMETER)
     return sources
 
 

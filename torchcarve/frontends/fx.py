@@ -12,7 +12,7 @@ from torch.fx.experimental.proxy_tensor import make_fx
 
 from ..errors import CaptureError
 from ..ir import Graph
-from .aten import ParamSource, convert
+from .aten import ParamSource, convert, tensor_leaves
 from .export import _first_line
 
 
@@ -28,7 +28,7 @@ def capture_fx(model: torch.nn.Module, example_inputs: tuple, dynamic_batch: boo
     state = {**parameters, **dict(traced.named_buffers())}
 
     def run(weights: dict, *inputs: torch.Tensor):
-        return torch.func.functional_call(traced, weights, inputs)
+        return tensor_leaves(torch.func.functional_call(traced, weights, inputs))
 
     try:
         lowered = make_fx(run, pre_dispatch=True)(state, *example_inputs)

@@ -17,8 +17,12 @@ from . import OpDef
 
 TENSOR_TYPES = {"Tensor", "Optional[Tensor]"}
 TENSOR_LIST_TYPES = {"List[Tensor]", "List[Optional[Tensor]]"}
-DROPPED_ARGS = {"device", "layout", "pin_memory", "memory_format"}  # placement, not math
+DROPPED_ARGS = {"device", "layout", "pin_memory"}  # placement, not math
 MISSING = object()
+# memory_format changes strides (clone(x, memory_format=contiguous) makes a later view valid), so it
+# is kept, as its name: attrs stay plain text-form literals
+MEMORY_FORMATS = {str(f).removeprefix("torch."): f for f in (
+    torch.contiguous_format, torch.preserve_format, torch.channels_last, torch.channels_last_3d)}
 
 
 def overload_op_name(overload: torch._ops.OpOverload) -> str:
@@ -62,9 +66,18 @@ def _same(a: Any, b: Any) -> bool:
 
 
 def attr_value(value: Any) -> Any:
-    """Normalise an argument for storage as an attribute (tuples become lists)."""
+    """Normalise an argument for storage as an attribute (tuples become lists, memory formats names)."""
     if isinstance(value, (list, tuple)):
         return [attr_value(v) for v in value]
+    if isinstance(value, torch.memory_format):
+        return str(value).removeprefix("torch.")
+    return value
+
+
+def _bound_value(arg: Any, value: Any) -> Any:
+    """An attribute as the kernel takes it (a memory format name back to the torch object)."""
+    if arg.name == "memory_format" and isinstance(value, str):
+        return MEMORY_FORMATS.get(value, value)
     return value
 
 
@@ -109,7 +122,7 @@ class Signature:
         for index, arg in enumerate(self.args):
             kind = _kind(arg)
             if arg.name in attrs and kind != "tensor-list":
-                value = attrs[arg.name]
+                value = _bound_value(arg, attrs[arg.name])
             elif kind == "tensor-list":
                 later = sum(1 for a in self.args[index + 1:] if _kind(a) == "tensor" and a.name not in attrs)
                 count = len(inputs) - position - later
