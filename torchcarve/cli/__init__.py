@@ -12,7 +12,7 @@ from typing import Sequence
 from ..errors import CarveError
 
 # subcommand modules, in the order `carve --help` lists them
-COMMANDS = ["capture", "show", "export", "demo"]
+COMMANDS = ["capture", "show", "opt", "passes", "export", "demo"]
 
 
 def build_parser() -> argparse.ArgumentParser:

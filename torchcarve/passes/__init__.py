@@ -8,6 +8,7 @@ from .pipeline import ALIASES, parse_pipeline, pass_help
 from .rewrite import ANY, P, PARAM, Pat, Rewriter, apply_rules
 
 from . import cleanup, fuse  # noqa: E402,F401  (registration)
+from . import lowrank  # noqa: E402,F401  (registration)
 
 __all__ = [
     "ALIASES", "ANY", "OptimizeResult", "P", "PARAM", "PASSES", "Pass", "PassContext", "PassManager", "PassReport",

@@ -134,6 +134,13 @@ NOOP_WHEN_SAME_TYPE = (
     "aten.squeeze.dims",
 )
 RESHAPES = ("aten.view", "aten.reshape", "aten._unsafe_view")
+LAYOUT_COPIES = ("aten.clone", "aten.contiguous")  # a later view may need the copy's contiguous layout
+# ops whose output may be a strided view of their input (so a following copy is not a no-op)
+VIEW_OPS = {"aten.transpose.int", "aten.permute", "aten.t", "aten.select.int", "aten.slice.Tensor", "aten.squeeze",
+            "aten.squeeze.dim", "aten.squeeze.dims", "aten.unsqueeze", "aten.expand", "aten.expand_as", "aten.view",
+            "aten._unsafe_view", "aten.reshape", "aten.narrow", "aten.split.Tensor", "aten.split_with_sizes",
+            "aten.chunk", "aten.unbind.int", "aten.alias", "aten.detach", "aten.unflatten.int",
+            "aten.flatten.using_ints", "aten.diagonal", "aten.as_strided", "aten.movedim.int", "aten.unfold"}
 # op -> the scalar `other` that makes it the identity
 NEUTRAL_SCALARS = {"aten.mul.Tensor": 1, "aten.mul.Scalar": 1, "aten.div.Tensor": 1, "aten.div.Scalar": 1,
                    "aten.add.Tensor": 0, "aten.add.Scalar": 0, "aten.sub.Tensor": 0, "aten.sub.Scalar": 0}
@@ -145,7 +152,15 @@ def remove_noop(rw: Rewriter, out: Value) -> Value | None:
     x = node.inputs[0] if node.inputs else None
     if x is None or x.type != out.type or (node.op.endswith("dropout") and arguments(node).get("train")):
         return None
+    if node.op in LAYOUT_COPIES and not _surely_contiguous(x):
+        return None
     return x
+
+
+def _surely_contiguous(x: Value) -> bool:
+    """True when `x` comes from a known op that computes a fresh tensor (not a strided view)."""
+    node = x.producer
+    return node is not None and node.op not in VIEW_OPS and get_op(node.op).known
 
 
 def neutral_scalar(rw: Rewriter, x: Value, out: Value) -> Value | None:

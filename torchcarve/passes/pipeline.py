@@ -95,7 +95,10 @@ class _Parser:
 
     def options(self) -> dict[str, tuple[Any, int]]:
         options: dict[str, tuple[Any, int]] = {}
+        opened = self.pos - 1
         while self.peek() != "}":
+            if not self.peek():
+                raise self.error(f"unbalanced braces: the '{{' at column {opened + 1} is never closed")
             if options:
                 self.expect(",")
             key, start = self.name("option")

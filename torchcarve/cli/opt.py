@@ -1,0 +1,63 @@
+"""`carve opt GRAPH -p PIPELINE -o OUT`: run a pass pipeline and print what each pass did."""
+from __future__ import annotations
+
+import argparse
+from typing import Sequence
+
+from rich.console import Console
+from rich.table import Table
+
+from ..api import save
+from ..passes import PassReport, optimize
+from .common import read_graph
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser("opt", help="run a pass pipeline over a graph")
+    parser.add_argument("graph", help="a saved graph directory, .ir file or .onnx file")
+    parser.add_argument("-p", "--pipeline", required=True, help='passes, e.g. "fuse,dce" (see `carve passes`)')
+    parser.add_argument("-o", "--output", required=True, help="where to write the optimized graph (a directory)")
+    parser.add_argument("--print-ir-after-all", action="store_true", help="print the IR after every pass")
+    parser.add_argument("--time-passes", action="store_true", help="add a per-pass time column and total")
+    parser.add_argument("--check-numerics", action="store_true",
+                        help="run the graph before/after each pass on random inputs; exact passes must match")
+    parser.add_argument("--seed", type=int, default=0, help="seed for random inputs and randomized passes")
+    parser.set_defaults(run=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    console = Console()
+    graph = read_graph(args.graph)
+    print_ir = (lambda text: console.print(text, markup=False, highlight=False, soft_wrap=True)) \
+        if args.print_ir_after_all else None
+    result = optimize(graph, args.pipeline, check_numerics=args.check_numerics, print_ir=print_ir, seed=args.seed)
+    save(result.graph, args.output)
+    console.print(report_table(result.report, timings=args.time_passes))
+    console.print(f"wrote {args.output}")
+    return 0
+
+
+def report_table(report: Sequence[PassReport], timings: bool = False, title: str = "passes") -> Table:
+    """One row per pass: changed, nodes/params/MACs before -> after, stats (and time, max error when known)."""
+    table = Table(title=title)
+    for column in ("pass", "changed", "nodes", "params", "MACs", "stats"):
+        table.add_column(column, justify="right" if column in ("nodes", "params", "MACs") else "left")
+    checked = any(line.max_error is not None for line in report)
+    if checked:
+        table.add_column("max |Δ|", justify="right")
+    if timings:
+        table.add_column("ms", justify="right")
+    for line in report:
+        row = [line.spec, "yes" if line.changed else "-", _arrow(line.nodes), _arrow(line.params), _arrow(line.macs),
+               ", ".join(f"{k}={v}" for k, v in line.stats.items() if v)]
+        row += [f"{line.max_error:.2g}"] if checked else []
+        row += [f"{line.seconds * 1e3:.1f}"] if timings else []
+        table.add_row(*row)
+    if timings:
+        table.caption = f"total {sum(line.seconds for line in report) * 1e3:.1f} ms"
+    return table
+
+
+def _arrow(pair: tuple[int, int]) -> str:
+    before, after = pair
+    return f"{before:,}" if before == after else f"{before:,} → {after:,}"

@@ -1,0 +1,136 @@
+"""low-rank: factorize linear and conv weights into two thin layers (SVD, or data-aware whitened SVD)."""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any, Literal
+
+from ...ir import Graph
+from ..base import Pass, PassContext, PassResult, register_pass
+from .factor import Budgeted, Spectrum, cost_fraction, global_ranks, max_rank, relative_error, round_rank, spectrum
+from .layers import Layer, collect_moments, factorize, find_layers
+
+RANK_RULES = ("energy", "ratio", "rank", "budget_params", "budget_macs")
+
+
+@register_pass("low-rank")
+@dataclass(frozen=True)
+class LowRank(Pass):
+    """Low-rank factorization W ≈ B·A (Denton et al. 2014); `whitened` minimizes output error (SVD-LLM, Wang et al. 2024).
+
+    A linear becomes linear(in->r) then linear(r->out); a kxk conv becomes a kxk conv with r
+    outputs (same stride/padding/dilation) then a 1x1 conv; the bias stays on the second.
+    method: svd (least weight error) | whitened (least output error on the calibration data).
+    Rank rule, one of: energy (kept share of squared singular values, default 0.95), ratio (rank
+    as a share of full rank), rank (a fixed rank), budget-params / budget-macs (share of the
+    targeted layers' params / MACs kept, ranks allocated globally where they lose least).
+    targets: layer kinds (linear, conv); layers / protect: name patterns to include / leave alone.
+    min-gain: factorize only when it saves at least this share of a layer's cost (negative: allow growth).
+    min-rank, round-to: smallest rank, and ranks rounded up to a multiple of round-to.
+    """
+
+    method: Literal["svd", "whitened"] = "svd"
+    energy: float | None = None
+    ratio: float | None = None
+    rank: int | None = None
+    budget_params: float | None = None
+    budget_macs: float | None = None
+    targets: tuple[str, ...] = ("linear", "conv")
+    layers: tuple[str, ...] = ()
+    protect: tuple[str, ...] = ()
+    min_gain: float = 0.1
+    min_rank: int = 1
+    round_to: int = 8
+
+    def __post_init__(self) -> None:
+        given = [name for name in RANK_RULES if getattr(self, name) is not None]
+        if len(given) > 1:
+            raise ValueError(f"give one rank rule, not {' and '.join(n.replace('_', '-') for n in given)}")
+        for name in ("energy", "ratio", "budget_params", "budget_macs"):
+            value = getattr(self, name)
+            if value is not None and not 0 < value <= 1:
+                raise ValueError(f"{name.replace('_', '-')} must be in (0, 1], got {value}")
+        if self.rank is not None and self.rank < 1 or self.min_rank < 1 or self.round_to < 1:
+            raise ValueError("rank, min-rank and round-to must be at least 1")
+        unknown = set(self.targets) - {"linear", "conv"}
+        if unknown:
+            raise ValueError(f"unknown targets {sorted(unknown)}; valid: linear, conv")
+        if self.min_gain >= 1:
+            raise ValueError(f"min-gain must be below 1, got {self.min_gain}")
+
+    def run(self, graph: Graph, ctx: PassContext) -> PassResult:
+        calibration = ctx.require_calibration(self.spec()) if self.method == "whitened" else ctx.calibration
+        found = find_layers(graph, self.targets, self.layers, self.protect)
+        if calibration:
+            collect_moments(graph, found.layers, calibration)
+        whiten = self.method == "whitened"
+        spectra = {layer.name: spectrum(layer.matrix, layer.moment if whiten else None) for layer in found.layers}
+        ranks = self._ranks(found.layers, spectra)
+        report: dict[str, dict[str, Any]] = {}
+        for layer in found.layers:
+            reason = self._why_dense(layer, spectra[layer.name], ranks[layer.name])
+            if reason:
+                found.skipped[layer.name] = reason
+                continue
+            report[layer.name] = self._factorize(graph, layer, spectra[layer.name], ranks[layer.name])
+        return PassResult(bool(report), _stats(self.method, report, found.skipped))
+
+    def _ranks(self, layers: list[Layer], spectra: dict[str, Spectrum]) -> dict[str, int | None]:
+        budget = self.budget_params if self.budget_params is not None else self.budget_macs
+        if budget is None:
+            return {layer.name: self._layer_rank(spectra[layer.name]) for layer in layers}
+        use_macs = self.budget_macs is not None
+        budgeted = [Budgeted(layer.name, spectra[layer.name], layer.matrix.shape[1], layer.matrix.shape[0],
+                             layer.macs if use_macs else layer.params) for layer in layers]
+        return global_ranks(budgeted, budget, self.round_to, self.min_rank, self.min_gain)
+
+    def _layer_rank(self, s: Spectrum) -> int:
+        if self.rank is not None:
+            wanted = self.rank
+        elif self.ratio is not None:
+            wanted = math.ceil(self.ratio * s.full_rank - 1e-9)
+        else:
+            wanted = s.energy_rank(self.energy if self.energy is not None else 0.95)
+        return min(round_rank(max(wanted, self.min_rank), self.round_to, s.full_rank), s.full_rank)
+
+    def _why_dense(self, layer: Layer, s: Spectrum, rank: int | None) -> str:
+        if rank is None:
+            return "kept dense by the budget"
+        n_out, n_in = layer.matrix.shape
+        if rank > max_rank(n_in, n_out, s.full_rank, self.min_gain):
+            saved = 1 - cost_fraction(rank, n_in, n_out)
+            return f"rank {rank} saves {saved:.0%} of its cost, below min-gain {self.min_gain:g}"
+        return ""
+
+    def _factorize(self, graph: Graph, layer: Layer, s: Spectrum, rank: int) -> dict[str, Any]:
+        a, b = s.factors(rank)
+        approx = b @ a
+        n_out, n_in = layer.matrix.shape
+        fraction = cost_fraction(rank, n_in, n_out)
+        line = {"rank": rank, "full_rank": s.full_rank,
+                "params": [layer.params, rank * (n_in + n_out)],
+                "macs": [layer.macs, round(layer.macs * fraction)],
+                "weight_error": relative_error(layer.matrix, approx)}
+        if layer.moment is not None:
+            line["output_error"] = relative_error(layer.matrix, approx, layer.moment)
+        factorize(graph, layer, a, b)
+        return line
+
+
+def _stats(method: str, report: dict[str, dict[str, Any]], skipped: dict[str, str]) -> dict[str, Any]:
+    """Totals first (for the one-line report), then per-layer details."""
+    if not report:
+        return {"factorized": 0, "skipped": skipped}
+    errors = [line.get("output_error", line["weight_error"]) for line in report.values()]
+    return {
+        "factorized": len(report),
+        "params": [sum(l["params"][0] for l in report.values()), sum(l["params"][1] for l in report.values())],
+        "macs": [sum(l["macs"][0] for l in report.values()), sum(l["macs"][1] for l in report.values())],
+        "max_error": max(errors),
+        "method": method,
+        "layers": report,
+        "skipped": skipped,
+    }
+
+
+__all__ = ["LowRank"]

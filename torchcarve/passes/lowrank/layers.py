@@ -1,0 +1,159 @@
+"""Finding factorizable layers (linear, conv2d) in a graph, their input statistics, and the rewrite.
+
+A layer is one stored weight; every linear/conv reading it is a call site, so a weight shared by
+two call sites is factorized once and both sites read the same two factors.
+"""
+from __future__ import annotations
+
+import fnmatch
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn.functional as F
+
+from ...analysis.activations import as_batches, run_observed
+from ...ir import Graph
+from ...ir.node import Node
+from ...ir.ops import get_op
+from ...ir.ops.aten import arguments, encode_arguments
+from ...ir.value import Value
+
+TARGET_OPS = {"aten.linear": "linear", "aten.conv2d": "conv"}
+
+
+@dataclass
+class Layer:
+    """One weight and its call sites; `matrix` is the weight as float64 [out, in*k*k]."""
+
+    name: str
+    weight_name: str
+    kind: str
+    nodes: list[Node]
+    matrix: torch.Tensor
+    macs: int
+    moment: torch.Tensor | None = None   # E[x x^T] of the (unfolded) inputs, when calibration was given
+    samples: int = 0
+
+    @property
+    def params(self) -> int:
+        return self.matrix.numel()
+
+
+@dataclass
+class Found:
+    layers: list[Layer] = field(default_factory=list)
+    skipped: dict[str, str] = field(default_factory=dict)   # layer -> why it is left alone
+
+
+def find_layers(graph: Graph, targets: tuple[str, ...], include: tuple[str, ...], protect: tuple[str, ...]) -> Found:
+    """Layers of the targeted kinds, filtered by name patterns; the others are named with the reason."""
+    sites: dict[str, list[Node]] = {}
+    for node in graph.nodes:
+        weight_name = _weight_param(node)
+        if weight_name is not None and TARGET_OPS[node.op] in targets:
+            sites.setdefault(weight_name, []).append(node)
+    found = Found()
+    for weight_name, nodes in sites.items():
+        name = weight_name.removesuffix(".weight")
+        reason = _why_not(graph, name, weight_name, nodes, include, protect)
+        if reason:
+            found.skipped[name] = reason
+            continue
+        matrix = graph.params[weight_name].double().flatten(1)
+        found.layers.append(Layer(name, weight_name, TARGET_OPS[nodes[0].op], nodes, matrix, sum(map(_macs, nodes))))
+    return found
+
+
+def _weight_param(node: Node) -> str | None:
+    """The ParamStore name of a linear/conv2d node's weight, when it is a stored param."""
+    if node.op not in TARGET_OPS or len(node.inputs) < 2:
+        return None
+    producer = node.inputs[1].producer
+    return producer.attrs["name"] if producer is not None and producer.op == "param" else None
+
+
+def _why_not(graph: Graph, name: str, weight_name: str, nodes: list[Node], include: tuple[str, ...],
+             protect: tuple[str, ...]) -> str:
+    if include and not any(fnmatch.fnmatchcase(name, p) for p in include):
+        return "not in layers"
+    if any(fnmatch.fnmatchcase(name, p) for p in protect):
+        return "protected"
+    if not graph.params[weight_name].is_floating_point():
+        return "weight is not floating point"
+    if any(arguments(n).get("groups", 1) != 1 for n in nodes):
+        return "grouped conv"
+    readers = [(user, position) for p in graph.param_nodes() if p.attrs["name"] == weight_name for user, position in p.output.uses]
+    if any(user not in nodes or position != 1 for user, position in readers):
+        return "weight also read by other ops"
+    return ""
+
+
+def _macs(node: Node) -> int:
+    rule = get_op(node.op).macs
+    return rule(node, {}) if rule else 0
+
+
+# ---- calibration statistics ----------------------------------------------------------------
+
+class MomentObserver:
+    """Accumulates X^T X of one layer's inputs (conv inputs unfolded into patches) in float64."""
+
+    def __init__(self, layer: Layer, node: Node) -> None:
+        self.layer = layer
+        self.args = arguments(node)
+
+    def __call__(self, x: torch.Tensor) -> None:
+        rows = self._rows(x).double()
+        layer = self.layer
+        gram = rows.T @ rows
+        layer.moment = gram if layer.moment is None else layer.moment + gram
+        layer.samples += rows.shape[0]
+
+    def _rows(self, x: torch.Tensor) -> torch.Tensor:
+        if self.layer.kind == "linear":
+            return x.reshape(-1, x.shape[-1])
+        a = self.args
+        kernel = self.layer.nodes[0].inputs[1].type.shape[2:]
+        patches = F.unfold(x, kernel, dilation=a["dilation"], padding=a["padding"], stride=a["stride"])
+        return patches.transpose(1, 2).reshape(-1, patches.shape[1])
+
+
+def collect_moments(graph: Graph, layers: list[Layer], calibration) -> None:
+    """Fill every layer's `moment` (mean of x x^T over all rows of all call sites) from the calibration batches."""
+    observers: dict[Value, list] = {}
+    for layer in layers:
+        for node in layer.nodes:
+            observers.setdefault(node.inputs[0], []).append(MomentObserver(layer, node))
+    for batch in as_batches(calibration):
+        run_observed(graph, batch, observers)
+    for layer in layers:
+        if layer.moment is not None:
+            layer.moment = layer.moment / max(layer.samples, 1)
+
+
+# ---- the rewrite ---------------------------------------------------------------------------
+
+def factorize(graph: Graph, layer: Layer, a: torch.Tensor, b: torch.Tensor) -> None:
+    """Replace every call site of `layer` by two nodes reading factors A [r, in·k·k] and B [out, r]."""
+    original = graph.params[layer.weight_name]
+    shape = original.shape
+    a = a.reshape(a.shape[0], *shape[1:]) if layer.kind == "conv" else a
+    b = b.reshape(*b.shape, *[1] * (len(shape) - 2))
+    first = graph.add_param(graph.params.unique_name(f"{layer.name}.lowrank_in.weight"), a.to(original.dtype).contiguous(), trainable=True)
+    second = graph.add_param(graph.params.unique_name(f"{layer.name}.lowrank_out.weight"), b.to(original.dtype).contiguous(), trainable=True)
+    readers = [p for p in graph.param_nodes() if p.attrs["name"] == layer.weight_name]
+    for node in layer.nodes:
+        _split_node(graph, node, first, second)
+    graph.erase_unused(readers)
+    del graph.params[layer.weight_name]
+
+
+def _split_node(graph: Graph, node: Node, first: Value, second: Value) -> None:
+    args = arguments(node)
+    head = dict(args, weight=first, bias=None)
+    inputs, attrs = encode_arguments(node.op, head)
+    hidden = graph.add_node(node.op, inputs, attrs, scope=node.scope, before=node).output
+    inputs, attrs = encode_arguments(node.op, {"input": hidden, "weight": second, "bias": args["bias"]})
+    out = graph.add_node(node.op, inputs, attrs, scope=node.scope, before=node).output
+    node.output.replace_all_uses_with(out, replace_graph_outputs=True)
+    graph.erase(node)
