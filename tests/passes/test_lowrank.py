@@ -1,0 +1,236 @@
+"""low-rank: golden IR, exactness at full rank, reported errors, whitening, budgets, option errors."""
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+import torchcarve as tc
+from torchcarve.analysis.cost import param_count
+from torchcarve.passes import PassContext
+from torchcarve.passes.lowrank import LowRank
+from torchcarve.passes.pipeline import parse_pipeline
+
+RTOL, ATOL = 1e-4, 1e-5
+ALLOW_GROWTH = -10.0  # min-gain below 0: factorize even at full rank (more params), for exactness checks
+
+
+def carve(model: nn.Module, x: torch.Tensor, low_rank: LowRank, calibration=None) -> tuple[tc.Graph, dict]:
+    """Capture, run the pass on a copy, verify; returns (factored graph, stats)."""
+    graph = tc.capture(model.eval(), (x,)).clone()
+    result = low_rank.run(graph, PassContext(calibration=calibration))
+    tc.verify(graph)
+    return graph, result.stats
+
+
+def ops(graph: tc.Graph) -> list[str]:
+    return [n.op for n in graph.nodes if n.op != "param"]
+
+
+def mlp() -> nn.Module:
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Linear(16, 32), nn.ReLU(), nn.Linear(32, 8))
+
+
+GOLDEN_MLP = """\
+graph @Sequential(%input: f32[2,16]) -> (f32[2,8]) {
+  %v0_bias = param "0.bias" : f32[32]
+  %v2_bias = param "2.bias" : f32[8]
+  %v0_lowrank_in_weight = param "0.lowrank_in.weight" : f32[4,16]
+  %v0_lowrank_out_weight = param "0.lowrank_out.weight" : f32[32,4]
+  %v2_lowrank_in_weight = param "2.lowrank_in.weight" : f32[4,32]
+  %v2_lowrank_out_weight = param "2.lowrank_out.weight" : f32[8,4]
+  %linear_2 = aten.linear(%input, %v0_lowrank_in_weight) : f32[2,4] loc("0")
+  %linear_3 = aten.linear(%linear_2, %v0_lowrank_out_weight, %v0_bias) : f32[2,32] loc("0")
+  %relu = aten.relu(%linear_3) : f32[2,32] loc("1")
+  %linear = aten.linear(%relu, %v2_lowrank_in_weight) : f32[2,4] loc("2")
+  %linear_4 = aten.linear(%linear, %v2_lowrank_out_weight, %v2_bias) : f32[2,8] loc("2")
+  return %linear_4
+}
+"""
+
+
+def test_low_rank_golden_mlp():
+    graph, stats = carve(mlp(), torch.randn(2, 16), LowRank(rank=4, round_to=1))
+    assert graph.to_text() == GOLDEN_MLP
+    assert stats["factorized"] == 2
+    assert stats["layers"]["0"]["params"] == [512, 4 * (16 + 32)]
+    assert set(graph.params) == {"0.bias", "2.bias", "0.lowrank_in.weight", "0.lowrank_out.weight",
+                                 "2.lowrank_in.weight", "2.lowrank_out.weight"}
+
+
+@pytest.mark.parametrize("rule", [{"energy": 1.0}, {"rank": 16}])
+def test_low_rank_full_rank_is_exact_linear(rule):
+    model, x = mlp(), torch.randn(5, 16)
+    graph, stats = carve(model, x, LowRank(**rule, min_gain=ALLOW_GROWTH, round_to=1))
+    assert ops(graph).count("aten.linear") == 4
+    assert stats["layers"]["0"]["rank"] == 16 and stats["layers"]["2"]["rank"] == 8
+    torch.testing.assert_close(tc.to_torch(graph)(x), model(x), rtol=RTOL, atol=ATOL)
+
+
+@pytest.mark.parametrize("conv", [
+    nn.Conv2d(3, 8, 3, stride=2, padding=1, dilation=2, bias=True),
+    nn.Conv2d(4, 6, 3, padding=2, bias=False),
+    nn.Conv2d(5, 4, (1, 3), stride=(2, 1)),
+], ids=["stride-pad-dilation-bias", "no-bias", "rect-kernel"])
+def test_low_rank_full_rank_is_exact_conv(conv):
+    torch.manual_seed(0)
+    model, x = nn.Sequential(conv, nn.ReLU()), torch.randn(2, conv.in_channels, 11, 9)
+    graph, stats = carve(model, x, LowRank(energy=1.0, min_gain=ALLOW_GROWTH, round_to=1))
+    convs = [n for n in graph.nodes if n.op == "aten.conv2d"]
+    assert len(convs) == 2
+    assert convs[1].inputs[1].type.shape[2:] == (1, 1)          # then a 1x1 conv
+    torch.testing.assert_close(tc.to_torch(graph)(x), model(x), rtol=RTOL, atol=ATOL)
+
+
+def test_low_rank_conv_keeps_stride_on_first_conv():
+    torch.manual_seed(0)
+    model, x = nn.Sequential(nn.Conv2d(8, 16, 3, stride=2, padding=1)), torch.randn(1, 8, 8, 8)
+    graph, _ = carve(model, x, LowRank(rank=4, round_to=1))
+    first, second = [n for n in graph.nodes if n.op == "aten.conv2d"]
+    assert first.attrs["stride"] == [2, 2] and first.attrs["padding"] == [1, 1]
+    assert "stride" not in second.attrs and "padding" not in second.attrs
+    assert tuple(first.output.type.shape) == (1, 4, 4, 4)
+
+
+class Shared(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.proj = nn.Linear(12, 12)
+
+    def forward(self, x):
+        return self.proj(torch.relu(self.proj(x)))
+
+
+def test_low_rank_shared_layer_factorized_once():
+    torch.manual_seed(0)
+    model, x = Shared(), torch.randn(3, 12)
+    graph, stats = carve(model, x, LowRank(rank=12, min_gain=ALLOW_GROWTH))
+    assert list(stats["layers"]) == ["proj"]
+    assert ops(graph).count("aten.linear") == 4
+    assert sorted(n for n in graph.params if "weight" in n) == ["proj.lowrank_in.weight", "proj.lowrank_out.weight"]
+    torch.testing.assert_close(tc.to_torch(graph)(x), model(x), rtol=RTOL, atol=ATOL)
+
+
+def factors(graph: tc.Graph, name: str) -> torch.Tensor:
+    return (graph.params[f"{name}.lowrank_out.weight"].double().flatten(1)
+            @ graph.params[f"{name}.lowrank_in.weight"].double().flatten(1))
+
+
+def test_low_rank_truncation_lowers_params_and_reports_measured_error():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(48, 64))
+    calibration = [(torch.randn(20, 48),) for _ in range(3)]
+    graph, stats = carve(model, calibration[0][0], LowRank(rank=8), calibration)
+    line = stats["layers"]["0"]
+    assert line["params"] == [48 * 64, 8 * (48 + 64)]
+    assert param_count(graph) < sum(p.numel() for p in model.parameters())
+    weight = model[0].weight.detach().double()
+    measured = float((weight - factors(graph, "0")).norm() / weight.norm())
+    assert line["weight_error"] == pytest.approx(measured, rel=1e-4)
+    module, bias = tc.to_torch(graph), model[0].bias
+    with torch.no_grad():
+        delta = torch.cat([module(x) - model(x) for (x,) in calibration])
+        signal = torch.cat([model(x) - bias for (x,) in calibration])
+    assert line["output_error"] == pytest.approx(float(delta.norm() / signal.norm()), rel=1e-3)
+    assert 0.3 < line["output_error"] < 1
+
+
+def correlated(n: int, dim: int = 32, seed: int = 0) -> torch.Tensor:
+    """Inputs living near a 6-dimensional subspace, with uneven scales: what whitening exploits."""
+    generator = torch.Generator().manual_seed(seed)
+    mixing = torch.randn(6, dim, generator=torch.Generator().manual_seed(99)) * torch.linspace(3, 0.5, 6)[:, None]
+    return torch.randn(n, 6, generator=generator) @ mixing + 0.05 * torch.randn(n, dim, generator=generator)
+
+
+def test_low_rank_whitened_beats_svd_on_output_error():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(32, 64), nn.GELU(), nn.Linear(64, 32)).eval()
+    calibration = [(correlated(64, seed=s),) for s in range(4)]
+    held_out = correlated(256, seed=100)
+    errors = {}
+    for method in ("svd", "whitened"):
+        graph, stats = carve(model, held_out, LowRank(method=method, rank=8, layers=("0",)), calibration)
+        assert stats["layers"]["0"]["rank"] == 8
+        with torch.no_grad():
+            errors[method] = float((tc.to_torch(graph)(held_out) - model(held_out)).norm() / model(held_out).norm())
+    assert errors["whitened"] < 0.2 * errors["svd"]
+    assert errors["whitened"] < 0.05
+
+
+def test_low_rank_whitened_needs_calibration():
+    with pytest.raises(tc.CarveError, match="calibration"):
+        carve(mlp(), torch.randn(2, 16), LowRank(method="whitened"))
+
+
+def test_low_rank_leaves_layers_without_gain_alone():
+    torch.manual_seed(0)
+    model, x = nn.Sequential(nn.Linear(64, 64), nn.ReLU(), nn.Linear(64, 4)), torch.randn(2, 64)
+    graph, stats = carve(model, x, LowRank(rank=8))
+    assert list(stats["layers"]) == ["0"]                      # 8*(64+64) < 64*64
+    assert "min-gain" in stats["skipped"]["2"]                 # rank 4 of a 64x4 layer costs more than it saves
+    assert "2.weight" in graph.params and ops(graph).count("aten.linear") == 3
+    graph, stats = carve(model, x, LowRank(rank=32))           # 32*128 == 64*64: no saving
+    assert stats["factorized"] == 0 and ops(graph).count("aten.linear") == 2
+
+
+def test_low_rank_layers_and_protect_patterns():
+    model, x = nn.Sequential(nn.Linear(64, 64), nn.Linear(64, 64), nn.Linear(64, 64)), torch.randn(2, 64)
+    _, stats = carve(model, x, LowRank(rank=8, layers=("0", "1")))
+    assert list(stats["layers"]) == ["0", "1"] and stats["skipped"]["2"] == "not in layers"
+    _, stats = carve(model, x, LowRank(rank=8, protect=("1",), targets=("linear",)))
+    assert list(stats["layers"]) == ["0", "2"] and stats["skipped"]["1"] == "protected"
+
+
+def test_low_rank_global_budget_spends_rank_where_it_loses_least():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(64, 64), nn.Linear(64, 64))
+    with torch.no_grad():  # layer 0 is exactly rank 4; layer 1 is full rank
+        model[0].weight.copy_(torch.randn(64, 4) @ torch.randn(4, 64))
+    x = torch.randn(2, 64)
+    graph, stats = carve(model, x, LowRank(budget_params=0.5))
+    before, after = stats["params"]
+    assert after <= 0.5 * 2 * 64 * 64
+    assert stats["layers"]["0"]["rank"] == 8                   # the smallest multiple of 8 holds rank 4
+    assert stats["layers"]["0"]["weight_error"] < 1e-6
+    assert stats["layers"]["1"]["rank"] > 8
+    graph, stats = carve(model, x, LowRank(budget_macs=0.5))
+    assert len(stats["layers"]) == 2 and stats["macs"][1] <= 0.5 * stats["macs"][0]
+
+
+def test_low_rank_budget_that_cannot_be_met():
+    with pytest.raises(tc.CarveError, match="can't be met"):
+        carve(nn.Sequential(nn.Linear(64, 64)), torch.randn(2, 64), LowRank(budget_params=0.05, min_rank=16))
+
+
+@pytest.mark.parametrize("spec, message", [
+    ("low-rank{energy=1.5}", "energy must be in"),
+    ("low-rank{method=foo}", "expects one of svd, whitened"),
+    ("low-rank{energy=0.9,rank=4}", "one rank rule"),
+    ("low-rank{targets=[lstm]}", "unknown targets"),
+    ("low-rank{budget-params=0}", "budget-params must be in"),
+])
+def test_low_rank_bad_options(spec, message):
+    with pytest.raises(tc.PipelineError, match=message):
+        parse_pipeline(spec)
+
+
+def test_low_rank_spec_round_trips():
+    each = LowRank(method="whitened", budget_params=0.75, targets=("linear",), protect=("head*",), min_gain=0.2)
+    assert parse_pipeline(each.spec()) == [each]
+
+
+def test_low_rank_transformer_encoder_factorizes_and_runs():
+    torch.manual_seed(0)
+    layer = nn.TransformerEncoderLayer(64, 4, 128, dropout=0.0, batch_first=True)
+    model, x = nn.TransformerEncoder(layer, 2, enable_nested_tensor=False).eval(), torch.randn(2, 6, 64)
+    calibration = [(torch.randn(2, 6, 64),) for _ in range(2)]
+    graph, stats = carve(model, x, LowRank(method="whitened", budget_params=0.75), calibration)
+    assert stats["factorized"] >= 4
+    assert stats["params"][1] < stats["params"][0]
+    with torch.no_grad():
+        out, ref = tc.to_torch(graph)(x), model(x)
+    assert out.shape == ref.shape and torch.isfinite(out).all()
+    exact, _ = carve(model, x, LowRank(energy=1.0, min_gain=ALLOW_GROWTH, round_to=1))
+    with torch.no_grad():
+        torch.testing.assert_close(tc.to_torch(exact)(x), ref, rtol=RTOL, atol=1e-4)

@@ -1,0 +1,62 @@
+"""Run a graph op by op and hand chosen intermediate values to observers (calibration statistics).
+
+Values are freed after their last use, so memory stays that of one forward pass; observers
+are expected to reduce what they see (e.g. accumulate X^T X) rather than keep it.
+"""
+from __future__ import annotations
+
+from typing import Any, Callable, Iterable, Sequence
+
+import torch
+
+from ..errors import CarveError
+from ..ir import Graph
+from ..ir.ops import get_op
+from ..ir.value import Value
+
+Observer = Callable[[torch.Tensor], None]
+
+
+def run_observed(graph: Graph, inputs: Sequence[torch.Tensor], observers: dict[Value, list[Observer]]) -> list[torch.Tensor]:
+    """Evaluate `graph` on `inputs`, calling each observer with its value's tensor once it is computed."""
+    if len(inputs) != len(graph.inputs):
+        raise CarveError(f"graph @{graph.name} takes {len(graph.inputs)} inputs, a calibration batch has {len(inputs)}",
+                         hint="calibration is an iterable of input tuples, one tensor per graph input")
+    last_use = _last_uses(graph)
+    env: dict[Value, Any] = dict(zip(graph.inputs, inputs))
+    for value in graph.inputs:
+        _observe(observers, value, env[value])
+    with torch.no_grad():
+        for index, node in enumerate(graph.nodes):
+            if node.op == "param":
+                results = [graph.params[node.attrs["name"]]]
+            else:
+                results = get_op(node.op).run([env[v] for v in node.inputs], node.attrs)
+            for value, result in zip(node.outputs, results):
+                env[value] = result
+                _observe(observers, value, result)
+            for value in node.inputs:
+                if last_use.get(value) == index:
+                    del env[value]
+    return [env[v] for v in graph.outputs]
+
+
+def _observe(observers: dict[Value, list[Observer]], value: Value, tensor: Any) -> None:
+    for observer in observers.get(value, ()):
+        observer(tensor)
+
+
+def _last_uses(graph: Graph) -> dict[Value, int]:
+    """Index of the last node reading each value; graph outputs are never freed."""
+    last: dict[Value, int] = {}
+    for index, node in enumerate(graph.nodes):
+        for value in node.inputs:
+            last[value] = index
+    for value in graph.outputs:
+        last.pop(value, None)
+    return last
+
+
+def as_batches(calibration: Iterable[Any]) -> list[tuple[torch.Tensor, ...]]:
+    """Calibration as a list of input tuples (a bare tensor is a one-input batch)."""
+    return [(batch,) if isinstance(batch, torch.Tensor) else tuple(batch) for batch in calibration]
