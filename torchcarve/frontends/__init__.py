@@ -31,18 +31,19 @@ def capture(model: torch.nn.Module, example_inputs: Any, method: str = "auto", *
         raise CaptureError(f"unknown capture method '{method}'", hint="use 'auto', 'export' or 'fx'")
     graph_name = name or type(model).__name__
     methods = list(METHODS) if method == "auto" else [method]
-    errors: list[str] = []
+    errors: list[CaptureError] = []
     with _eval_mode(model), _quiet_torch_logs():
         for each in methods:
             try:
                 return METHODS[each](model, inputs, dynamic_batch=dynamic_batch, name=graph_name,
                                      input_names=_input_names(model, len(inputs)))
             except CaptureError as e:
-                errors.append(f"{each}: {e}")
+                errors.append(CaptureError(f"{each}: {e.args[0]}", hint=e.hint))
     if len(errors) == 1:
-        raise CaptureError(errors[0])
-    raise CaptureError("could not capture the model; " + "; ".join(errors),
-                       hint="check that example_inputs run through the model in eval mode")
+        raise errors[0]
+    hints = [e.hint for e in errors if e.hint] or ["check that example_inputs run through the model in eval mode"]
+    raise CaptureError("could not capture the model; " + "; ".join(e.args[0] for e in errors),
+                       hint="; ".join(hints))
 
 
 def _input_names(model: torch.nn.Module, count: int) -> list[str]:

@@ -47,8 +47,8 @@ def normalize_dim(dim: Dim) -> Dim:
     parts = dim.split("*")
     factor = math.prod(int(p) for p in parts if p.isdigit())
     symbols = sorted(p for p in parts if not p.isdigit())
-    if factor == 0:
-        return 0
+    if factor == 0 or not symbols:
+        return factor
     return "*".join(symbols + ([str(factor)] if factor != 1 else []))
 
 

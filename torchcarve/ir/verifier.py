@@ -65,6 +65,8 @@ def verify(graph: Graph, check_params: bool = True) -> None:
     for value in graph.outputs:
         if id(value) not in defined:
             raise VerifyError(f"graph output %{value.name} is not defined in @{graph.name}")
+    for value in graph.inputs:
+        _check_users(value, graph, f"graph input %{value.name}")
 
 
 def _define(value, names: set[str], where: str) -> None:
@@ -82,6 +84,11 @@ def _check_structure(node: Node, graph: Graph, defined: set[int]) -> None:
         if (node, position) not in value._uses:
             raise _fail(node, "use lists", f"%{value.name} does not list this node as a user")
     for value in node.outputs:
-        for user, position in value._uses:
-            if user.graph is not graph or user.inputs[position] is not value:
-                raise _fail(node, "use lists", f"%{value.name} lists a stale user {user!r}")
+        _check_users(value, graph, node)
+
+
+def _check_users(value, graph: Graph, where: Node | str) -> None:
+    for user, position in value._uses:
+        if user.graph is not graph or position >= len(user.inputs) or user.inputs[position] is not value:
+            detail = f"%{value.name} lists a stale user {user!r}"
+            raise _fail(where, "use lists", detail) if isinstance(where, Node) else VerifyError(f"{where}: {detail}")
