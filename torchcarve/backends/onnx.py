@@ -1,0 +1,269 @@
+"""IR -> onnx.ModelProto: per-op lowering rules (onnx_lowering.py), typed value_info, checker-clean.
+
+Constant subgraphs (param-only inputs, arange, masks built from static shapes) are evaluated in
+torch and written as initializers, so only the data path needs ONNX rules.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import onnx
+import torch
+from onnx import TensorProto, helper
+
+from ..errors import CarveError, UnsupportedOpError
+from ..fileio import atomic_file
+from ..ir import Graph
+from ..ir.node import Node
+from ..ir.ops import get_op
+from ..ir.types import TensorType
+from ..ir.value import Value
+from .onnx_lowering import LOWERINGS, ONNX_INPUT_ATTRS, SHAPE_ONLY_OPS, lower_onnx_op
+
+DEFAULT_OPSET = 18
+TWO_GB = 2**31 - 2**20                      # protobuf's limit, less headroom for the graph itself
+FOLD_LIMIT = 1 << 16                        # fold a constant node when its result is at most this many elements ...
+
+ONNX_DTYPES: dict[str, int] = {
+    "f32": TensorProto.FLOAT, "f16": TensorProto.FLOAT16, "bf16": TensorProto.BFLOAT16,
+    "f64": TensorProto.DOUBLE, "i64": TensorProto.INT64, "i32": TensorProto.INT32, "i16": TensorProto.INT16,
+    "i8": TensorProto.INT8, "u8": TensorProto.UINT8, "bool": TensorProto.BOOL,
+    "c64": TensorProto.COMPLEX64, "c128": TensorProto.COMPLEX128,
+}
+TORCH_TO_ONNX: dict[torch.dtype, int] = {TensorType((), k).torch_dtype: v for k, v in ONNX_DTYPES.items()}
+
+
+def tensor_proto(name: str, tensor: torch.Tensor) -> onnx.TensorProto:
+    """An initializer from any tensor (raw little-endian bytes, so bf16 and bool work too)."""
+    tensor = tensor.detach().cpu().contiguous()
+    raw = tensor.reshape(-1).view(torch.uint8).numpy().tobytes() if tensor.numel() else b""
+    return helper.make_tensor(name, TORCH_TO_ONNX[tensor.dtype], list(tensor.shape), raw, raw=True)
+
+
+def value_info(name: str, type: TensorType) -> onnx.ValueInfoProto:
+    """A typed value; symbolic dims ("batch", "batch*12") become dim_params."""
+    return helper.make_tensor_value_info(name, ONNX_DTYPES[type.dtype], list(type.shape))
+
+
+class LoweringContext:
+    """What a lowering rule emits into: ONNX nodes, initializers, and value names."""
+
+    def __init__(self, graph: Graph, opset: int) -> None:
+        self.graph = graph
+        self.opset = opset
+        self.nodes: list[onnx.NodeProto] = []
+        self.initializers: dict[str, onnx.TensorProto] = {}
+        self.constants: dict[Value, torch.Tensor] = {}
+        self.names: dict[Value, str] = {}
+        self.used: set[str] = set()
+        self.node: Node | None = None
+        self.extra_domains: dict[str, int] = {}
+
+    # ---- names -------------------------------------------------------------------------
+    def fresh(self, base: str) -> str:
+        name, k = base, 0
+        while name in self.used:
+            k += 1
+            name = f"{base}_{k}"
+        self.used.add(name)
+        return name
+
+    def name(self, value: Value) -> str:
+        """The ONNX name of an IR value; constants are written as initializers on first use."""
+        if value in self.names:
+            return self.names[value]
+        if value not in self.constants:
+            raise CarveError(f"%{value.name} is used before it is defined in the ONNX output")
+        base = value.producer.attrs["name"] if value.producer and value.producer.op == "param" else value.name
+        self.names[value] = self.const(self.constants[value], base)
+        return self.names[value]
+
+    def output_names(self, node: Node) -> list[str]:
+        for value in node.outputs:
+            if value not in self.names:
+                self.names[value] = self.fresh(value.name)
+        return [self.names[v] for v in node.outputs]
+
+    def alias(self, value: Value, name: str) -> None:
+        """`value` is the same tensor as `name` (no node emitted)."""
+        self.names[value] = name
+
+    # ---- emitting ----------------------------------------------------------------------
+    def const(self, tensor: Any, base: str = "const") -> str:
+        name = self.fresh(base)
+        self.initializers[name] = tensor_proto(name, torch.as_tensor(tensor))
+        return name
+
+    def ints(self, values: list[int], base: str = "ints") -> str:
+        return self.const(torch.tensor(list(values), dtype=torch.int64), base)
+
+    def scalar(self, value: Any, dtype: str, base: str = "scalar") -> str:
+        return self.const(torch.tensor(value, dtype=TensorType((), dtype).torch_dtype), base)
+
+    def emit(self, op_type: str, inputs: list[str], outputs: list[str] | int = 1, domain: str = "",
+             **attrs: Any) -> list[str]:
+        """Append one ONNX node; returns its output names (fresh ones when given a count)."""
+        scope = self.node.scope if self.node is not None and self.node.scope else ""
+        prefix = "/" + scope.replace(".", "/") if scope else ""
+        if isinstance(outputs, int):
+            outputs = [self.fresh(f"{scope.replace('.', '_') or op_type}_{op_type}") for _ in range(outputs)]
+        attrs = {k: v for k, v in attrs.items() if v is not None}
+        self.nodes.append(helper.make_node(op_type, inputs, outputs, name=self.fresh(f"{prefix}/{op_type}"),
+                                           domain=domain or None, **attrs))
+        return outputs
+
+    def cast(self, name: str, source: str, target: str) -> str:
+        """`name` converted from dtype `source` to `target` (no node when they agree)."""
+        if source == target:
+            return name
+        return self.emit("Cast", [name], to=ONNX_DTYPES[target])[0]
+
+    def input(self, value: Value, dtype: str | None = None) -> str:
+        """An input's name, cast to `dtype` when given and different."""
+        return self.cast(self.name(value), value.type.dtype, dtype or value.type.dtype)
+
+
+def to_onnx(graph: Graph, path: str | Path | None = None, opset: int = DEFAULT_OPSET) -> onnx.ModelProto:
+    """Lower `graph` to ONNX (checker-clean); write it atomically to `path` when given."""
+    missing = _unsupported_ops(graph)
+    if missing:
+        raise UnsupportedOpError(f"no ONNX lowering for: {', '.join(missing)}",
+                                 hint="add a rule to LOWERINGS in torchcarve/backends/onnx_lowering.py")
+    ctx = LoweringContext(graph, opset)
+    inputs = [_graph_input(ctx, v) for v in graph.inputs]
+    for node in graph.nodes:
+        _lower_node(ctx, node)
+    outputs: list[onnx.ValueInfoProto] = []
+    for value in graph.outputs:
+        outputs.append(_graph_output(ctx, value, {o.name for o in outputs}))
+    model = _assemble(ctx, inputs, outputs)
+    if path is not None:
+        _save(model, Path(path))
+    else:
+        _check(model)
+    return model
+
+
+def _unsupported_ops(graph: Graph) -> list[str]:
+    constant = _constant_values(graph)
+    ops = {n.op for n in graph.nodes if n.op != "param" and not all(v in constant for v in n.outputs)}
+    return sorted(op for op in ops if op not in LOWERINGS and not op.startswith("onnx."))
+
+
+def _constant_values(graph: Graph) -> set[Value]:
+    """Values the exporter folds (computed from params and static shapes only)."""
+    constant: set[Value] = set()
+    for node in graph.nodes:
+        if _foldable(node, constant):
+            constant.update(node.outputs)
+    return constant
+
+
+def _foldable(node: Node, constant: set[Value]) -> bool:
+    if node.op == "param":
+        return True
+    if get_op(node.op).extra.get("keep_in_export"):  # e.g. quantized weights stay integers in the file
+        return False
+    if node.op.startswith("onnx.") and not _has_kernel(node.op):
+        return False
+    static = all(v.type.is_static for v in node.outputs)
+    size_ok = static and sum(v.type.numel() for v in node.outputs) <= max(
+        FOLD_LIMIT, sum(v.type.numel() for v in node.inputs))
+    if node.op in SHAPE_ONLY_OPS:
+        return size_ok
+    return size_ok and all(v in constant for v in node.inputs)
+
+
+def _has_kernel(op: str) -> bool:
+    return not get_op(op).extra.get("opaque", False)
+
+
+def _fold(ctx: LoweringContext, node: Node) -> bool:
+    """Evaluate a constant node in torch; True when done."""
+    if not _foldable(node, set(ctx.constants)):
+        return False
+    if node.op == "param":
+        ctx.constants[node.output] = ctx.graph.params[node.attrs["name"]]
+        return True
+    inputs = [ctx.constants.get(v) for v in node.inputs]
+    if node.op in SHAPE_ONLY_OPS:
+        inputs = [t if t is not None else torch.zeros(v.type.shape, dtype=v.type.torch_dtype)
+                  for t, v in zip(inputs, node.inputs)]
+    with torch.no_grad():
+        results = get_op(node.op).run(inputs, node.attrs)
+    for value, result in zip(node.outputs, results):
+        ctx.constants[value] = result
+    return True
+
+
+def _lower_node(ctx: LoweringContext, node: Node) -> None:
+    if _fold(ctx, node):
+        return
+    ctx.node = node
+    if node.op.startswith("onnx.") and node.op not in LOWERINGS:
+        lower_onnx_op(ctx, node)
+    else:
+        LOWERINGS[node.op](ctx, node)
+    for value in node.outputs:
+        if value not in ctx.names:
+            ctx.names[value] = ctx.fresh(value.name)  # an unused secondary output (indices, stats)
+    ctx.node = None
+
+
+def _graph_input(ctx: LoweringContext, value: Value) -> onnx.ValueInfoProto:
+    ctx.names[value] = ctx.fresh(value.name)
+    return value_info(ctx.names[value], value.type)
+
+
+def _graph_output(ctx: LoweringContext, value: Value, taken: set[str]) -> onnx.ValueInfoProto:
+    """Outputs need their own name: an alias of an input, an initializer or another output gets an Identity."""
+    name = ctx.name(value)
+    produced = {out for n in ctx.nodes for out in n.output}
+    if name not in produced or name in taken:
+        name = ctx.emit("Identity", [name], [ctx.fresh(value.name)])[0]
+    return value_info(name, value.type)
+
+
+def _assemble(ctx: LoweringContext, inputs: list, outputs: list) -> onnx.ModelProto:
+    io_names = {v.name for v in inputs} | {v.name for v in outputs}
+    produced = {out for n in ctx.nodes for out in n.output}
+    infos = [value_info(name, value.type) for value, name in ctx.names.items()
+             if name in produced and name not in io_names]
+    used = {i for n in ctx.nodes for i in n.input} | {o.name for o in outputs}
+    initializers = [t for name, t in ctx.initializers.items() if name in used]
+    graph = helper.make_graph(ctx.nodes, ctx.graph.name, inputs, outputs, initializers, value_info=infos)
+    opsets = [helper.make_opsetid("", ctx.opset)] + [helper.make_opsetid(d, v) for d, v in ctx.extra_domains.items()]
+    model = helper.make_model(graph, opset_imports=opsets, producer_name="torchcarve")
+    model.ir_version = min(model.ir_version, 10)  # onnxruntime reads up to IR 10
+    return model
+
+
+def _check(model: onnx.ModelProto) -> None:
+    try:
+        onnx.checker.check_model(model, full_check=True)
+    except (onnx.checker.ValidationError, onnx.shape_inference.InferenceError) as e:
+        raise CarveError(f"the ONNX model fails onnx.checker: {str(e).splitlines()[0]}",
+                         hint="this is a lowering bug; please report it with the graph text") from e
+
+
+def _save(model: onnx.ModelProto, path: Path) -> None:
+    """Write atomically; beyond 2 GB the weights go to `<name>.data` beside the model."""
+    large = model.ByteSize() > TWO_GB if _size_known(model) else True
+    if not large:
+        _check(model)
+    with atomic_file(path) as temp:
+        if large:
+            onnx.save_model(model, str(temp), save_as_external_data=True, all_tensors_to_one_file=True,
+                            location=f"{path.name}.data", size_threshold=1024)
+            onnx.checker.check_model(str(temp))
+        else:
+            onnx.save_model(model, str(temp))
+
+
+def _size_known(model: onnx.ModelProto) -> bool:
+    total = sum(len(t.raw_data) for t in model.graph.initializer)
+    return total < TWO_GB
+
+
+from . import onnx_quant  # noqa: E402,F401  (registers the quantization lowerings)
