@@ -65,6 +65,10 @@ def get_op(name: str) -> OpDef:
     """The OpDef for an op name; UnsupportedOpError if no registry or torch.ops namespace has it."""
     if name in _EXPLICIT:
         return _EXPLICIT[name]
+    if name.startswith("onnx."):  # an ONNX op without a kernel: kept opaque
+        from .onnx_ops import opaque_opdef
+
+        return opaque_opdef(name)
     from .aten import schema_opdef
 
     opdef = schema_opdef(name)
@@ -81,4 +85,4 @@ def op_name(overload: torch._ops.OpOverload) -> str:
 
 
 # importing registers the tables
-from . import core  # noqa: E402,F401
+from . import core, onnx_ops  # noqa: E402,F401
