@@ -14,3 +14,4 @@ __all__ = [
     "ALIASES", "ANY", "OptimizeResult", "P", "PARAM", "PASSES", "Pass", "PassContext", "PassManager", "PassReport",
     "PassResult", "Pat", "Rewriter", "apply_rules", "optimize", "parse_pipeline", "pass_help", "register_pass",
 ]
+from . import quantize  # noqa: E402,F401  (registration)

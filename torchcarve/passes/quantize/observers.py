@@ -95,10 +95,11 @@ def entropy_range(counts: np.ndarray, edges: np.ndarray) -> tuple[float, float]:
     def divergence(low: float, high: float) -> float:
         inside = (edges[:-1] >= low) & (edges[1:] <= high)
         first, last = int(np.argmax(inside)), len(inside) - 1 - int(np.argmax(inside[::-1]))
-        p = counts[first:last + 1].copy()
+        inner = counts[first:last + 1]
+        p = inner.copy()  # the reference keeps the clipped tails in its edge bins; the candidate loses them
         p[0] += counts[:first].sum()
         p[-1] += counts[last + 1:].sum()
-        return _kl(p, _requantized(p))
+        return _kl(p, _requantized(inner))
     return _best(edges, divergence)
 
 
@@ -117,9 +118,12 @@ def _kl(p: np.ndarray, q: np.ndarray) -> float:
 
 
 def _best(edges: np.ndarray, score: Callable[[float, float], float]) -> tuple[float, float]:
+    """Shrink both ends of the range together, then each end alone (outliers are often one-sided)."""
     low, high = min(edges[0], 0.0), max(edges[-1], 0.0)
-    candidates = [(low * f, high * f) for f in CLIP_GRID]
-    return min(candidates, key=lambda c: score(*c))
+    low, high = min(((low * f, high * f) for f in CLIP_GRID), key=lambda c: score(*c))
+    high = min((high * f for f in CLIP_GRID if high * f <= edges[-1]), key=lambda h: score(low, h), default=high)
+    low = min((low * f for f in CLIP_GRID if low * f >= edges[0]), key=lambda v: score(v, high), default=low)
+    return float(low), float(high)
 
 
 OBSERVERS: dict[str, Callable[[float], MinMaxObserver | HistogramObserver]] = {

@@ -1,0 +1,138 @@
+"""quantize: post-training quantization to the int8/int4 forms ONNX Runtime runs with integer kernels."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from fnmatch import fnmatchcase
+from typing import Any, Literal, Sequence
+
+from ...errors import CarveError
+from ...ir import Graph
+from ..base import Pass, PassContext, PassResult, register_pass
+from .calibrate import calibrate
+from .observers import OBSERVERS
+from .rewrite import (Layer, WeightFormat, activations_to_observe, dequantized_weight, fake_quantize, find_layers,
+                      to_dynamic)
+from .sensitivity import choose_float_layers, layer_sensitivity
+from .smooth import smooth_layers
+
+QMAX = {("int8", False): 127, ("int8", True): 63, ("int4", False): 7, ("int4", True): 7}
+EVAL_BATCHES = 2  # calibration batches the sensitivity search measures the output error on
+
+
+@register_pass("quantize")
+@dataclass(frozen=True)
+class Quantize(Pass):
+    """Post-training quantization (Jacob et al. 2018; SmoothQuant, Xiao et al. 2023).
+
+    mode: dynamic (int8 linear weights, activations quantized at run time: ORT DynamicQuantizeMatMul),
+      static (QDQ: int8 conv/linear weights, uint8 activations per tensor, ranges from calibration),
+      weight-only (int8 or int4 weights, dequantized at run time; int4 group-wise).
+    dtype: int8 | int4 (int4: weight-only). weights: per-channel | per-tensor (symmetric).
+    activations: the static range observer, minmax | percentile | mse | entropy (percentile: its p).
+    group-size: int4 weights share a scale per this many inputs. reduce-range: 7-bit int8 weights, so
+      x86 AVX2 u8*s8 kernels cannot saturate (ORT's results then equal the PyTorch backend's exactly).
+    skip: layers kept in float (glob patterns over weight names without '.weight').
+    smooth: SmoothQuant alpha (0 = off; needs calibration). sensitivity: measure each layer's output
+      error; with max-error, keep the most sensitive layers in float until the relative error fits.
+    """
+
+    mode: Literal["dynamic", "static", "weight-only"] = "dynamic"
+    dtype: Literal["int8", "int4"] = "int8"
+    weights: Literal["per-channel", "per-tensor"] = "per-channel"
+    activations: Literal["minmax", "percentile", "mse", "entropy"] = "minmax"
+    percentile: float = 99.99
+    group_size: int = 128
+    reduce_range: bool = True
+    skip: tuple[str, ...] = ()
+    smooth: float = 0.0
+    sensitivity: bool = False
+    max_error: float | None = None
+
+    def run(self, graph: Graph, ctx: PassContext) -> PassResult:
+        self._check_options()
+        batches = self._calibration(ctx)
+        layers = find_layers(graph, self.mode)
+        skipped = matching_layers(layers, self.skip)
+        layers = [layer for layer in layers if layer.name not in skipped]
+        if self.smooth and layers:
+            smooth_layers(graph, layers, batches, self.smooth)
+        ranges = self._activation_ranges(graph, layers, batches)
+        names = {layer.node.outputs[0].name: layer.name for layer in layers}
+        stats: dict[str, Any] = {"mode": self.mode, "dtype": self.dtype}
+        chosen = self._choose(graph, list(names), ranges, batches, stats)
+        self._apply(graph, chosen, ranges)
+        float_layers = sorted({*skipped, *(names[n] for n in names if n not in chosen)})
+        stats.update(quantized=len(chosen), float=len(float_layers), float_layers=float_layers)
+        return PassResult(bool(chosen), stats)
+
+    # ---- options and data --------------------------------------------------------------
+    def _check_options(self) -> None:
+        if self.dtype == "int4" and self.mode != "weight-only":
+            raise CarveError(f"{self.spec()}: int4 is supported only with mode=weight-only",
+                             hint="use quantize{mode=weight-only,dtype=int4} or dtype=int8")
+        if self.dtype == "int4" and self.group_size < 0:
+            raise CarveError(f"{self.spec()}: group-size must be >= 0 (0: one scale per output channel)")
+        if not 0.0 <= self.smooth <= 1.0:
+            raise CarveError(f"{self.spec()}: smooth is SmoothQuant's alpha, in [0, 1]")
+
+    def _calibration(self, ctx: PassContext) -> Sequence[Any]:
+        needs = self.mode == "static" or self.smooth or self.sensitivity or self.max_error is not None
+        return ctx.require_calibration(self.spec()) if needs else []
+
+    def _format(self) -> WeightFormat:
+        group = self.group_size if self.dtype == "int4" else 0
+        return WeightFormat(QMAX[self.dtype, self.reduce_range], self.weights == "per-channel", group)
+
+    def _activation_ranges(self, graph: Graph, layers: list[Layer], batches: Sequence[Any]) -> dict[str, tuple]:
+        if self.mode != "static":
+            return {}
+        observers = {v: OBSERVERS[self.activations](self.percentile) for v in activations_to_observe(layers)}
+        calibrate(graph, batches, observers)
+        return {value.name: observer.range() for value, observer in observers.items()}
+
+    # ---- mixed precision and the rewrite ----------------------------------------------
+    def _choose(self, graph: Graph, names: list[str], ranges: dict, batches: Sequence[Any],
+                stats: dict[str, Any]) -> set[str]:
+        if not (self.sensitivity or self.max_error is not None) or not names:
+            return set(names)
+        evaluate = batches[:EVAL_BATCHES]
+        def quantized_copy(g: Graph, chosen: set[str]) -> Graph:
+            copy = g.clone()
+            self._apply(copy, chosen, ranges)
+            return copy
+        sensitivity = layer_sensitivity(graph, names, quantized_copy, evaluate)
+        stats["sensitivity"] = {n: round(e, 6) for n, e in sorted(sensitivity.items(), key=lambda i: -i[1])}
+        if self.max_error is None:
+            return set(names)
+        kept, error = choose_float_layers(graph, names, quantized_copy, evaluate, sensitivity, self.max_error)
+        stats["error"] = round(error, 6)
+        return set(names) - set(kept)
+
+    def _apply(self, graph: Graph, chosen: set[str], ranges: dict[str, tuple]) -> None:
+        """Quantize the layers whose output value is named in `chosen`."""
+        layers = [layer for layer in find_layers(graph, self.mode) if layer.node.outputs[0].name in chosen]
+        originals = [layer.weight.producer for layer in layers]
+        if self.mode == "static":
+            by_name = {v.name: v for v in activations_to_observe(layers)}
+            for name, value in by_name.items():
+                fake_quantize(graph, value, *ranges[name])
+        for layer in layers:
+            if self.mode == "dynamic":
+                to_dynamic(graph, layer, self._format())
+            else:
+                dequantized_weight(graph, layer, self._format())
+        graph.erase_unused(originals)
+
+
+def matching_layers(layers: list[Layer], patterns: Sequence[str]) -> set[str]:
+    """Names of the layers matching any pattern; an error naming a pattern that matches none."""
+    names = [layer.name for layer in layers]
+    matched: set[str] = set()
+    for pattern in patterns:
+        hits = {n for n in names if fnmatchcase(n, pattern)}
+        if not hits:
+            sample = ", ".join(names[:5]) + (", ..." if len(names) > 5 else "") or "none"
+            raise CarveError(f"quantize: skip pattern '{pattern}' matches no quantizable layer",
+                             hint=f"layers are named by weight without '.weight', e.g. {sample}")
+        matched |= hits
+    return matched
