@@ -96,13 +96,20 @@ def _weight_attributes(graph: Graph, names: Namespace, expr: dict[Value, str]) -
 def _init_lines(graph: Graph, weights: dict[str, str]) -> list[str]:
     lines = []
     for attribute, param in weights.items():
-        tensor = graph.params[param]
+        tensor = _param_tensor(graph, param)
         empty = f"torch.empty({list(tensor.shape)}, dtype=torch.{str(tensor.dtype).split('.')[-1]})"
         if param in graph.params.trainable:
-            lines.append(f"        self.{attribute} = torch.nn.Parameter({empty})  # {param}")
+            lines.append(f"        self.{attribute} = torch.nn.Parameter({empty})  # {param!r}")
         else:
-            lines.append(f"        self.register_buffer({attribute!r}, {empty})  # {param}")
+            lines.append(f"        self.register_buffer({attribute!r}, {empty})  # {param!r}")
     return lines or ["        pass  # no weights"]
+
+
+def _param_tensor(graph: Graph, name: str) -> torch.Tensor:
+    if name not in graph.params:
+        raise CarveError(f"param '{name}' of graph @{graph.name} is not in its ParamStore",
+                         hint="parse or load the graph together with its weights")
+    return graph.params[name]
 
 
 def _signature(graph: Graph, names: Namespace, expr: dict[Value, str]) -> str:

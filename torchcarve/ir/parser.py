@@ -5,7 +5,7 @@ import json
 import re
 from typing import Any, Iterator, NamedTuple
 
-from ..errors import CarveError, ParseError
+from ..errors import CarveError, ParseError, VerifyError
 from .graph import Graph
 from .ops import get_op
 from .params import ParamStore
@@ -56,6 +56,7 @@ class Parser:
         self.tokens = list(tokenize(text))
         self.pos = 0
         self.params = params
+        self.locations: dict[Any, Token] = {}  # node -> its op token, for verifier errors
 
     # ---- token helpers -----------------------------------------------------------------
     @property
@@ -108,11 +109,12 @@ class Parser:
         self.take("punct", "{")
         while not self.accept("ident", "return"):
             self.parse_statement(graph)
+        return_token = self.tokens[self.pos - 1]
         outputs = [] if self.peek.text == "}" else self.separated_until_brace()
         self.take("punct", "}")
         self.take("eof", expected="end of input after '}'")
         if [v.type for v in outputs] != result_types:
-            raise ParseError(f"return types ({', '.join(str(v.type) for v in outputs)}) do not match the "
+            raise ParseError(f"{return_token.line}:{return_token.col}: return types ({', '.join(str(v.type) for v in outputs)}) do not match the "
                              f"signature ({', '.join(map(str, result_types))})")
         graph.outputs = outputs
         return graph
@@ -202,6 +204,7 @@ class Parser:
         for name in names:
             self.check_new(name, token)
         node = graph.add_node(op, inputs, attrs, output_types=types, names=names, scope=scope)
+        self.locations[node] = token
         for value in node.outputs:
             self.values[value.name] = value
 
@@ -277,9 +280,17 @@ def parse(text: str, params: ParamStore | None = None, verify: bool = True) -> G
     """Parse the text form. With `params`, param nodes must name tensors in it."""
     if not isinstance(text, str):
         raise ParseError(f"expected IR text (str), got {type(text).__name__}")
-    graph = Parser(text, params).parse_graph()
-    if verify:
-        from .verifier import verify as verify_graph
+    parser = Parser(text, params)
+    graph = parser.parse_graph()
+    if not verify:
+        return graph
+    from .verifier import verify as verify_graph
 
+    try:
         verify_graph(graph, check_params=params is not None)
+    except VerifyError as e:
+        token = parser.locations.get(getattr(e, "node", None))
+        if token is None:
+            raise
+        raise VerifyError(f"{token.line}:{token.col}: {e.args[0]}", hint=e.hint) from e
     return graph

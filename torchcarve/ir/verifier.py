@@ -13,7 +13,9 @@ from .types import TensorType
 def _fail(node: Node, rule: str, detail: str) -> VerifyError:
     ins = ", ".join(str(v.type) for v in node.inputs)
     outs = ", ".join(str(v.type) for v in node.outputs)
-    return VerifyError(f"{node!r} [{node.op}] breaks '{rule}': {detail} (inputs: {ins or '-'}; outputs: {outs})")
+    error = VerifyError(f"{node!r} [{node.op}] breaks '{rule}': {detail} (inputs: {ins or '-'}; outputs: {outs})")
+    error.node = node  # the parser maps it back to a line:col
+    return error
 
 
 def check_param(node: Node, graph: Graph, check_params: bool) -> None:

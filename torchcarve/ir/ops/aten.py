@@ -40,9 +40,10 @@ def resolve_overload(name: str) -> torch._ops.OpOverload | None:
     namespace, op, overload = parts[0], parts[1], parts[2] if len(parts) == 3 else "default"
     try:
         packet = getattr(getattr(torch.ops, namespace), op)
-        return getattr(packet, overload)
+        overload = getattr(packet, overload)
     except (AttributeError, RuntimeError):
         return None
+    return overload if isinstance(overload, torch._ops.OpOverload) else None  # not `aten.__dict__.keys`
 
 
 def _kind(arg: Any) -> str:
@@ -135,6 +136,8 @@ class Signature:
                 kwargs[arg.name] = value
             else:
                 args.append(value)
+        if position < len(inputs):
+            raise TypeError(f"{len(inputs)} tensor inputs given but the schema takes {position}")
         return args, kwargs
 
     @staticmethod
