@@ -41,7 +41,8 @@ def report_table(report: Sequence[PassReport], timings: bool = False, title: str
     """One row per pass: changed, nodes/params/MACs before -> after, stats (and time, max error when known)."""
     table = Table(title=title)
     for column in ("pass", "changed", "nodes", "params", "MACs", "stats"):
-        table.add_column(column, justify="right" if column in ("nodes", "params", "MACs") else "left")
+        table.add_column(column, justify="right" if column in ("nodes", "params", "MACs") else "left",
+                         no_wrap=column == "pass")
     checked = any(line.max_error is not None for line in report)
     if checked:
         table.add_column("max |Δ|", justify="right")
