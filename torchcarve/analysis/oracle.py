@@ -1,0 +1,70 @@
+"""Equivalence oracle for structured pruning: zeroing a group's weights in the original graph and
+removing the group in a pruned copy must give the same outputs (DESIGN.md, Pruning)."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Sequence
+
+import torch
+
+from ..ir import Graph, verify
+
+
+@dataclass(frozen=True)
+class OracleCheck:
+    """One group checked: its label, how many units were removed, and the largest output difference."""
+
+    label: str
+    removed: int
+    units: int
+    max_error: float
+    ok: bool
+
+
+def zero_units(graph: Graph, group, units: torch.Tensor) -> None:
+    """Zero, in place, every weight slice of `group`'s `units` (the graph keeps its shapes)."""
+    for name, axis, idx in group.params():
+        tensor = graph.params[name]
+        graph.params[name] = tensor.index_fill(axis, idx[units].flatten(), 0)
+
+
+def check_group(graph: Graph, index: int, inputs: Sequence[torch.Tensor], units: torch.Tensor,
+                rtol: float = 1e-4, atol: float = 1e-5) -> OracleCheck:
+    """Compare zeroing and removing `units` of the `index`-th group of `find_groups(graph)`."""
+    from ..passes.prune.groups import find_groups
+    from ..passes.prune.rewrite import remove_units
+
+    zeroed, pruned = graph.clone(), graph.clone()
+    zero_group = find_groups(zeroed)[index]
+    prune_group = find_groups(pruned)[index]
+    zero_units(zeroed, zero_group, units)
+    remove_units(pruned, [(prune_group, units)])
+    verify(pruned)
+    expected, actual = _run(zeroed, inputs), _run(pruned, inputs)
+    error = max((float((e.double() - a.double()).abs().max()) for e, a in zip(expected, actual)), default=0.0)
+    ok = all(e.shape == a.shape and torch.allclose(a, e, rtol=rtol, atol=atol) for e, a in zip(expected, actual))
+    return OracleCheck(prune_group.label, int(units.numel()), prune_group.units, error, ok)
+
+
+def check_equivalence(graph: Graph, inputs: Sequence[torch.Tensor], fraction: float = 0.5,
+                      seed: int = 0) -> list[OracleCheck]:
+    """Check every prunable group, removing a random `fraction` of its units (at least one, never all)."""
+    from ..passes.prune.groups import find_groups
+
+    generator = torch.Generator().manual_seed(seed)
+    checks = []
+    for index, group in enumerate(find_groups(graph)):
+        if group.blocked:
+            continue
+        count = min(group.units - 1, max(1, int(group.units * fraction)))
+        units = torch.randperm(group.units, generator=generator)[:count].sort().values
+        checks.append(check_group(graph, index, inputs, units))
+    return checks
+
+
+def _run(graph: Graph, inputs: Sequence[torch.Tensor]) -> list[torch.Tensor]:
+    from ..backends.torch import to_torch
+
+    with torch.no_grad():
+        result = to_torch(graph)(*inputs)
+    return list(result) if isinstance(result, (tuple, list)) else [result]

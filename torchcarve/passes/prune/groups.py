@@ -1,0 +1,204 @@
+"""Dependency groups: sets of (value, axis, indices) that must be removed together.
+
+From a seed axis (an out-channel weight first, then every other weight axis) the per-op rules are
+followed through producers and users until closed. A group's units are rows of index tensors:
+removing unit u removes idx[u] from every member axis. Each index is claimed by one group, so
+grouping is linear in graph size (plus a few restarts when units must be merged into heads/conv
+groups). A group touching a graph input/output, a protected weight, an op without a rule or a
+barrier is kept but `blocked`, with the reason.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+
+from ...ir import Graph, Value
+from ...ir.node import Node
+from .rules import SOURCES, Barrier, Divide, Merge, Port, dim_rule, port_value
+
+Slot = tuple[Value, int]
+MAX_ATTEMPTS = 64  # restarts (merges, divisions, alternatives) allowed per seed
+
+
+@dataclass
+class Group:
+    """Coupled axes; `members[(value, axis)]` is an index tensor (units, k) into that axis."""
+
+    members: dict[Slot, torch.Tensor]
+    label: str
+    kind: str = "channels"      # "channels", "heads" or "conv-groups": what one unit is
+    blocked: str = ""           # why this group must not be pruned ("" if it may)
+
+    @property
+    def units(self) -> int:
+        return next(iter(self.members.values())).shape[0]
+
+    @property
+    def unit_size(self) -> int:
+        return next(iter(self.members.values())).shape[1]
+
+    def params(self) -> list[tuple[str, int, torch.Tensor]]:
+        """(param name, axis, idx) of every weight in the group."""
+        return [(value.producer.attrs["name"], axis, idx) for (value, axis), idx in self.members.items()
+                if value.producer is not None and value.producer.op == "param"]
+
+
+@dataclass
+class _Search:
+    graph: Graph
+    protect: tuple[str, ...]
+    covered: dict[Slot, torch.Tensor] = field(default_factory=dict)
+    attempts: int = 0
+
+
+def find_groups(graph: Graph, protect: tuple[str, ...] = ()) -> list[Group]:
+    """Every dependency group of `graph`, prunable ones and blocked ones (with reasons)."""
+    search = _Search(graph, protect)
+    groups: list[Group] = []
+    for slot in _seeds(graph):
+        while (root := _uncovered(search, slot)) is not None:  # a divided seed is seeded again
+            search.attempts = 0
+            group = _build(search, slot, root, "channels")
+            _claim(search, group)
+            groups.append(group)
+    return groups
+
+
+def _seeds(graph: Graph) -> list[Slot]:
+    """Out-channel weight axes first (so groups are named after the layer that makes them), then all."""
+    first: list[Slot] = []
+    for node in graph.nodes:
+        for position, axis in SOURCES.get(node.op, []):
+            if position < len(node.inputs) and _is_param(node.inputs[position]):
+                first.append((node.inputs[position], axis))
+    rest = [(node.output, axis) for node in graph.param_nodes() for axis in range(node.output.type.rank)]
+    return list(dict.fromkeys(first + rest))
+
+
+def _is_param(value: Value) -> bool:
+    return value.producer is not None and value.producer.op == "param"
+
+
+def _uncovered(search: _Search, slot: Slot) -> torch.Tensor | None:
+    value, axis = slot
+    size = value.type.shape[axis]
+    if not isinstance(size, int) or size < 2:
+        return None
+    mask = search.covered.get(slot)
+    free = torch.arange(size) if mask is None else (~mask).nonzero().flatten()
+    return free.view(-1, 1) if free.numel() > 1 else None
+
+
+def _build(search: _Search, seed: Slot, root: torch.Tensor, kind: str) -> Group:
+    """Explore from `seed`; on Merge try each candidate (best first); on Divide build the first part
+    (the caller seeds the rest again)."""
+    search.attempts += 1
+    if search.attempts > MAX_ATTEMPTS:
+        return Group({seed: root}, _label(seed), kind, "too many refinements")
+    try:
+        return _explore(search, seed, root, kind)
+    except Divide as divide:
+        return _build(search, seed, root[divide.labels == divide.labels[0]], kind)
+    except Merge as merge:
+        fallback: Group | None = None
+        for labels in merge.candidates:
+            group = _build(search, seed, _merge_units(root, labels), merge.kind)
+            if not group.blocked:
+                return group
+            fallback = fallback or group
+        return fallback
+
+
+def _merge_units(root: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    return torch.stack([root[labels == label].flatten() for label in labels.unique()])
+
+
+def _explore(search: _Search, seed: Slot, root: torch.Tensor, kind: str) -> Group:
+    group = Group({seed: root.sort(dim=1).values}, _label(seed), kind)
+    queue = [seed]
+    while queue:
+        value, axis = slot = queue.pop()
+        for node, port in _endpoints(value):
+            for link in _links(group, node, port, axis, group.members[slot]):
+                if _add(group, link):
+                    queue.append(link[0])
+    group.blocked = group.blocked or _protection(search, group)
+    return group
+
+
+def _endpoints(value: Value) -> list[tuple[Node, Port]]:
+    ends = [(node, ("in", position)) for node, position in value.uses]
+    return ends + ([(value.producer, ("out", value.index))] if value.producer is not None else [])
+
+
+def _links(group: Group, node: Node, port: Port, axis: int, idx: torch.Tensor) -> list[tuple[Slot, torch.Tensor]]:
+    rule = dim_rule(node.op)
+    if rule is None:
+        group.blocked = group.blocked or f"{node.op} has no pruning rule"
+        return []
+    try:
+        links = rule(node, port, axis, idx)
+    except Barrier as barrier:
+        group.blocked = group.blocked or f"{node.op}: {barrier}"
+        return []
+    return [((port_value(node, p), a), i) for p, a, i in links]
+
+
+def _add(group: Group, link: tuple[Slot, torch.Tensor]) -> bool:
+    """Record a member; True if it is new or grew (then it is explored again)."""
+    slot, idx = link
+    idx = idx.sort(dim=1).values
+    old = group.members.get(slot)
+    if old is None:
+        group.members[slot] = idx
+        return True
+    if old.shape == idx.shape and torch.equal(old, idx):
+        return False
+    merged = _union_rows(old, idx)
+    if merged is None:
+        group.blocked = group.blocked or f"%{slot[0].name} axis {slot[1]} is reached in two inconsistent ways"
+        return False
+    if torch.equal(merged, old):
+        return False
+    group.members[slot] = merged  # reached by two paths, e.g. cat([x, x]) or q/k/v of one projection
+    return True
+
+
+def _union_rows(old: torch.Tensor, new: torch.Tensor) -> torch.Tensor | None:
+    """Per-unit union of two index sets; None unless the units stay equal-size and disjoint."""
+    if old.shape[0] != new.shape[0]:
+        return None
+    rows = [torch.cat([a, b]).unique() for a, b in zip(old, new)]
+    if len({row.numel() for row in rows}) != 1:
+        return None
+    merged = torch.stack(rows)
+    return merged if merged.unique().numel() == merged.numel() else None
+
+
+def _protection(search: _Search, group: Group) -> str:
+    for (value, axis), idx in group.members.items():
+        if value.is_graph_input or value.is_graph_output:
+            return f"reaches graph {'input' if value.is_graph_input else 'output'} %{value.name}"
+        mask = search.covered.get((value, axis))
+        if mask is not None and mask[idx].any():
+            return f"overlaps another group at %{value.name} axis {axis}"
+    for name, _, _ in group.params():
+        if any(name == p or name.startswith(p + ".") for p in search.protect):
+            return f"protected weight {name}"
+    return ""
+
+
+def _claim(search: _Search, group: Group) -> None:
+    for (value, axis), idx in group.members.items():
+        size = value.type.shape[axis]
+        if not isinstance(size, int):
+            continue
+        mask = search.covered.setdefault((value, axis), torch.zeros(size, dtype=torch.bool))
+        mask[idx.flatten()] = True
+
+
+def _label(seed: Slot) -> str:
+    value, axis = seed
+    name = value.producer.attrs["name"] if _is_param(value) else value.name
+    return name.removesuffix(".weight") + ("" if axis == 0 else f"[axis {axis}]")
