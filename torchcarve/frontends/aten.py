@@ -100,7 +100,24 @@ def _convert_node(graph: Graph, node: torch.fx.Node, env: dict, params: dict[str
                            hint="capture with method='export', which lowers python calls to aten ops")
     if not node.target._schema.returns:
         return None  # runtime assertions (aten._assert_tensor_metadata): nothing to compute
-    return _call(graph, node, env)
+    functional = functional_overload(node.target)
+    if functional is None:
+        return _call(graph, node, node.target, env)
+    result = _call(graph, node, functional, env)
+    env[node.args[0]] = result  # later readers of the mutated tensor see the new value
+    return result
+
+
+def functional_overload(overload: torch._ops.OpOverload) -> torch._ops.OpOverload | None:
+    """`aten.add_.Tensor` -> `aten.add.Tensor`; None for ops that don't mutate their first input."""
+    namespace, name = overload._schema.name.split("::")
+    if not name.endswith("_") or name.endswith("__") or not overload._schema.arguments[0].alias_info:
+        return None
+    try:
+        packet = getattr(getattr(torch.ops, namespace), name[:-1])
+        return getattr(packet, overload._overloadname)
+    except (AttributeError, RuntimeError):
+        raise CaptureError(f"in-place op {namespace}.{name} has no functional form") from None
 
 
 def _placeholder(graph: Graph, node: torch.fx.Node, params: dict[str, ParamSource]) -> Any:
@@ -128,8 +145,8 @@ def _outputs(result: Any, env: dict) -> list:
     return [v for v in values if not isinstance(v, SymDim) and v is not None]
 
 
-def _call(graph: Graph, node: torch.fx.Node, env: dict) -> Any:
-    name = op_name(node.target)
+def _call(graph: Graph, node: torch.fx.Node, overload: torch._ops.OpOverload, env: dict) -> Any:
+    name = op_name(overload)
     opdef = get_op(name)
     signature = opdef.extra["signature"]
     args = torch.fx.node.map_arg(node.args, lambda n: env[n])
@@ -142,7 +159,7 @@ def _call(graph: Graph, node: torch.fx.Node, env: dict) -> Any:
         types = [_type_of_fake(v) for v in _flat_vals(node.meta.get("val"))]
     ir_node = graph.add_node(name, inputs, attrs, output_types=types, names=[node.name] if len(types) == 1 else (),
                              scope=_scope(node))
-    return ir_node.outputs[0] if _single_result(node.target) else list(ir_node.outputs)
+    return ir_node.outputs[0] if _single_result(overload) else list(ir_node.outputs)
 
 
 def _single_result(overload: torch._ops.OpOverload) -> bool:
