@@ -1,8 +1,10 @@
 """torchcarve: a graph compiler that makes trained neural networks smaller and faster."""
 from .api import Compiled, compile, load, save
+from .backends.onnx import to_onnx
 from .backends.torch import export_torch, to_torch
 from .errors import CaptureError, CarveError, ParseError, PipelineError, ShapeError, UnsupportedOpError, VerifyError
 from .frontends import capture
+from .frontends.onnx import from_onnx
 from .ir import Graph, Node, ParamStore, TensorType, Value, parse, verify
 from .passes import OptimizeResult, optimize
 
@@ -10,6 +12,6 @@ __version__ = "0.1.0"
 
 __all__ = [
     "CaptureError", "CarveError", "Compiled", "Graph", "Node", "OptimizeResult", "optimize", "ParamStore", "ParseError", "PipelineError",
-    "ShapeError", "TensorType", "UnsupportedOpError", "Value", "VerifyError", "capture", "compile", "export_torch",
-    "load", "parse", "save", "to_torch", "verify",
+    "ShapeError", "TensorType", "UnsupportedOpError", "Value", "VerifyError", "capture", "compile", "export_torch", "from_onnx",
+    "load", "parse", "save", "to_onnx", "to_torch", "verify",
 ]

@@ -56,6 +56,12 @@ class Compiled:
     def to_torch_dir(self, path: str | Path) -> Path:
         return export_torch(self.graph, path)
 
+    def to_onnx(self, path: str | Path | None = None) -> Any:
+        """Write the compiled graph as ONNX (see `torchcarve.backends.onnx.to_onnx`); returns the ModelProto."""
+        from .backends.onnx import to_onnx
+
+        return to_onnx(self.graph, path)
+
 
 def compile(model: torch.nn.Module, example_inputs: Any, pipeline: str = "", *, method: str = "auto",
             dynamic_batch: bool = False, calibration: Any = None) -> Compiled:

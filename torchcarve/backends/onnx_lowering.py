@@ -662,7 +662,9 @@ def lower_onnx_op(ctx: "LoweringContext", node: Node) -> None:
         tensor_dtype = dtype or (node.inputs[0].type.torch_dtype if node.inputs else torch.int64)
         inputs.insert(position, ctx.const(torch.tensor(value, dtype=tensor_dtype), name))
         del attrs[name]
-    _adapt_split(ctx, op_type, node, attrs)
+    adapt = ATTR_ADAPTERS.get(op_type)
+    if adapt is not None:
+        adapt(ctx, node, attrs)
     domain = node.attrs.get("domain", "")
     if domain:
         ctx.extra_domains[domain] = node.attrs.get("domain_version", 1)
@@ -672,10 +674,25 @@ def lower_onnx_op(ctx: "LoweringContext", node: Node) -> None:
                                       domain=domain or None, **attrs))
 
 
-def _adapt_split(ctx: "LoweringContext", op_type: str, node: Node, attrs: dict) -> None:
+def _adapt_split(ctx: "LoweringContext", node: Node, attrs: dict) -> None:
     """Split: num_outputs exists from opset 18 and only without explicit sizes."""
-    if op_type == "Split" and "split" not in node.attrs and ctx.opset >= 18:
+    if "split" not in node.attrs and ctx.opset >= 18:
         attrs["num_outputs"] = len(node.outputs)
+
+
+def _adapt_constant_of_shape(ctx: "LoweringContext", node: Node, attrs: dict) -> None:
+    """ConstantOfShape: the IR's value + dtype are one 1-element tensor attribute in ONNX."""
+    from .onnx import tensor_proto
+
+    dtype = attrs.pop("dtype", None)
+    torch_dtype = node.attrs.get("dtype", torch.float32)
+    if "value" in attrs or dtype is not None:
+        attrs["value"] = tensor_proto("value", torch.tensor([node.attrs.get("value", 0)], dtype=torch_dtype))
+
+
+ATTR_ADAPTERS: dict[str, Callable[["LoweringContext", Node, dict], None]] = {
+    "Split": _adapt_split, "ConstantOfShape": _adapt_constant_of_shape,
+}
 
 
 def _onnx_attr(ctx: "LoweringContext", value: Any) -> Any:

@@ -35,11 +35,11 @@ STATIC_INPUTS: dict[str, list[tuple[int, str, int, torch.dtype | None]]] = {
               (4, "steps", 10, torch.int64)],
     "Pad": [(1, "pads", 11, torch.int64), (2, "constant_value", 11, None), (3, "axes", 18, torch.int64)],
     "Clip": [(1, "min", 11, None), (2, "max", 11, None)],
+    "Dropout": [(1, "ratio", 12, torch.float32)],
     "TopK": [(1, "k", 10, torch.int64)],
     "CumSum": [(1, "axis", 11, torch.int64)],
     "Trilu": [(1, "k", 14, torch.int64)],
     "Resize": [(1, "roi", 11, torch.float32), (2, "scales", 11, torch.float32), (3, "sizes", 11, torch.int64)],
-    "Upsample": [(1, "scales", 9, torch.float32)],
     **{op: [(1, "axes", 18, torch.int64)] for op in (
         "ReduceMean", "ReduceMax", "ReduceMin", "ReduceProd", "ReduceL1", "ReduceL2", "ReduceLogSum",
         "ReduceLogSumExp", "ReduceSumSquare")},
@@ -162,13 +162,13 @@ def onnx_sliding(x, w=None, b=None, kind="Conv", auto_pad="NOTSET", ceil_mode=0,
             ones = F.pad(torch.ones_like(x[:1, :1]), flat, value=0.0)
             pool = (F.avg_pool1d, F.avg_pool2d, F.avg_pool3d)[n - 1]
             counts = pool(ones, kernel, strides, 0, bool(ceil_mode), True)
-            return pool(F.pad(x, flat, value=0.0), kernel, strides, 0, bool(ceil_mode), True) / counts
+            return [pool(F.pad(x, flat, value=0.0), kernel, strides, 0, bool(ceil_mode), True) / counts]
         x = F.pad(x, flat, value=fill)
     if kind == "Conv":
-        return (F.conv1d, F.conv2d, F.conv3d)[n - 1](x, w, b, strides, torch_pads, dilations, group)
+        return [(F.conv1d, F.conv2d, F.conv3d)[n - 1](x, w, b, strides, torch_pads, dilations, group)]
     if kind == "AveragePool":
         pool = (F.avg_pool1d, F.avg_pool2d, F.avg_pool3d)[n - 1]
-        return pool(x, kernel, strides, torch_pads, bool(ceil_mode), bool(count_include_pad))
+        return [pool(x, kernel, strides, torch_pads, bool(ceil_mode), bool(count_include_pad))]
     pool = (F.max_pool1d, F.max_pool2d, F.max_pool3d)[n - 1]
     y, indices = pool(x, kernel, strides, torch_pads, dilations, bool(ceil_mode), True)
     plane = math.prod(x.shape[2:])
@@ -425,14 +425,6 @@ def onnx_resize(x, roi=None, scales=None, sizes=None, mode="nearest", coordinate
                                            recompute_scale_factor=False)
 
 
-def onnx_upsample(x, scales, mode="nearest", **_):
-    scales = scales.tolist() if isinstance(scales, torch.Tensor) else list(scales)
-    torch_mode = "nearest" if mode == "nearest" else ("linear", "bilinear", "trilinear")[x.dim() - 3]
-    corners = None if mode == "nearest" else False
-    return torch.nn.functional.interpolate(x, scale_factor=scales[2:], mode=torch_mode, align_corners=corners,
-                                           recompute_scale_factor=False)
-
-
 def onnx_topk(x, k, axis=-1, largest=1, sorted=1, **_):
     k = int(k.reshape(-1).tolist()[0]) if isinstance(k, torch.Tensor) else int(k[0] if isinstance(k, list) else k)
     values, indices = torch.topk(x, k, axis, bool(largest), True)
@@ -544,7 +536,7 @@ KERNELS: dict[str, tuple[Callable[..., Any], str | None]] = {
     "Unsqueeze": (onnx_unsqueeze, None), "Squeeze": (onnx_squeeze, None), "Expand": (onnx_expand, None),
     "Tile": (onnx_tile, None), "Where": (onnx_where, None), "Cast": (onnx_cast, None),
     "CastLike": (onnx_cast_like, None), "Range": (onnx_range, None), "Pad": (onnx_pad, None),
-    "Resize": (onnx_resize, None), "Upsample": (onnx_upsample, None), "TopK": (onnx_topk, None),
+    "Resize": (onnx_resize, None), "TopK": (onnx_topk, None),
     "CumSum": (onnx_cumsum, None), "Trilu": (onnx_trilu, None), "DepthToSpace": (onnx_depth_to_space, None),
     "SpaceToDepth": (onnx_space_to_depth, None), "Clip": (onnx_clip, None), "Dropout": (onnx_dropout, None),
     "NonZero": (onnx_nonzero, None), "DequantizeLinear": (onnx_dequantize_linear, None),

@@ -1,0 +1,316 @@
+"""ONNX ModelProto -> IR: `onnx.<OpType>` nodes (ir/ops/onnx_ops.py), initializers in the ParamStore.
+
+Import folds what is constant (initializers, Constant, Shape of static tensors, any op on
+constants), so shape subgraphs vanish and static operands become attributes. Older opsets are
+normalised to the current forms (attribute-vs-input, Softmax's axis); types come from our own
+inference, else from onnx shape inference.
+"""
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+from typing import Any
+
+import onnx
+import torch
+from onnx import numpy_helper
+
+from ..errors import FileFormatError, UnsupportedOpError
+from ..ir import Graph, TensorType, verify
+from ..ir.graph import sanitize_identifier
+from ..ir.infer import InferenceUnavailable, infer_types
+from ..ir.ops import get_op
+from ..ir.ops.onnx_ops import COUNTED_OUTPUTS, KERNELS, STATIC_INPUTS
+from ..ir.types import DTYPE_NAMES
+from ..ir.value import Value
+
+ONNX_TO_DTYPE = {
+    onnx.TensorProto.FLOAT: "f32", onnx.TensorProto.FLOAT16: "f16", onnx.TensorProto.BFLOAT16: "bf16",
+    onnx.TensorProto.DOUBLE: "f64", onnx.TensorProto.INT64: "i64", onnx.TensorProto.INT32: "i32",
+    onnx.TensorProto.INT16: "i16", onnx.TensorProto.INT8: "i8", onnx.TensorProto.UINT8: "u8",
+    onnx.TensorProto.BOOL: "bool", onnx.TensorProto.COMPLEX64: "c64", onnx.TensorProto.COMPLEX128: "c128",
+}
+DTYPE_ATTRS = {"to", "dtype", "output_dtype"}
+RANDOM_OPS = {"RandomNormal", "RandomUniform", "RandomNormalLike", "RandomUniformLike", "Multinomial", "Bernoulli"}
+RENAMED = {"Upsample": "Resize"}  # deprecated ops -> their successor (see Importer._normalise)
+FOLD_LIMIT = 1 << 24  # elements: larger constant results stay as ops
+
+
+def load_onnx(source: str | Path | onnx.ModelProto) -> Graph:
+    """Read an ONNX model (path or ModelProto, never modified) into a verified IR graph."""
+    model = _read(source)
+    _check(model)
+    try:
+        model = onnx.shape_inference.infer_shapes(model, data_prop=True)
+    except Exception as e:
+        raise FileFormatError(f"onnx shape inference failed: {_first_line(e)}",
+                              hint="check the model with onnx.checker.check_model(model, full_check=True)") from e
+    graph = Importer(model).run()
+    verify(graph)
+    return graph
+
+
+def _read(source: str | Path | onnx.ModelProto) -> onnx.ModelProto:
+    if isinstance(source, onnx.ModelProto):
+        return copy.deepcopy(source)
+    path = Path(source)
+    if not path.is_file():
+        raise FileFormatError(f"{path}: no such file", hint="pass the path of an .onnx file")
+    try:
+        return onnx.load(str(path))
+    except Exception as e:  # protobuf DecodeError, missing external data, ...
+        raise FileFormatError(f"{path}: not a readable ONNX model ({_first_line(e)})",
+                              hint="the file may be truncated or not an ONNX protobuf") from e
+
+
+def _check(model: onnx.ModelProto) -> None:
+    if not model.graph.node and not model.graph.output:
+        raise FileFormatError("the ONNX model has an empty graph", hint="the file may be truncated or not ONNX")
+    try:
+        onnx.checker.check_model(model)
+    except Exception as e:
+        raise FileFormatError(f"invalid ONNX model: {_first_line(e)}",
+                              hint="onnx.checker.check_model rejects it; fix the exporter that wrote it") from e
+
+
+def _first_line(error: Exception) -> str:
+    text = str(error).strip()
+    return text.splitlines()[0][:300] if text else type(error).__name__
+
+
+def _tensor(proto: onnx.TensorProto) -> torch.Tensor:
+    if proto.data_type not in ONNX_TO_DTYPE:
+        raise UnsupportedOpError(f"tensor '{proto.name}' has ONNX dtype "
+                                 f"{onnx.TensorProto.DataType.Name(proto.data_type)}, which the IR does not support")
+    if proto.data_type == onnx.TensorProto.BFLOAT16:
+        array = numpy_helper.to_array(proto).astype("float32")
+        return torch.from_numpy(array).to(torch.bfloat16)
+    return torch.from_numpy(numpy_helper.to_array(proto).copy())
+
+
+class Importer:
+    """Walks the ONNX graph in order, folding constants and building IR nodes."""
+
+    def __init__(self, model: onnx.ModelProto) -> None:
+        self.model = model
+        self.opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 1)
+        self.domains = {o.domain: o.version for o in model.opset_import}
+        self.graph = Graph(model.graph.name or "onnx_model")
+        self.values: dict[str, Value] = {}
+        self.constants: dict[str, torch.Tensor] = {}
+        self.types: dict[str, TensorType] = {}
+        self.symbols: dict[str, str] = {}
+
+    def run(self) -> Graph:
+        for info in [*self.model.graph.value_info, *self.model.graph.output, *self.model.graph.input]:
+            self._remember_type(info)
+        for init in self.model.graph.initializer:
+            self.constants[init.name] = _tensor(init)
+        for info in self.model.graph.input:
+            if info.name not in self.constants:
+                self.values[info.name] = self.graph.add_input(info.name, self._type(info.name))
+        for node in self.model.graph.node:
+            self._import_node(node)
+        self.graph.set_outputs([self._value(o.name) for o in self.model.graph.output])
+        return self.graph
+
+    # ---- types -------------------------------------------------------------------------
+    def _remember_type(self, info: onnx.ValueInfoProto) -> None:
+        tensor = info.type.tensor_type
+        if not info.type.HasField("tensor_type") or not tensor.HasField("shape"):
+            return
+        if tensor.elem_type not in ONNX_TO_DTYPE:
+            return
+        dims = [d.dim_value if d.HasField("dim_value") else self._symbol(d.dim_param, info.name, i)
+                for i, d in enumerate(tensor.shape.dim)]
+        self.types[info.name] = TensorType(tuple(dims), ONNX_TO_DTYPE[tensor.elem_type])
+
+    def _symbol(self, param: str, name: str, index: int) -> str:
+        key = param or f"{name}:{index}"
+        if key not in self.symbols:
+            base = sanitize_identifier(param) if param else f"d{len(self.symbols)}"
+            self.symbols[key] = base if base not in self.symbols.values() else f"{base}_{len(self.symbols)}"
+        return self.symbols[key]
+
+    def _type(self, name: str) -> TensorType:
+        if name not in self.types:
+            raise UnsupportedOpError(f"value '{name}' has no known type (dtype and rank)",
+                                     hint="the model needs shapes that onnx shape inference can work out")
+        return self.types[name]
+
+    # ---- values ------------------------------------------------------------------------
+    def _value(self, name: str) -> Value:
+        """The IR value of an ONNX name; constants become param nodes on first use."""
+        if name in self.values:
+            return self.values[name]
+        if name not in self.constants:
+            raise FileFormatError(f"'{name}' is used but never produced (no node, input or initializer)",
+                                  hint="the model is missing an initializer or a node")
+        param = self.graph.params.unique_name(name) if name not in self.graph.params else name
+        self.values[name] = self.graph.add_param(param, self.constants[name])
+        return self.values[name]
+
+    # ---- nodes -------------------------------------------------------------------------
+    def _import_node(self, node: onnx.NodeProto) -> None:
+        if node.op_type == "Constant" and node.domain in ("", "ai.onnx"):
+            self.constants[node.output[0]] = self._constant(node)
+            return
+        attrs = self._attributes(node)
+        op_type = RENAMED.get(node.op_type, node.op_type)
+        known = node.domain in ("", "ai.onnx") and op_type in KERNELS
+        inputs = list(node.input)
+        if known:
+            inputs, attrs = self._normalise(node, inputs, attrs)
+            if self._fold(op_type, node, inputs, attrs):
+                return
+            inputs, attrs = self._static_operands(op_type, inputs, attrs)
+        else:
+            attrs.update({"domain": node.domain, "domain_version": self.domains.get(node.domain, 1)} if node.domain else {})
+        self._add(op_type, node, inputs, attrs, known)
+
+    def _constant(self, node: onnx.NodeProto) -> torch.Tensor:
+        attr = node.attribute[0]
+        value = onnx.helper.get_attribute_value(attr)
+        if isinstance(value, onnx.TensorProto):
+            return _tensor(value)
+        dtype = torch.float32 if attr.name.startswith("value_float") else torch.int64
+        if attr.name.startswith("value_int") or attr.name.startswith("value_float"):
+            return torch.tensor(value, dtype=dtype)
+        raise UnsupportedOpError(f"Constant '{node.output[0]}' uses attribute '{attr.name}', which is not supported")
+
+    def _attributes(self, node: onnx.NodeProto) -> dict[str, Any]:
+        attrs: dict[str, Any] = {}
+        for attr in node.attribute:
+            value = onnx.helper.get_attribute_value(attr)
+            attrs[attr.name] = self._attribute(node, attr.name, value)
+        return attrs
+
+    def _attribute(self, node: onnx.NodeProto, name: str, value: Any) -> Any:
+        if isinstance(value, bytes):
+            return value.decode("utf-8", errors="replace")
+        if isinstance(value, list) and value and isinstance(value[0], bytes):
+            return [v.decode("utf-8", errors="replace") for v in value]
+        if name in DTYPE_ATTRS and isinstance(value, int) and value in ONNX_TO_DTYPE:
+            return TensorType((), ONNX_TO_DTYPE[value]).torch_dtype
+        if isinstance(value, onnx.TensorProto):
+            tensor = _tensor(value)
+            if node.op_type == "ConstantOfShape":
+                return tensor
+            param = self.graph.params.unique_name(f"{node.name or node.op_type}.{name}")
+            self.graph.params[param] = tensor
+            return f"tensor:{param}"
+        if isinstance(value, (onnx.GraphProto, list)) and (not isinstance(value, list) or
+                                                           any(isinstance(v, (onnx.GraphProto, onnx.TensorProto)) for v in value)):
+            raise UnsupportedOpError(f"{node.op_type} '{node.name}' has a subgraph/tensor-list attribute '{name}'",
+                                     hint="control flow (If/Loop/Scan) is not supported")
+        if isinstance(value, (onnx.SparseTensorProto, onnx.TypeProto)):
+            raise UnsupportedOpError(f"{node.op_type} '{node.name}': attribute '{name}' has an unsupported kind")
+        return list(value) if isinstance(value, list) else value
+
+    def _normalise(self, node: onnx.NodeProto, inputs: list[str], attrs: dict[str, Any]) -> tuple[list[str], dict]:
+        """Older opsets -> the current form (same meaning, current attribute names and defaults)."""
+        op = node.op_type
+        if op == "ConstantOfShape":
+            tensor = attrs.pop("value", torch.zeros(1))
+            attrs.update({"value": tensor.reshape(-1)[0].item(), "dtype": tensor.dtype})
+        if op == "Pad" and "value" in attrs:
+            attrs["constant_value"] = attrs.pop("value")
+        if op == "Resize" and self.opset < 11 and len(inputs) > 1:
+            inputs = [inputs[0], "", inputs[1]]
+        if op == "Upsample":  # deprecated: the same resampling as Resize with asymmetric coordinates
+            attrs.update(coordinate_transformation_mode="asymmetric", nearest_mode="floor")
+            inputs = [inputs[0], "", inputs[1]] if len(inputs) > 1 else inputs
+        if op == "Split" and "num_outputs" in attrs:
+            del attrs["num_outputs"]
+        if op in ("Softmax", "LogSoftmax", "Hardmax") and self.opset < 13:
+            attrs["axis"] = self._coerced_softmax_axis(node, inputs[0], attrs.get("axis", 1))
+        for name in ("consumed_inputs", "spatial", "is_test"):
+            attrs.pop(name, None)
+        if op in COUNTED_OUTPUTS:
+            attrs["outputs"] = len(node.output)
+        return inputs, attrs
+
+    def _coerced_softmax_axis(self, node: onnx.NodeProto, source: str, axis: int) -> int:
+        """Before opset 13, Softmax flattened the input to 2-D at `axis`; with only 1s after the
+        axis (or the last axis) that is a softmax over `axis` itself."""
+        shape = self._static(source).shape if self._static(source) else self._type(source).shape
+        axis = axis % max(len(shape), 1)
+        if all(d == 1 for d in shape[axis + 1:]):
+            return axis
+        raise UnsupportedOpError(f"{node.op_type} '{node.name}' (opset {self.opset}) flattens axes {axis}.. of "
+                                 f"{list(shape)}, which is not supported", hint="re-export the model with opset >= 13")
+
+    def _fold(self, op_type: str, node: onnx.NodeProto, inputs: list[str], attrs: dict[str, Any]) -> bool:
+        """Evaluate the node now when its inputs are known (Shape reads only a static type)."""
+        if node.op_type in RANDOM_OPS:
+            return False
+        if node.op_type in ("Shape", "Size") and self._static(inputs[0]):
+            operands: list[Any] = [torch.zeros(self._static(inputs[0]).shape)]
+        elif all(i == "" or i in self.constants for i in inputs):
+            operands = [None if i == "" else self.constants[i] for i in inputs]
+        else:
+            return False
+        opdef = get_op(f"onnx.{op_type}")
+        args, kwargs = opdef.bind([o for o in operands if o is not None], {**attrs, "absent": _absent(inputs)})
+        with torch.no_grad():
+            results = opdef.fn(*args, **kwargs)
+        results = list(results) if isinstance(results, (list, tuple)) else [results]
+        if any(r.numel() > FOLD_LIMIT for r in results):
+            return False
+        for name, result in zip(node.output, results):
+            if name:
+                self.constants[name] = result
+        return True
+
+    def _static(self, name: str) -> TensorType | None:
+        if name in self.constants:
+            return TensorType.of(self.constants[name])
+        value = self.values.get(name)
+        return value.type if value is not None and value.type.is_static else None
+
+    def _static_operands(self, op: str, inputs: list[str], attrs: dict[str, Any]) -> tuple[list[str], dict]:
+        """Constant shape-like operands become attributes (when all of them are constant)."""
+        slots = [(p, name) for p, name, _, _ in STATIC_INPUTS.get(op, []) if p < len(inputs) and inputs[p]]
+        if not slots or not all(inputs[p] in self.constants for p, _ in slots):
+            return inputs, attrs
+        for position, name in slots:
+            tensor = self.constants[inputs[position]]
+            attrs[name] = tensor.tolist() if tensor.dim() else tensor.item()
+        first = min(p for p, _, _, _ in STATIC_INPUTS[op])
+        return inputs[:first], attrs
+
+    def _add(self, op_type: str, node: onnx.NodeProto, inputs: list[str], attrs: dict[str, Any], known: bool) -> None:
+        absent = _absent(inputs)
+        if absent:
+            attrs["absent"] = absent
+        values = [self._value(i) for i in inputs if i]
+        op = f"onnx.{op_type}"
+        outputs = [o for o in node.output]
+        types = self._output_types(op, attrs, values, outputs, known)
+        names = [sanitize_identifier(o) if o else f"{node.op_type}_unused" for o in outputs]
+        ir_node = self.graph.add_node(op, values, attrs, output_types=types, names=names, scope=node.name)
+        for name, value in zip(outputs, ir_node.outputs):
+            if name:
+                self.values[name] = value
+
+    def _output_types(self, op: str, attrs: dict, values: list[Value], outputs: list[str], known: bool) -> list[TensorType]:
+        if known:
+            try:
+                types = infer_types(op, attrs, [v.type for v in values])
+                if len(types) == len(outputs):
+                    return types
+            except InferenceUnavailable:
+                pass
+        return [self._type(o) if o else TensorType((0,)) for o in outputs]
+
+
+def _absent(inputs: list[str]) -> list[int]:
+    return [i for i, name in enumerate(inputs) if name == ""]
+
+
+def from_onnx(source: str | Path | onnx.ModelProto) -> Graph:
+    """Public alias of `load_onnx` (`tc.from_onnx`)."""
+    return load_onnx(source)
+
+
+__all__ = ["DTYPE_NAMES", "from_onnx", "load_onnx"]
