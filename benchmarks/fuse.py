@@ -1,0 +1,125 @@
+"""`fuse` beside onnxslim on the same ONNX files: node count, onnxruntime latency, parity.
+
+For each model: the ONNX file (the onnx package's light models, and the test models exported by
+our ONNX backend without passes) is (a) imported, run through `fuse`, exported again, and
+(b) simplified by onnxslim. Both are timed in onnxruntime against the original, in one run.
+
+    pip install -c constraints.txt ".[dev,bench]" && python benchmarks/fuse.py [--repeat 30]
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+import torchcarve as tc  # noqa: E402
+from tests.models import MODELS  # noqa: E402
+
+LIGHT = ["resnet50", "densenet121", "squeezenet", "shufflenet", "inception_v1", "vgg19"]
+TORCH_MODELS = ["cnn_bn", "residual", "repvgg", "hf_bert", "hf_vit", "hf_resnet"]
+
+
+def session(path: Path) -> ort.InferenceSession:
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = 2
+    return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+
+
+def feeds_for(model: onnx.ModelProto, seed: int = 0) -> dict[str, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    initializers = {i.name for i in model.graph.initializer}
+    feeds = {}
+    for value in model.graph.input:
+        if value.name in initializers:
+            continue
+        tensor_type = value.type.tensor_type
+        shape = [d.dim_value if d.dim_value > 0 else 1 for d in tensor_type.shape.dim]
+        dtype = onnx.helper.tensor_dtype_to_np_dtype(tensor_type.elem_type)
+        feeds[value.name] = (rng.integers(0, 2, shape) if np.issubdtype(dtype, np.integer)
+                             else rng.standard_normal(shape)).astype(dtype)
+    return feeds
+
+
+def latency_ms(sess: ort.InferenceSession, feeds: dict, repeat: int) -> float:
+    sess.run(None, feeds)
+    times = []
+    for _ in range(repeat):
+        start = time.perf_counter()
+        sess.run(None, feeds)
+        times.append(time.perf_counter() - start)
+    return 1e3 * float(np.median(times))
+
+
+def source_files(workdir: Path) -> dict[str, Path]:
+    light = Path(os.path.dirname(onnx.__file__)) / "backend" / "test" / "data" / "light"
+    files = {name: light / f"light_{name}.onnx" for name in LIGHT}
+    for name in TORCH_MODELS:
+        if name not in MODELS:
+            continue
+        model, inputs = MODELS[name]()
+        files[name] = workdir / f"{name}.onnx"
+        tc.to_onnx(tc.capture(model, inputs), files[name])
+    return files
+
+
+def compare(name: str, path: Path, workdir: Path, repeat: int) -> dict:
+    import onnxslim
+
+    original = onnx.load(str(path))
+    ours_path, slim_path = workdir / f"{name}.ours.onnx", workdir / f"{name}.slim.onnx"
+    start = time.perf_counter()
+    tc.to_onnx(tc.optimize(tc.from_onnx(original), "fuse").graph, ours_path)
+    ours_seconds = time.perf_counter() - start
+    start = time.perf_counter()
+    onnx.save(onnxslim.slim(onnx.load(str(path))), str(slim_path))
+    slim_seconds = time.perf_counter() - start
+    feeds = feeds_for(original)
+    sessions = {k: session(p) for k, p in (("orig", path), ("ours", ours_path), ("slim", slim_path))}
+    expected = sessions["orig"].run(None, feeds)[0]
+    scale = max(float(np.abs(expected).max()), 1e-6)
+    row = {"model": name, "nodes": len(original.graph.node),
+           "ours_nodes": len(onnx.load(str(ours_path)).graph.node), "slim_nodes": len(onnx.load(str(slim_path)).graph.node),
+           "ours_err": float(np.abs(sessions["ours"].run(None, feeds)[0] - expected).max()) / scale,
+           "ours_s": ours_seconds, "slim_s": slim_seconds}
+    base = latency_ms(sessions["orig"], feeds, repeat)
+    row["ours_speed"] = base / latency_ms(sessions["ours"], feeds, repeat)
+    row["slim_speed"] = base / latency_ms(sessions["slim"], feeds, repeat)
+    return row
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--repeat", type=int, default=30)
+    parser.add_argument("--models", nargs="*", help="subset of model names")
+    args = parser.parse_args()
+    torch.set_num_threads(2)
+    with tempfile.TemporaryDirectory() as tmp:
+        workdir = Path(tmp)
+        files = source_files(workdir)
+        rows = []
+        for name, path in files.items():
+            if args.models and name not in args.models:
+                continue
+            try:
+                rows.append(compare(name, path, workdir, args.repeat))
+            except Exception as e:  # a benchmark row, not a crash: report and go on
+                print(f"{name}: FAILED {type(e).__name__}: {str(e).splitlines()[0][:200]}", file=sys.stderr)
+    print("| model | ONNX nodes | after `fuse` | after onnxslim | ORT speedup `fuse` | ORT speedup onnxslim "
+          "| max rel. error `fuse` | time `fuse` / onnxslim (s) |")
+    print("|---|---:|---:|---:|---:|---:|---:|---:|")
+    for r in rows:
+        print(f"| {r['model']} | {r['nodes']} | {r['ours_nodes']} | {r['slim_nodes']} | {r['ours_speed']:.2f}x "
+              f"| {r['slim_speed']:.2f}x | {r['ours_err']:.1e} | {r['ours_s']:.2f} / {r['slim_s']:.2f} |")
+
+
+if __name__ == "__main__":
+    main()
