@@ -43,3 +43,12 @@ def test_loading_a_corrupt_file_is_a_file_format_error(tmp_path, content):
     path.write_bytes(content)
     with pytest.raises(FileFormatError, match="w.safetensors"):
         tc.ParamStore.load(path)
+
+
+def test_a_file_that_vanishes_before_a_lazy_read_is_a_file_format_error(tmp_path):
+    path = tmp_path / "w.safetensors"
+    tc.ParamStore({"w": torch.ones(2)}).save(path)
+    store = tc.ParamStore.load(path)
+    path.unlink()
+    with pytest.raises(FileFormatError, match="cannot read tensor 'w'"):
+        store["w"]

@@ -87,5 +87,8 @@ class ParamStore(MutableMapping[str, torch.Tensor]):
 def _read_tensor(path: Path, name: str) -> torch.Tensor:
     from safetensors import safe_open
 
-    with safe_open(str(path), framework="pt") as f:
-        return f.get_tensor(name)
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            return f.get_tensor(name)
+    except Exception as e:  # the file changed or vanished since it was opened
+        raise FileFormatError(f"{path}: cannot read tensor '{name}' ({e})") from e
