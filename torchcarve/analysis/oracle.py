@@ -46,16 +46,18 @@ def check_group(graph: Graph, index: int, inputs: Sequence[torch.Tensor], units:
     return OracleCheck(prune_group.label, int(units.numel()), prune_group.units, error, ok)
 
 
-def check_equivalence(graph: Graph, inputs: Sequence[torch.Tensor], fraction: float = 0.5,
-                      seed: int = 0) -> list[OracleCheck]:
-    """Check every prunable group, removing a random `fraction` of its units (at least one, never all)."""
+def check_equivalence(graph: Graph, inputs: Sequence[torch.Tensor], fraction: float = 0.5, seed: int = 0,
+                      limit: int | None = None) -> list[OracleCheck]:
+    """Check every prunable group (or `limit` of them, one of each kind first), removing a random
+    `fraction` of its units (at least one, never all)."""
     from ..passes.prune.groups import find_groups
 
     generator = torch.Generator().manual_seed(seed)
+    candidates = [(i, g) for i, g in enumerate(find_groups(graph)) if not g.blocked]
+    firsts = {g.kind: (i, g) for i, g in reversed(candidates)}
+    ordered = list(dict.fromkeys(sorted(firsts.values(), key=lambda c: c[0]) + candidates))
     checks = []
-    for index, group in enumerate(find_groups(graph)):
-        if group.blocked:
-            continue
+    for index, group in ordered[:limit]:
         count = min(group.units - 1, max(1, int(group.units * fraction)))
         units = torch.randperm(group.units, generator=generator)[:count].sort().values
         checks.append(check_group(graph, index, inputs, units))

@@ -21,7 +21,7 @@ Slot = tuple[Value, int]
 MAX_ATTEMPTS = 64  # restarts (merges, divisions, alternatives) allowed per seed
 
 
-@dataclass
+@dataclass(eq=False)
 class Group:
     """Coupled axes; `members[(value, axis)]` is an index tensor (units, k) into that axis."""
 
