@@ -15,3 +15,4 @@ __all__ = [
     "PassResult", "Pat", "Rewriter", "apply_rules", "optimize", "parse_pipeline", "pass_help", "register_pass",
 ]
 from . import quantize  # noqa: E402,F401  (registration)
+from . import prune  # noqa: E402,F401  (registration)
