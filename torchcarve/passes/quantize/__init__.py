@@ -59,7 +59,7 @@ class Quantize(Pass):
         ranges = self._activation_ranges(graph, layers, batches)
         names = {layer.node.outputs[0].name: layer.name for layer in layers}
         stats: dict[str, Any] = {"mode": self.mode, "dtype": self.dtype}
-        chosen = self._choose(graph, list(names), ranges, batches, stats)
+        chosen = self._choose(graph, names, ranges, batches, stats)
         self._apply(graph, chosen, ranges)
         float_layers = sorted({*skipped, *(names[n] for n in names if n not in chosen)})
         stats.update(quantized=len(chosen), float=len(float_layers), float_layers=float_layers)
@@ -91,8 +91,9 @@ class Quantize(Pass):
         return {value.name: observer.range() for value, observer in observers.items()}
 
     # ---- mixed precision and the rewrite ----------------------------------------------
-    def _choose(self, graph: Graph, names: list[str], ranges: dict, batches: Sequence[Any],
+    def _choose(self, graph: Graph, names: dict[str, str], ranges: dict, batches: Sequence[Any],
                 stats: dict[str, Any]) -> set[str]:
+        """Output names of the layers to quantize (`names`: output name -> layer name)."""
         if not (self.sensitivity or self.max_error is not None) or not names:
             return set(names)
         evaluate = batches[:EVAL_BATCHES]
@@ -100,11 +101,12 @@ class Quantize(Pass):
             copy = g.clone()
             self._apply(copy, chosen, ranges)
             return copy
-        sensitivity = layer_sensitivity(graph, names, quantized_copy, evaluate)
-        stats["sensitivity"] = {n: round(e, 6) for n, e in sorted(sensitivity.items(), key=lambda i: -i[1])}
+        sensitivity = layer_sensitivity(graph, list(names), quantized_copy, evaluate)
+        ranked = sorted(sensitivity.items(), key=lambda item: -item[1])
+        stats["sensitivity"] = {names[n]: round(e, 6) for n, e in ranked}
         if self.max_error is None:
             return set(names)
-        kept, error = choose_float_layers(graph, names, quantized_copy, evaluate, sensitivity, self.max_error)
+        kept, error = choose_float_layers(graph, list(names), quantized_copy, evaluate, sensitivity, self.max_error)
         stats["error"] = round(error, 6)
         return set(names) - set(kept)
 
