@@ -16,12 +16,12 @@ from ..errors import CarveError, UnsupportedOpError
 from ..fileio import atomic_file
 from ..ir import Graph
 from ..ir.node import Node
+from ..ir.ops.onnx_ops import DEFAULT_OPSET
 from ..ir.ops import get_op
 from ..ir.types import TensorType
 from ..ir.value import Value
 from .onnx_lowering import LOWERINGS, ONNX_INPUT_ATTRS, SHAPE_ONLY_OPS, lower_onnx_op
 
-DEFAULT_OPSET = 18
 TWO_GB = 2**31 - 2**20                      # protobuf's limit, less headroom for the graph itself
 FOLD_LIMIT = 1 << 16                        # fold a constant node when its result is at most this many elements ...
 
@@ -125,12 +125,16 @@ class LoweringContext:
 
 
 def to_onnx(graph: Graph, path: str | Path | None = None, opset: int = DEFAULT_OPSET) -> onnx.ModelProto:
-    """Lower `graph` to ONNX (checker-clean); write it atomically to `path` when given."""
+    """Lower `graph` to ONNX (checker-clean); write it atomically to `path` when given.
+
+    The opset is `opset`, or the opset of an imported model when that is newer.
+    """
     missing = _unsupported_ops(graph)
     if missing:
         raise UnsupportedOpError(f"no ONNX lowering for: {', '.join(missing)}",
                                  hint="add a rule to LOWERINGS in torchcarve/backends/onnx_lowering.py")
-    ctx = LoweringContext(graph, opset)
+    ctx = LoweringContext(graph, max([opset] + [n.attrs.get("domain_version", 0) for n in graph.nodes
+                                                if n.op.startswith("onnx.") and not n.attrs.get("domain")]))
     inputs = [_graph_input(ctx, v) for v in graph.inputs]
     for node in graph.nodes:
         _lower_node(ctx, node)

@@ -676,7 +676,7 @@ def lower_onnx_op(ctx: "LoweringContext", node: Node) -> None:
 
 def _adapt_split(ctx: "LoweringContext", node: Node, attrs: dict) -> None:
     """Split: num_outputs exists from opset 18 and only without explicit sizes."""
-    if "split" not in node.attrs and ctx.opset >= 18:
+    if "split" not in node.attrs and len(node.inputs) == 1 and ctx.opset >= 18:
         attrs["num_outputs"] = len(node.outputs)
 
 

@@ -20,7 +20,7 @@ from ..ir import Graph, TensorType, verify
 from ..ir.graph import sanitize_identifier
 from ..ir.infer import InferenceUnavailable, infer_types
 from ..ir.ops import get_op
-from ..ir.ops.onnx_ops import COUNTED_OUTPUTS, KERNELS, STATIC_INPUTS
+from ..ir.ops.onnx_ops import COUNTED_OUTPUTS, DEFAULT_OPSET, KERNELS, STATIC_INPUTS
 from ..ir.types import DTYPE_NAMES
 from ..ir.value import Value
 
@@ -41,9 +41,9 @@ def load_onnx(source: str | Path | onnx.ModelProto) -> Graph:
     model = _read(source)
     _check(model)
     try:
-        model = onnx.shape_inference.infer_shapes(model, data_prop=True)
+        model = onnx.shape_inference.infer_shapes(model, check_type=True, strict_mode=True, data_prop=True)
     except Exception as e:
-        raise FileFormatError(f"onnx shape inference failed: {_first_line(e)}",
+        raise FileFormatError(f"invalid ONNX model: shape/type inference fails: {_first_line(e)}",
                               hint="check the model with onnx.checker.check_model(model, full_check=True)") from e
     graph = Importer(model).run()
     verify(graph)
@@ -164,8 +164,10 @@ class Importer:
             if self._fold(op_type, node, inputs, attrs):
                 return
             inputs, attrs = self._static_operands(op_type, inputs, attrs)
-        else:
-            attrs.update({"domain": node.domain, "domain_version": self.domains.get(node.domain, 1)} if node.domain else {})
+        if node.domain not in ("", "ai.onnx"):
+            attrs.update(domain=node.domain, domain_version=self.domains.get(node.domain, 1))
+        elif self.opset > DEFAULT_OPSET:  # written back at the opset it came from
+            attrs["domain_version"] = self.opset
         self._add(op_type, node, inputs, attrs, known)
 
     def _constant(self, node: onnx.NodeProto) -> torch.Tensor:

@@ -5,7 +5,7 @@ Encoding: node inputs are the ONNX inputs; ONNX attributes are node attributes o
 (Reshape's shape, Slice's starts, Squeeze's axes, ...) are attributes when constant, whatever the
 opset: `STATIC_INPUTS` says where each goes back. Internal attributes: `absent` (positions of
 omitted optional inputs), `outputs` (output count, for kernels whose result count varies),
-`domain`/`domain_version` (ops outside the default domain).
+`domain`/`domain_version` (ops outside the default domain, or from a model newer than DEFAULT_OPSET).
 
 Kernels are self-contained (torch and math only): the PyTorch backend copies their source into
 the generated model.py. Ops outside the table are opaque: kept, written back by the ONNX
@@ -20,6 +20,7 @@ import torch
 
 from . import Args, OpDef, register_op
 
+DEFAULT_OPSET = 18  # the ONNX opset torchcarve writes unless told otherwise (or an imported model is newer)
 INTERNAL_ATTRS = frozenset({"absent", "outputs", "domain", "domain_version"})
 
 # op type -> [(input position, attribute name, first opset taking it as an input, dtype or None = input 0's)]

@@ -1,0 +1,39 @@
+"""A fast subset of the ONNX node conformance cases through both paths (benchmarks/onnx_conformance.py runs all)."""
+from __future__ import annotations
+
+import importlib.util
+import os
+import sys
+
+import pytest
+
+HARNESS = os.path.join(os.path.dirname(__file__), "..", "benchmarks", "onnx_conformance.py")
+SUBSET = ["test_conv_with_strides_padding", "test_convtranspose_pads", "test_gemm_all_attributes",
+          "test_batchnorm_example", "test_layer_normalization_4d_axis1", "test_softmax_axis_1",
+          "test_maxpool_2d_same_upper", "test_averagepool_2d_pads", "test_reshape_negative_dim",
+          "test_transpose_all_permutations_2", "test_concat_3d_axis_1", "test_split_variable_parts_1d_opset18",
+          "test_slice_neg_steps", "test_gather_negative_indices", "test_unsqueeze_negative_axes",
+          "test_squeeze_negative_axes", "test_expand_dim_changed", "test_where_example",
+          "test_reduce_mean_keepdims_example", "test_erf", "test_pow_bcast_array",
+          "test_tile", "test_constant_pad", "test_resize_upsample_scales_nearest", "test_flatten_axis2", "test_lrn",
+          "test_globalaveragepool", "test_constantofshape_int_zeros", "test_equal_bcast", "test_gelu_tanh_1"]
+
+
+def load_harness():
+    spec = importlib.util.spec_from_file_location("onnx_conformance", HARNESS)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses look their module up
+    spec.loader.exec_module(module)
+    return module
+
+
+harness = load_harness()
+CASES = {c.name: c for c in harness.node_cases() if c.name in SUBSET}
+
+
+@pytest.mark.parametrize("name", SUBSET)
+def test_node_case_through_both_paths(name: str) -> None:
+    result = harness.run_case(CASES[name])
+    assert result.passed["ort"], result.errors
+    assert result.passed["onnx"], result.errors.get("onnx")
+    assert result.passed["torch"], result.errors.get("torch")
