@@ -11,6 +11,7 @@ when transformers imports; `FX_TRACEABLE` names the models torch.fx.symbolic_tra
 """
 from __future__ import annotations
 
+import functools
 from typing import Callable
 
 import torch
@@ -252,3 +253,15 @@ if transformers is not None:
 
 
 MODEL_NAMES = sorted(MODELS)
+
+
+@functools.lru_cache(maxsize=None)
+def captured(name: str, method: str = "export"):
+    """(model, inputs, graph) for a MODELS entry, captured once per test session.
+
+    Shared between tests: read it, or `graph.clone()` before editing.
+    """
+    import torchcarve as tc
+
+    model, inputs = MODELS[name]()
+    return model, inputs, tc.capture(model, inputs, method=method)

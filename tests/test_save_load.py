@@ -6,13 +6,12 @@ import torch
 
 import torchcarve as tc
 from torchcarve.errors import FileFormatError
-from tests.models import MODELS
+from tests.models import captured
 
 
 @pytest.fixture(scope="module")
 def residual():
-    model, inputs = MODELS["residual"]()
-    return model, inputs, tc.capture(model, inputs)
+    return captured("residual")
 
 
 def test_round_trip_keeps_text_weights_and_outputs(tmp_path, residual):

@@ -1,7 +1,6 @@
 """The text form: exact round trips, a golden print, clear parse errors, and a fuzzed parser."""
 from __future__ import annotations
 
-import functools
 import textwrap
 
 import pytest
@@ -10,18 +9,12 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import torchcarve as tc
-from tests.models import MODEL_NAMES, MODELS
-
-
-@functools.lru_cache(maxsize=None)
-def captured(name: str) -> tc.Graph:
-    model, inputs = MODELS[name]()
-    return tc.capture(model, inputs)
+from tests.models import MODEL_NAMES, captured
 
 
 @pytest.mark.parametrize("name", MODEL_NAMES)
 def test_round_trip_is_exact(name):
-    graph = captured(name)
+    graph = captured(name)[2]
     text = graph.to_text()
     again = tc.parse(text, params=graph.params)
     assert again.to_text() == text
@@ -121,14 +114,14 @@ def test_parse_errors_give_line_col_and_what_was_expected(old, new, where, expec
 
 
 def test_truncated_text_at_every_line_is_an_error():
-    lines = captured("residual").to_text().splitlines(keepends=True)
+    lines = captured("residual")[2].to_text().splitlines(keepends=True)
     for end in range(len(lines)):
         with pytest.raises(tc.ParseError, match="expected"):
             tc.parse("".join(lines[:end]))
 
 
 def test_param_not_in_the_given_store_is_an_error():
-    graph = captured("mlp")
+    graph = captured("mlp")[2]
     with pytest.raises(tc.VerifyError, match="'params exist'"):
         tc.parse(graph.to_text(), params=tc.ParamStore())
     assert len(tc.parse(graph.to_text()).param_nodes()) == len(graph.param_nodes())  # no store: not checked

@@ -10,13 +10,12 @@ import pytest
 import torch
 
 import torchcarve as tc
-from tests.models import MODELS
+from tests.models import MODELS, captured
 
 
 @pytest.fixture(scope="module")
 def cnn():
-    model, inputs = MODELS["cnn_bn"]()
-    return model, inputs, tc.capture(model, inputs)
+    return captured("cnn_bn")
 
 
 def test_generated_code_is_readable(cnn):
@@ -55,8 +54,10 @@ def test_module_output_matches_and_state_dict_round_trips(cnn):
 
 
 def test_multiple_outputs_come_back_as_a_tuple():
-    model, inputs = MODELS["hf_bert"]() if "hf_bert" in MODELS else pytest.skip("transformers not installed")
-    module = tc.to_torch(tc.capture(model, inputs))
+    if "hf_bert" not in MODELS:
+        pytest.skip("transformers not installed")
+    model, inputs, graph = captured("hf_bert")
+    module = tc.to_torch(graph)
     with torch.no_grad():
         out = module(*inputs)
         expected = model(*inputs)
@@ -89,34 +90,37 @@ graph @g(%x: f32[2]) -> (f32[2]) {
 STANDALONE = textwrap.dedent('''
     import importlib.util, json, sys
     import torch
-    spec = importlib.util.spec_from_file_location("model", sys.argv[1] + "/model.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    net = module.load()
-    x = torch.load(sys.argv[1] + "/input.pt", weights_only=True)
-    with torch.no_grad():
-        out = net(x)
-    torch.save(out, sys.argv[1] + "/output.pt")
+    for directory in sys.argv[1:]:
+        spec = importlib.util.spec_from_file_location("model", directory + "/model.py")
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+        net = module.load()
+        x = torch.load(directory + "/input.pt", weights_only=True)
+        with torch.no_grad():
+            torch.save(net(x), directory + "/output.pt")
     print(json.dumps(sorted(m for m in sys.modules if m.startswith("torchcarve"))))
 ''')
 
 
-@pytest.mark.parametrize("name", ["cnn_bn", "transformer_encoder"])
-def test_exported_module_runs_without_torchcarve(tmp_path, name):
-    model, inputs = MODELS[name]()
-    graph = tc.capture(model, inputs)
-    out_dir = tc.export_torch(graph, tmp_path / "exported")
-    assert sorted(p.name for p in out_dir.iterdir()) == ["model.py", "weights.safetensors"]
-    assert "torchcarve" not in "\n".join(
-        line for line in (out_dir / "model.py").read_text().splitlines() if "import" in line)
-    torch.save(inputs[0], out_dir / "input.pt")
-    result = subprocess.run([sys.executable, "-c", STANDALONE, str(out_dir)], capture_output=True, text=True,
-                            timeout=120, cwd=tmp_path)
+def test_exported_modules_run_without_torchcarve(tmp_path):
+    expected, directories = {}, []
+    for name in ("cnn_bn", "transformer_encoder"):
+        model, inputs, graph = captured(name)
+        out_dir = tc.export_torch(graph, tmp_path / name)
+        assert sorted(p.name for p in out_dir.iterdir()) == ["model.py", "weights.safetensors"]
+        assert "torchcarve" not in "\n".join(
+            line for line in (out_dir / "model.py").read_text().splitlines() if "import" in line)
+        torch.save(inputs[0], out_dir / "input.pt")
+        with torch.no_grad():
+            expected[name] = model(*inputs)
+        directories.append(str(out_dir))
+    result = subprocess.run([sys.executable, "-c", STANDALONE, *directories], capture_output=True, text=True,
+                            timeout=300, cwd=tmp_path)
     assert result.returncode == 0, result.stderr
     assert json.loads(result.stdout.strip().splitlines()[-1]) == []  # torchcarve was never imported
-    with torch.no_grad():
-        expected = model(*inputs)
-    torch.testing.assert_close(torch.load(out_dir / "output.pt", weights_only=True), expected, rtol=1e-5, atol=1e-5)
+    for name, want in expected.items():
+        got = torch.load(tmp_path / name / "output.pt", weights_only=True)
+        torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
 
 
 def test_export_replaces_the_target_atomically(tmp_path, cnn):

@@ -5,6 +5,7 @@ into symbols, so `view`, `flatten`, `cat`, ... infer "batch*12"-style dims with 
 """
 from __future__ import annotations
 
+from collections import OrderedDict
 from typing import Any, Sequence
 
 import torch
@@ -20,9 +21,48 @@ class InferenceUnavailable(ShapeError):
     """The op's output shape depends on data (nonzero, ...) or has no meta kernel."""
 
 
+CACHE_SIZE = 4096
+_cache: OrderedDict[tuple, list[TensorType]] = OrderedDict()
+
+
 def infer_types(op: str | OpDef, attrs: dict[str, Any], input_types: Sequence[TensorType]) -> list[TensorType]:
-    """Output types of `op` applied to inputs of `input_types` with `attrs`."""
+    """Output types of `op` applied to inputs of `input_types` with `attrs`.
+
+    Results are memoized (LRU): repeated layers and the verifier's re-check cost a dict lookup,
+    not a meta-tensor kernel call.
+    """
     opdef = get_op(op) if isinstance(op, str) else op
+    key = _cache_key(opdef, attrs, input_types)
+    if key is not None and key in _cache:
+        _cache.move_to_end(key)
+        return list(_cache[key])
+    types = _infer_uncached(opdef, attrs, input_types)
+    if key is not None:
+        _cache[key] = list(types)
+        if len(_cache) > CACHE_SIZE:
+            _cache.popitem(last=False)
+    return types
+
+
+def _cache_key(opdef: OpDef, attrs: dict[str, Any], input_types: Sequence[TensorType]) -> tuple | None:
+    try:
+        key = (opdef.name, id(opdef), _frozen(attrs), tuple(input_types))
+        hash(key)
+    except TypeError:  # an attribute that cannot be hashed: just don't cache
+        return None
+    return key
+
+
+def _frozen(value: Any) -> Any:
+    """A hashable stand-in for an attribute value that tells 1, 1.0 and True apart."""
+    if isinstance(value, dict):
+        return tuple((k, _frozen(v)) for k, v in sorted(value.items()))
+    if isinstance(value, (list, tuple)):
+        return (type(value).__name__, *(_frozen(v) for v in value))
+    return (type(value).__name__, value)
+
+
+def _infer_uncached(opdef: OpDef, attrs: dict[str, Any], input_types: Sequence[TensorType]) -> list[TensorType]:
     if opdef.infer is not None:
         return opdef.infer(attrs, list(input_types))
     symbols = sorted({s for t in input_types for s in t.symbols})

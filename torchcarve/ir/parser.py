@@ -1,8 +1,10 @@
 """Parser for the text form. Errors give line:col and what was expected there."""
 from __future__ import annotations
 
+import gc
 import json
 import re
+from contextlib import contextmanager
 from typing import Any, Iterator, NamedTuple
 
 from ..errors import CarveError, ParseError, VerifyError
@@ -20,6 +22,7 @@ TOKEN_RE = re.compile(r"""
   | (?P<ident>[A-Za-z_][A-Za-z0-9_]*(?:\.[A-Za-z_][A-Za-z0-9_]*)*)
   | (?P<arrow>->)
   | (?P<punct>[(){}\[\],:=*])
+  | (?P<error>.)
 """, re.VERBOSE)
 KEYWORDS = {"none": None, "true": True, "false": False, "inf": float("inf"), "nan": float("nan")}
 MAX_NUMBER_DIGITS = 40
@@ -33,20 +36,19 @@ class Token(NamedTuple):
 
 
 def tokenize(text: str) -> Iterator[Token]:
-    line, line_start, pos = 1, 0, 0
-    while pos < len(text):
-        match = TOKEN_RE.match(text, pos)
-        if match is None:
-            raise ParseError(f"{line}:{pos - line_start + 1}: unexpected character {text[pos]!r}")
-        kind = match.lastgroup or ""
+    line, line_start = 1, 0
+    for match in TOKEN_RE.finditer(text):
+        kind, start = match.lastgroup or "", match.start()
+        if kind == "error":
+            raise ParseError(f"{line}:{start - line_start + 1}: unexpected character {match.group()!r}")
         if kind != "ws":
-            yield Token(kind, match.group(), line, pos - line_start + 1)
-        newlines = match.group().count("\n")
+            yield Token(kind, match.group(), line, start - line_start + 1)
+            continue
+        newlines = match.group().count("\n")  # only whitespace spans lines
         if newlines:
             line += newlines
-            line_start = match.start() + match.group().rindex("\n") + 1
-        pos = match.end()
-    yield Token("eof", "", line, pos - line_start + 1)
+            line_start = start + match.group().rindex("\n") + 1
+    yield Token("eof", "", line, len(text) - line_start + 1)
 
 
 class Parser:
@@ -276,12 +278,24 @@ def _number(token: Token) -> int | float:
     return float(text) if any(c in text for c in ".eE") else int(text)
 
 
+@contextmanager
+def _gc_paused() -> Iterator[None]:
+    enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if enabled:
+            gc.enable()
+
+
 def parse(text: str, params: ParamStore | None = None, verify: bool = True) -> Graph:
     """Parse the text form. With `params`, param nodes must name tensors in it."""
     if not isinstance(text, str):
         raise ParseError(f"expected IR text (str), got {type(text).__name__}")
-    parser = Parser(text, params)
-    graph = parser.parse_graph()
+    with _gc_paused():  # tens of thousands of short-lived tokens: collections would make parsing superlinear
+        parser = Parser(text, params)
+        graph = parser.parse_graph()
     if not verify:
         return graph
     from .verifier import verify as verify_graph
