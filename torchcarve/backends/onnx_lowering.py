@@ -159,12 +159,20 @@ def linear(ctx: "LoweringContext", node: Node) -> None:
         inputs = [ctx.name(x), ctx.name(weight)] + ([ctx.name(bias)] if bias is not None else [])
         ctx.emit("Gemm", inputs, _out(ctx, node), transB=1)
         return
-    weight_t = ctx.emit("Transpose", [ctx.name(weight)], perm=[1, 0])[0]
+    weight_t = _transposed(ctx, weight)
     if bias is None:
         ctx.emit("MatMul", [ctx.name(x), weight_t], _out(ctx, node))
         return
     product = ctx.emit("MatMul", [ctx.name(x), weight_t])[0]
     ctx.emit("Add", [product, ctx.name(bias)], _out(ctx, node))
+
+
+def _transposed(ctx: "LoweringContext", weight: Any) -> str:
+    """W^T: a transposed initializer when W is constant (nothing left for ORT to fold), else a Transpose."""
+    if weight in ctx.constants:
+        base = weight.producer.attrs["name"] if weight.producer.op == "param" else weight.name
+        return ctx.const(ctx.constants[weight].t().contiguous(), f"{base}.T")
+    return ctx.emit("Transpose", [ctx.name(weight)], perm=[1, 0])[0]
 
 
 def matmul(ctx: "LoweringContext", node: Node) -> None:
