@@ -88,6 +88,7 @@ class Signature:
     def __init__(self, overload: torch._ops.OpOverload) -> None:
         self.overload = overload
         self.args = [a for a in overload._schema.arguments if a.name not in DROPPED_ARGS]
+        self.schema_index = {a.name: i for i, a in enumerate(overload._schema.arguments)}  # positions count dropped args
         self.attr_names = frozenset(a.name for a in self.args)
 
     def encode(self, args: Sequence[Any], kwargs: dict[str, Any], is_tensor: Callable[[Any], bool]) -> tuple[list[Any], dict[str, Any]]:
@@ -132,7 +133,7 @@ class Signature:
                 value, position = inputs[position], position + 1
             else:
                 continue  # omitted: the schema default applies
-            if arg.kwarg_only or kwargs or len(args) != index:
+            if arg.kwarg_only or kwargs or len(args) != self.schema_index[arg.name]:
                 kwargs[arg.name] = value
             else:
                 args.append(value)
