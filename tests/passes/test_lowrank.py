@@ -234,3 +234,45 @@ def test_low_rank_transformer_encoder_factorizes_and_runs():
     exact, _ = carve(model, x, LowRank(energy=1.0, min_gain=ALLOW_GROWTH, round_to=1))
     with torch.no_grad():
         torch.testing.assert_close(tc.to_torch(exact)(x), ref, rtol=RTOL, atol=1e-4)
+
+
+def test_low_rank_in_a_pipeline_with_other_passes():
+    torch.manual_seed(0)
+    model, x = nn.Sequential(nn.Linear(64, 64), nn.ReLU(), nn.Linear(64, 64)).eval(), torch.randn(4, 64)
+    graph = tc.capture(model, (x,))
+    result = tc.optimize(graph, "fuse,low-rank{ratio=0.25},dce", calibration=[(x,)], check_numerics=True)
+    line = next(r for r in result.report if r.spec.startswith("low-rank"))
+    assert line.changed and line.stats["factorized"] == 2 and line.params[1] < line.params[0]
+    assert ops(result.graph).count("aten.linear") == 4 and ops(graph).count("aten.linear") == 2
+    assert line.max_error > 0     # approximate: the report carries the error it introduced
+
+
+@pytest.mark.skipif(not hasattr(tc, "to_onnx"), reason="the ONNX backend is not there yet")
+def test_low_rank_onnx_parity():
+    ort = pytest.importorskip("onnxruntime")
+    torch.manual_seed(0)
+    model, x = nn.Sequential(nn.Conv2d(4, 16, 3, padding=1), nn.ReLU(), nn.Flatten(), nn.Linear(16 * 36, 32)), \
+        torch.randn(2, 4, 6, 6)
+    graph, stats = carve(model, x, LowRank(rank=4, round_to=1))
+    assert stats["factorized"] == 2
+    session = ort.InferenceSession(tc.to_onnx(graph).SerializeToString(), providers=["CPUExecutionProvider"])
+    (out,) = session.run(None, {session.get_inputs()[0].name: x.numpy()})
+    with torch.no_grad():
+        expected = tc.to_torch(graph)(x)
+    torch.testing.assert_close(torch.from_numpy(out), expected, rtol=RTOL, atol=ATOL)
+
+
+def test_low_rank_hf_bert_factorizes_verifies_and_runs():
+    models = pytest.importorskip("tests.models")
+    if "hf_bert" not in models.MODELS:
+        pytest.skip("transformers is not installed")
+    model, inputs = models.MODELS["hf_bert"]()
+    graph = tc.capture(model, inputs)
+    result = tc.optimize(graph, "low-rank{method=whitened,energy=0.9,round-to=4}", calibration=[inputs])
+    line = result.report[0]
+    assert line.stats["factorized"] >= 1 and line.params[1] < line.params[0]
+    with torch.no_grad():
+        out = tc.to_torch(result.graph)(*inputs)
+        ref = model(*inputs).last_hidden_state
+    out = out[0] if isinstance(out, (tuple, list)) else out
+    assert out.shape == ref.shape and torch.isfinite(out).all()

@@ -91,7 +91,7 @@ class LowRank(Pass):
             wanted = math.ceil(self.ratio * s.full_rank - 1e-9)
         else:
             wanted = s.energy_rank(self.energy if self.energy is not None else 0.95)
-        return min(round_rank(max(wanted, self.min_rank), self.round_to, s.full_rank), s.full_rank)
+        return round_rank(max(wanted, self.min_rank), self.round_to, s.full_rank)
 
     def _why_dense(self, layer: Layer, s: Spectrum, rank: int | None) -> str:
         if rank is None:

@@ -46,7 +46,16 @@ class Spectrum:
 
 
 def spectrum(weight: torch.Tensor, moment: torch.Tensor | None = None) -> Spectrum:
-    """Spectrum of `weight` (float64 [out, n_in]); whitened by the input second moment when given."""
+    """Spectrum of `weight` (float64 [out, n_in]); whitened by the input second moment when given.
+
+    Wide matrices take the eigendecomposition of the small Gram matrix W H W^T (out x out) instead
+    of an SVD of W·R (the n_in x n_in square root of H is the costly part for FFN down-projections).
+    """
+    out, n_in = weight.shape
+    if out <= n_in:
+        gram = weight @ weight.T if moment is None else weight @ moment @ weight.T
+        values, vectors = torch.linalg.eigh((gram + gram.T) / 2)
+        return Spectrum(weight, vectors.flip(1), values.flip(0).clamp(min=0))
     target = weight if moment is None else weight @ _square_root(moment)
     u, s, _ = torch.linalg.svd(target, full_matrices=False)
     return Spectrum(weight, u, s * s)

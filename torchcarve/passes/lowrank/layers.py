@@ -32,7 +32,6 @@ class Layer:
     matrix: torch.Tensor
     macs: int
     moment: torch.Tensor | None = None   # E[x x^T] of the (unfolded) inputs, when calibration was given
-    samples: int = 0
 
     @property
     def params(self) -> int:
@@ -96,39 +95,52 @@ def _macs(node: Node) -> int:
 # ---- calibration statistics ----------------------------------------------------------------
 
 class MomentObserver:
-    """Accumulates X^T X of one layer's inputs (conv inputs unfolded into patches) in float64."""
+    """Accumulates X^T X of one input's rows (conv inputs unfolded into patches) in float64."""
 
-    def __init__(self, layer: Layer, node: Node) -> None:
-        self.layer = layer
+    def __init__(self, node: Node) -> None:
         self.args = arguments(node)
+        self.kernel = node.inputs[1].type.shape[2:] if TARGET_OPS[node.op] == "conv" else None
+        self.gram: torch.Tensor | None = None
+        self.rows = 0
+
+    def key(self) -> tuple:
+        """Call sites with equal keys on one input see the same rows (q, k and v projections)."""
+        if self.kernel is None:
+            return ("linear",)
+        return ("conv", tuple(self.kernel), *(str(self.args[k]) for k in ("stride", "padding", "dilation")))
 
     def __call__(self, x: torch.Tensor) -> None:
         rows = self._rows(x).double()
-        layer = self.layer
         gram = rows.T @ rows
-        layer.moment = gram if layer.moment is None else layer.moment + gram
-        layer.samples += rows.shape[0]
+        self.gram = gram if self.gram is None else self.gram + gram
+        self.rows += rows.shape[0]
 
     def _rows(self, x: torch.Tensor) -> torch.Tensor:
-        if self.layer.kind == "linear":
+        if self.kernel is None:
             return x.reshape(-1, x.shape[-1])
         a = self.args
-        kernel = self.layer.nodes[0].inputs[1].type.shape[2:]
-        patches = F.unfold(x, kernel, dilation=a["dilation"], padding=a["padding"], stride=a["stride"])
+        patches = F.unfold(x, self.kernel, dilation=a["dilation"], padding=a["padding"], stride=a["stride"])
         return patches.transpose(1, 2).reshape(-1, patches.shape[1])
 
 
 def collect_moments(graph: Graph, layers: list[Layer], calibration) -> None:
-    """Fill every layer's `moment` (mean of x x^T over all rows of all call sites) from the calibration batches."""
-    observers: dict[Value, list] = {}
+    """Fill every layer's `moment`, the mean of x x^T over the rows its call sites read in the calibration batches."""
+    shared: dict[tuple, MomentObserver] = {}
+    per_layer: dict[str, list[MomentObserver]] = {}
     for layer in layers:
         for node in layer.nodes:
-            observers.setdefault(node.inputs[0], []).append(MomentObserver(layer, node))
+            observer = MomentObserver(node)
+            observer = shared.setdefault((node.inputs[0], observer.key()), observer)
+            per_layer.setdefault(layer.name, []).append(observer)
+    observers: dict[Value, list[MomentObserver]] = {}
+    for (value, _), observer in shared.items():
+        observers.setdefault(value, []).append(observer)
     for batch in as_batches(calibration):
         run_observed(graph, batch, observers)
     for layer in layers:
-        if layer.moment is not None:
-            layer.moment = layer.moment / max(layer.samples, 1)
+        seen = [o for o in dict.fromkeys(per_layer[layer.name]) if o.gram is not None]
+        if seen:
+            layer.moment = sum(o.gram for o in seen) / max(sum(o.rows for o in seen), 1)
 
 
 # ---- the rewrite ---------------------------------------------------------------------------
