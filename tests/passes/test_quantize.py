@@ -325,3 +325,10 @@ def test_onnx_export_and_reimport(pipeline, tmp_path):
         assert back.op_histogram()["onnx.QuantizeLinear"] == 3
     with torch.no_grad():
         assert torch.equal(tc.to_torch(back)(x), tc.to_torch(graph)(x))
+
+
+def test_cleanup_after_quantize_keeps_integer_weights():
+    model, x = _mlp()
+    graph = tc.optimize(tc.capture(model, (x,)), "quantize{mode=weight-only},cleanup").graph
+    assert graph.op_histogram()["carve.dequantize"] == 2
+    assert graph.params["0.weight_q"].dtype == torch.int8

@@ -83,6 +83,8 @@ class FoldConstants(Pass):
         for node in graph.nodes:
             if node.op == "param" or is_random(node) or not all(v in constants or _is_param(v) for v in node.inputs):
                 continue
+            if get_op(node.op).extra.get("keep_in_export"):  # quantized weights must stay integers
+                continue
             outputs = self._evaluate(graph, node, constants)
             if outputs is None:
                 continue
