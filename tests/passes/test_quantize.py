@@ -332,3 +332,18 @@ def test_cleanup_after_quantize_keeps_integer_weights():
     graph = tc.optimize(tc.capture(model, (x,)), "quantize{mode=weight-only},cleanup").graph
     assert graph.op_histogram()["carve.dequantize"] == 2
     assert graph.params["0.weight_q"].dtype == torch.int8
+
+
+def test_composes_with_fuse_prune_lowrank_and_runs_in_onnxruntime(tmp_path):
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(3, 16, 3, padding=1), nn.BatchNorm2d(16), nn.ReLU(), nn.Conv2d(16, 32, 3, padding=1),
+                          nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(32, 64), nn.ReLU(),
+                          nn.Linear(64, 10)).eval()
+    x = torch.randn(2, 3, 16, 16)
+    calibration = [(torch.randn(2, 3, 16, 16),) for _ in range(4)]
+    result = tc.optimize(tc.capture(model, (x,)), "fuse,prune{ratio=0.3},low-rank{ratio=0.5},quantize{mode=static}",
+                         calibration=calibration)
+    assert result.report[-1].changed and result.graph.op_histogram()["carve.quantize"] > 0
+    with torch.no_grad():
+        expected = tc.to_torch(result.graph)(x).numpy()
+    np.testing.assert_allclose(_ort(result.graph, (x,), tmp_path), expected, atol=0.01)
