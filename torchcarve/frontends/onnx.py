@@ -23,6 +23,7 @@ from ..ir.ops import get_op
 from ..ir.ops.onnx_ops import COUNTED_OUTPUTS, DEFAULT_OPSET, KERNELS, STATIC_INPUTS
 from ..ir.types import DTYPE_NAMES
 from ..ir.value import Value
+from .onnx_canonical import canonicalize as to_aten
 
 ONNX_TO_DTYPE = {
     onnx.TensorProto.FLOAT: "f32", onnx.TensorProto.FLOAT16: "f16", onnx.TensorProto.BFLOAT16: "bf16",
@@ -36,8 +37,10 @@ RENAMED = {"Upsample": "Resize"}  # deprecated ops -> their successor (see Impor
 FOLD_LIMIT = 1 << 24  # elements: larger constant results stay as ops
 
 
-def load_onnx(source: str | Path | onnx.ModelProto) -> Graph:
-    """Read an ONNX model (path or ModelProto, never modified) into a verified IR graph."""
+def load_onnx(source: str | Path | onnx.ModelProto, canonicalize: bool = True) -> Graph:
+    """Read an ONNX model (path or ModelProto, never modified) into a verified IR graph.
+
+    canonicalize: ops with an exact aten equivalent become it (onnx_canonical.py), so passes apply."""
     model = _read(source)
     _check(model)
     try:
@@ -46,6 +49,8 @@ def load_onnx(source: str | Path | onnx.ModelProto) -> Graph:
         raise FileFormatError(f"invalid ONNX model: shape/type inference fails: {_first_line(e)}",
                               hint="check the model with onnx.checker.check_model(model, full_check=True)") from e
     graph = Importer(model).run()
+    if canonicalize:
+        to_aten(graph)
     verify(graph)
     return graph
 
@@ -310,9 +315,9 @@ def _absent(inputs: list[str]) -> list[int]:
     return [i for i, name in enumerate(inputs) if name == ""]
 
 
-def from_onnx(source: str | Path | onnx.ModelProto) -> Graph:
+def from_onnx(source: str | Path | onnx.ModelProto, canonicalize: bool = True) -> Graph:
     """Public alias of `load_onnx` (`tc.from_onnx`)."""
-    return load_onnx(source)
+    return load_onnx(source, canonicalize)
 
 
 __all__ = ["DTYPE_NAMES", "from_onnx", "load_onnx"]
