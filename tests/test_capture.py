@@ -137,3 +137,61 @@ def test_ops_without_rules_are_kept_and_run():
     graph = tc.capture(CustomOpModel(), (x,))
     assert {"aten.cumprod", "aten.logcumsumexp"} <= set(graph.op_histogram())
     assert_reproduces(graph, CustomOpModel(), (x,))
+
+
+class WriteThroughView(torch.nn.Module):
+    """`y.narrow(...).zero_()` writes through a view of y: the write must show in y afterwards."""
+
+    def forward(self, x):
+        y = x.clone()
+        y.narrow(1, 0, 1).zero_()
+        y += 1
+        view = y.view(-1)
+        y.mul_(2)  # `view` shares y's memory: it must see this too
+        return view
+
+
+def test_in_place_writes_through_views_are_captured_exactly():
+    x = torch.randn(2, 3)
+    graph = tc.capture(WriteThroughView(), (x,), method="export")
+    assert_reproduces(graph, WriteThroughView(), (x,))
+    assert not any(n.op.split(".")[1].endswith("_") for n in graph.nodes if n.op != "param")  # functional IR
+
+
+def test_fx_refuses_writes_through_views_instead_of_computing_wrong_values():
+    with pytest.raises(tc.CaptureError, match="writes in place into memory another tensor shares"):
+        tc.capture(WriteThroughView(), (torch.randn(2, 3),), method="fx")
+
+
+class InPlaceOnOwnTensor(torch.nn.Module):
+    def forward(self, x):
+        y = x * 2
+        y.add_(1).relu_()
+        return y
+
+
+@pytest.mark.parametrize("method", ["export", "fx"])
+def test_plain_in_place_ops_become_functional(method):
+    x = torch.randn(2, 3)
+    graph = tc.capture(InPlaceOnOwnTensor(), (x,), method=method)
+    assert_reproduces(graph, InPlaceOnOwnTensor(), (x,))
+    assert "aten.relu" in graph.op_histogram()
+
+
+class Recurrent(torch.nn.Module):
+    """aten.lstm takes two tensor lists (hx, params)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.lstm = torch.nn.LSTM(8, 16, num_layers=2, batch_first=True)
+
+    def forward(self, x):
+        return self.lstm(x)[0]
+
+
+def test_ops_with_two_tensor_lists_round_trip_and_run():
+    torch.manual_seed(0)
+    model, inputs = Recurrent().eval(), (torch.randn(2, 5, 8),)
+    graph = tc.capture(model, inputs)
+    assert_reproduces(graph, model, inputs)
+    assert tc.parse(graph.to_text(), params=graph.params).to_text() == graph.to_text()

@@ -64,6 +64,11 @@ def convert(fx_graph: torch.fx.Graph, params: dict[str, ParamSource], name: str,
             input_names: Sequence[str] = ()) -> Graph:
     """Build an IR graph; placeholders not in `params` become graph inputs, in order, named
     after `input_names` where given (the model's forward arguments)."""
+    aliased_write = writes_through_an_alias(fx_graph)
+    if aliased_write is not None:
+        raise CaptureError(f"'{aliased_write.name}' ({aliased_write.target}) writes in place into memory another "
+                           f"tensor shares (a view); that cannot be captured exactly",
+                           hint="capture with method='export', which functionalizes such writes")
     graph = Graph(name)
     env: dict[torch.fx.Node, Any] = {}
     names = iter(input_names)
@@ -118,6 +123,30 @@ def functional_overload(overload: torch._ops.OpOverload) -> torch._ops.OpOverloa
         return getattr(packet, overload._overloadname)
     except (AttributeError, RuntimeError):
         raise CaptureError(f"in-place op {namespace}.{name} has no functional form") from None
+
+
+def writes_through_an_alias(fx_graph: torch.fx.Graph) -> torch.fx.Node | None:
+    """The first in-place op whose target is a view, or has views taken of it (`y[:, 0] = 0`).
+
+    Capture turns in-place ops into their functional form and rebinds the written tensor; that is
+    exact only when no other tensor shares its memory. Graphs with such writes are functionalized
+    first (torch.export's run_decompositions) or rejected.
+    """
+    for node in fx_graph.nodes:
+        if node.op != "call_function" or not isinstance(node.target, torch._ops.OpOverload):
+            continue
+        if functional_overload(node.target) is None or not isinstance(node.args[0], torch.fx.Node):
+            continue
+        written = node.args[0]
+        if _is_view(written) or any(_is_view(user) for user in written.users if user is not node):
+            return node
+    return None
+
+
+def _is_view(node: torch.fx.Node) -> bool:
+    if not isinstance(node.target, torch._ops.OpOverload):
+        return node.target is operator.getitem and _is_view(node.args[0])
+    return any(r.alias_info is not None and not r.alias_info.is_write for r in node.target._schema.returns)
 
 
 def _placeholder(graph: Graph, node: torch.fx.Node, params: dict[str, ParamSource]) -> Any:

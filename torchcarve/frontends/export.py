@@ -7,7 +7,7 @@ import torch
 
 from ..errors import CaptureError
 from ..ir import Graph
-from .aten import ParamSource, TensorOutputs, convert, unwrapped_name
+from .aten import ParamSource, TensorOutputs, convert, unwrapped_name, writes_through_an_alias
 
 
 def capture_export(model: torch.nn.Module, example_inputs: tuple, dynamic_batch: bool = False,
@@ -22,8 +22,9 @@ def capture_export(model: torch.nn.Module, example_inputs: tuple, dynamic_batch:
         program = torch.export.export(TensorOutputs(model), example_inputs, dynamic_shapes=dynamic_shapes, strict=False)
     except Exception as e:
         raise CaptureError(f"torch.export failed: {_first_line(e)}") from e
-    if any(node.op == "get_attr" for node in program.graph.nodes):
-        program = program.run_decompositions({})  # inlines autocast/no_grad regions, keeps conv2d/linear
+    if any(node.op == "get_attr" for node in program.graph.nodes) or writes_through_an_alias(program.graph):
+        # inlines autocast/no_grad regions and functionalizes writes through views; keeps conv2d/linear
+        program = program.run_decompositions({})
     return convert(program.graph, _param_sources(program), name, input_names)
 
 

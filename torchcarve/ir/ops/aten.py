@@ -90,6 +90,9 @@ class Signature:
         self.args = [a for a in overload._schema.arguments if a.name not in DROPPED_ARGS]
         self.schema_index = {a.name: i for i, a in enumerate(overload._schema.arguments)}  # positions count dropped args
         self.attr_names = frozenset(a.name for a in self.args)
+        # with two tensor lists (lstm's hx and params) the inputs left over can't say where one ends:
+        # each list then records its length as a mask attribute
+        self.masked_lists = sum(_kind(a) == "tensor-list" for a in self.args) > 1
 
     def encode(self, args: Sequence[Any], kwargs: dict[str, Any], is_tensor: Callable[[Any], bool]) -> tuple[list[Any], dict[str, Any]]:
         """Split a call's arguments into tensor inputs (in order) and attributes."""
@@ -103,7 +106,7 @@ class Signature:
             kind = _kind(arg)
             if kind == "tensor-list":
                 inputs.extend(v for v in value if v is not None)
-                if any(v is None for v in value):
+                if self.masked_lists or any(v is None for v in value):
                     attrs[arg.name] = [None if v is None else True for v in value]
             elif kind == "tensor" and is_tensor(value):
                 inputs.append(value)
@@ -126,9 +129,10 @@ class Signature:
             if arg.name in attrs and kind != "tensor-list":
                 value = _bound_value(arg, attrs[arg.name])
             elif kind == "tensor-list":
+                mask = attrs.get(arg.name)
                 later = sum(1 for a in self.args[index + 1:] if _kind(a) == "tensor" and a.name not in attrs)
-                count = len(inputs) - position - later
-                value, position = self._take_list(inputs, position, count, attrs.get(arg.name))
+                count = len(inputs) - position - later if mask is None else sum(m is not None for m in mask)
+                value, position = self._take_list(inputs, position, count, mask)
             elif kind == "tensor" and position < len(inputs):
                 value, position = inputs[position], position + 1
             else:
