@@ -173,6 +173,21 @@ def to_torch(graph: Graph) -> torch.nn.Module:
     return module.eval()
 
 
+def with_module_weights(graph: Graph, module: torch.nn.Module) -> Graph:
+    """A copy of `graph` whose weights are taken from `module` (built by `to_torch`, then trained)."""
+    names = getattr(module, "weight_names", None)
+    if names is None:
+        raise CarveError("the module was not built by tc.to_torch", hint="fine-tune the module tc.to_torch returned")
+    updated = graph.clone()
+    for attribute, param in names.items():
+        tensor = getattr(module, attribute).detach().clone()
+        if tensor.shape != updated.params[param].shape:
+            raise CarveError(f"weight '{param}' has shape {list(tensor.shape)} in the module but "
+                             f"{list(updated.params[param].shape)} in the graph")
+        updated.params[param] = tensor
+    return updated
+
+
 LOADER = '''
 
 def load(directory=None):
