@@ -14,6 +14,10 @@ from ..ir.infer import InferenceUnavailable, infer_types
 from ..ir.ops import get_op, op_name
 from ..ir.types import dtype_name
 
+# overloads that require a device argument -> the device-free overload doing the same math
+# (the IR never pins a device: generated code follows its inputs)
+DEVICE_FREE_FORMS = {"aten::to.device": torch.ops.aten.to.dtype, "aten::to.dtype_layout": torch.ops.aten._to_copy.default}
+
 # list arguments that take -1 for "whatever the symbolic batch makes this"
 INFERABLE_SIZE_OPS = {"aten.view", "aten.reshape", "aten._unsafe_view", "aten.expand"}
 
@@ -175,11 +179,13 @@ def _outputs(result: Any, env: dict) -> list:
 
 
 def _call(graph: Graph, node: torch.fx.Node, overload: torch._ops.OpOverload, env: dict) -> Any:
+    args = torch.fx.node.map_arg(node.args, lambda n: env[n])
+    kwargs = torch.fx.node.map_arg(node.kwargs, lambda n: env[n])
+    if overload.name() in DEVICE_FREE_FORMS:
+        overload, args, kwargs = _device_free(overload, args, kwargs)
     name = op_name(overload)
     opdef = get_op(name)
     signature = opdef.extra["signature"]
-    args = torch.fx.node.map_arg(node.args, lambda n: env[n])
-    kwargs = torch.fx.node.map_arg(node.kwargs, lambda n: env[n])
     args, kwargs = _resolve_symbolic_sizes(name, args, kwargs, node)
     inputs, attrs = signature.encode(args, kwargs, is_tensor=lambda v: hasattr(v, "producer"))
     try:
@@ -189,6 +195,14 @@ def _call(graph: Graph, node: torch.fx.Node, overload: torch._ops.OpOverload, en
     ir_node = graph.add_node(name, inputs, attrs, output_types=types, names=[node.name] if len(types) == 1 else (),
                              scope=_scope(node))
     return ir_node.outputs[0] if _single_result(overload) else list(ir_node.outputs)
+
+
+def _device_free(overload: torch._ops.OpOverload, args: tuple, kwargs: dict) -> tuple[Any, tuple, dict]:
+    """Re-express a device-taking call with its device-free twin, passing arguments by name."""
+    target = DEVICE_FREE_FORMS[overload.name()]
+    named = {arg.name: value for arg, value in zip(overload._schema.arguments, args)} | dict(kwargs)
+    accepted = {arg.name for arg in target._schema.arguments}
+    return target, (), {k: v for k, v in named.items() if k in accepted}
 
 
 def _single_result(overload: torch._ops.OpOverload) -> bool:
