@@ -130,7 +130,6 @@ OURS = {
     "carve quantize (dynamic)": "quantize",
     "carve quantize{smooth=0.5}": "quantize{smooth=0.5}",
     "carve quantize{max-error=0.1}": "quantize{max-error=0.1}",
-    "carve quantize{max-error=0.06}": "quantize{max-error=0.06}",
     "carve weight-only int8": "quantize{mode=weight-only}",
     "carve weight-only int4 (g128)": "quantize{mode=weight-only,dtype=int4}",
 }
@@ -179,16 +178,14 @@ def main() -> None:
     logging.getLogger().setLevel(logging.ERROR)  # the ORT quantizers warn about every LayerNorm weight
     torch.manual_seed(0)
     tokenizer, model = load_model()
-    rows = []
+    print(f"all-MiniLM-L6-v2, onnxruntime {ort.__version__}, {args.threads} threads, median of {args.runs} runs (best of 3 rounds)\n")
+    print("| batch x seq | method | ms | speed-up vs fp32 ORT | cosine to fp32 | ONNX MiB |")
+    print("|---|---|---|---|---|---|", flush=True)
     for shape in args.shapes.split(","):
         batch, seq = map(int, shape.split("x"))
         with tempfile.TemporaryDirectory() as tmp:
-            rows += run_shape(tokenizer, model, batch, seq, args.threads, args.runs, Path(tmp))
-    print(f"\nall-MiniLM-L6-v2, onnxruntime {ort.__version__}, {args.threads} threads, median of {args.runs} runs (best of 3 rounds)\n")
-    print("| batch x seq | method | ms | speed-up vs fp32 ORT | cosine to fp32 | ONNX MiB |")
-    print("|---|---|---|---|---|---|")
-    for shape, label, ms, speedup, cosine, size in rows:
-        print(f"| {shape} | {label} | {ms:.2f} | {speedup:.2f}x | {cosine:.4f} | {size:.1f} |")
+            for row in run_shape(tokenizer, model, batch, seq, args.threads, args.runs, Path(tmp)):
+                print("| {} | {} | {:.2f} | {:.2f}x | {:.4f} | {:.1f} |".format(*row), flush=True)
 
 
 if __name__ == "__main__":
