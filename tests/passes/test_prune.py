@@ -156,6 +156,23 @@ def test_ir_before_and_after():
     assert '%v2_weight = param "2.weight" : f32[2,8]' in text
     assert "aten.linear(%input, %v0_weight, %v0_bias) : f32[1,8]" in text
     assert "aten.relu(%linear) : f32[1,8]" in text
+    (row,) = optimize(graph, "prune{ratio=0.5,round-to=4}").report[0].stats["layers"]
+    assert row["params"] == [16 * 4 + 16 + 2 * 16, 8 * 4 + 8 + 2 * 8]   # 0.weight, 0.bias, 2.weight columns
+    assert row["macs"] == [16 * 4 + 2 * 16, 8 * 4 + 2 * 8]
+
+
+def test_carve_opt_prints_the_per_layer_table(captured, tmp_path, capsys):
+    from torchcarve.cli import main
+
+    graph, _ = captured("cnn_bn")
+    tc.save(graph, tmp_path / "m.carve")
+    assert main(["opt", str(tmp_path / "m.carve"), "-p", "prune{round-to=1}", "-o", str(tmp_path / "out")]) == 0
+    out = capsys.readouterr().out
+    rows = optimize(graph, "prune{round-to=1}").report[0].stats["layers"]
+    assert "prune{round-to=1}: per layer" in out
+    for row in rows:
+        assert f"{row['params'][0]:,} → {row['params'][1]:,}" in out
+        assert f"{row['macs'][0]:,} → {row['macs'][1]:,}" in out
 
 
 def test_heads_and_ffn_are_pruned_in_bert(captured):

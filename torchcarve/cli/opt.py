@@ -33,6 +33,9 @@ def run(args: argparse.Namespace) -> int:
     result = optimize(graph, args.pipeline, check_numerics=args.check_numerics, print_ir=print_ir, seed=args.seed)
     save(result.graph, args.output)
     console.print(report_table(result.report, timings=args.time_passes))
+    for line in result.report:
+        if line.stats.get("layers"):
+            console.print(layers_table(line.spec, line.stats["layers"]))
     console.print(f"wrote {args.output}")
     return 0
 
@@ -50,13 +53,32 @@ def report_table(report: Sequence[PassReport], timings: bool = False, title: str
         table.add_column("ms", justify="right")
     for line in report:
         row = [line.spec, "yes" if line.changed else "-", _arrow(line.nodes), _arrow(line.params), _arrow(line.macs),
-               ", ".join(f"{k}={v}" for k, v in line.stats.items() if v)]
+               ", ".join(f"{k}={v}" for k, v in line.stats.items() if v and k != "layers")]
         row += [f"{line.max_error:.2g}"] if checked else []
         row += [f"{line.seconds * 1e3:.1f}"] if timings else []
         table.add_row(*row)
     if timings:
         table.caption = f"total {sum(line.seconds for line in report) * 1e3:.1f} ms"
     return table
+
+
+def layers_table(spec: str, layers: Sequence[dict] | dict[str, dict]) -> Table:
+    """A pass's per-layer rows (a list of dicts, or a dict layer name -> dict): one column per key,
+    [before, after] pairs shown as arrows."""
+    rows = [{"layer": name, **row} for name, row in layers.items()] if isinstance(layers, dict) else list(layers)
+    columns = list(dict.fromkeys(key for row in rows for key in row))
+    table = Table(title=f"{spec}: per layer")
+    for column in columns:
+        table.add_column(column, justify="left" if column in ("layer", "kind") else "right")
+    for row in rows:
+        table.add_row(*(_cell(row.get(column, "")) for column in columns))
+    return table
+
+
+def _cell(value: object) -> str:
+    if isinstance(value, (tuple, list)) and len(value) == 2 and all(isinstance(v, int) for v in value):
+        return _arrow(tuple(value))
+    return f"{value:.3g}" if isinstance(value, float) else str(value)
 
 
 def _arrow(pair: tuple[int, int]) -> str:

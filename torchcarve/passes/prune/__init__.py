@@ -10,7 +10,7 @@ from collections import Counter
 from dataclasses import dataclass
 from typing import Literal
 
-from ...analysis.cost import graph_cost
+from ...analysis.cost import graph_cost, node_cost
 from ...errors import CarveError
 from ...ir import Graph
 from ..base import Pass, PassContext, PassResult, register_pass
@@ -57,12 +57,13 @@ class Prune(Pass):
         prunable = [g for g in groups if not g.blocked and (self.heads or g.kind != "heads") and g.params()]
         before = graph_cost(graph)
         removals = self._choose(graph, prunable, calibration, ctx.seed) if self.ratio > 0 else []
+        layer_costs = [_layer_cost(g) for g, _ in removals]
         remove_units(graph, removals)
         after = graph_cost(graph)
         return PassResult(any(len(u) for _, u in removals), {
             "groups": len(groups), "prunable": len(prunable), "pruned": sum(1 for _, u in removals if len(u)),
             "params": (before.params, after.params), "macs": (before.macs, after.macs),
-            "layers": [_layer_row(g, u) for g, u in removals],
+            "layers": [_layer_row(g, u, cost) for (g, u), cost in zip(removals, layer_costs)],
             "blocked": dict(Counter(_reason(g) for g in groups if g not in prunable)),
         })
 
@@ -81,9 +82,22 @@ class Prune(Pass):
                                  hint="use a parameter name (layer1.0.conv1.weight) or a module path (layer1.0)")
 
 
-def _layer_row(group: Group, units) -> dict:
+def _layer_row(group: Group, units, before: tuple[int, int]) -> dict:
+    """Channels (or head channels) before/after; params of the group's weights and MACs of the ops
+    touching it, [before, after] (ops shared by two groups count in both rows)."""
+    after = _layer_cost(group)
     return {"layer": group.label, "kind": group.kind, "before": group.units * group.unit_size,
-            "after": (group.units - len(units)) * group.unit_size}
+            "after": (group.units - len(units)) * group.unit_size,
+            "params": [before[0], after[0]], "macs": [before[1], after[1]]}
+
+
+def _layer_cost(group: Group) -> tuple[int, int]:
+    """(params of the group's weights, MACs per batch item of every op reading or making a member)."""
+    weights = {value.producer.attrs["name"]: value.type.numel() for (value, _), _ in group.members.items()
+               if value.producer is not None and value.producer.op == "param"}
+    nodes = {node for (value, _) in group.members for node, _ in value.uses}
+    nodes |= {value.producer for (value, _) in group.members if value.producer is not None}
+    return sum(weights.values()), sum(node_cost(n).macs for n in nodes if n.op != "param")
 
 
 def _reason(group: Group) -> str:
