@@ -49,12 +49,17 @@ def feeds_for(model: onnx.ModelProto, seed: int = 0) -> dict[str, np.ndarray]:
     return feeds
 
 
+def run(sess: ort.InferenceSession, feeds: dict) -> list[np.ndarray]:
+    """Feed by position: exported names are sanitized ("gpu_0/data_0" -> "gpu_0_data_0")."""
+    return sess.run(None, dict(zip([i.name for i in sess.get_inputs()], feeds.values())))
+
+
 def latency_ms(sess: ort.InferenceSession, feeds: dict, repeat: int) -> float:
-    sess.run(None, feeds)
+    run(sess, feeds)
     times = []
     for _ in range(repeat):
         start = time.perf_counter()
-        sess.run(None, feeds)
+        run(sess, feeds)
         times.append(time.perf_counter() - start)
     return 1e3 * float(np.median(times))
 
@@ -84,11 +89,11 @@ def compare(name: str, path: Path, workdir: Path, repeat: int) -> dict:
     slim_seconds = time.perf_counter() - start
     feeds = feeds_for(original)
     sessions = {k: session(p) for k, p in (("orig", path), ("ours", ours_path), ("slim", slim_path))}
-    expected = sessions["orig"].run(None, feeds)[0]
+    expected = run(sessions["orig"], feeds)[0]
     scale = max(float(np.abs(expected).max()), 1e-6)
     row = {"model": name, "nodes": len(original.graph.node),
            "ours_nodes": len(onnx.load(str(ours_path)).graph.node), "slim_nodes": len(onnx.load(str(slim_path)).graph.node),
-           "ours_err": float(np.abs(sessions["ours"].run(None, feeds)[0] - expected).max()) / scale,
+           "ours_err": float(np.abs(run(sessions["ours"], feeds)[0] - expected).max()) / scale,
            "ours_s": ours_seconds, "slim_s": slim_seconds}
     base = latency_ms(sessions["orig"], feeds, repeat)
     row["ours_speed"] = base / latency_ms(sessions["ours"], feeds, repeat)

@@ -253,3 +253,16 @@ def test_light_shufflenet_is_all_aten_and_fuse_shrinks_it() -> None:
     assert len(ops(fused)) < len(ops(graph))
     assert_matches_ort(fused, proto)
 
+
+
+def test_prune_applies_to_an_onnx_model_as_to_the_captured_one(tmp_path) -> None:
+    from tests.models import MODELS
+
+    net, inputs = MODELS["mlp"]()
+    captured = tc.capture(net, inputs)
+    tc.to_onnx(captured, tmp_path / "mlp.onnx")
+    imported = tc.from_onnx(tmp_path / "mlp.onnx")
+    pipeline = "prune{ratio=0.5}"
+    [ours], [theirs] = tc.optimize(imported, pipeline).report, tc.optimize(captured, pipeline).report
+    assert ours.stats["pruned"] == theirs.stats["pruned"] == 2
+    assert ours.stats["macs"] == theirs.stats["macs"]
