@@ -257,7 +257,7 @@ def onnx_softmax(x, kind, axis=-1, **_):
 
 
 def onnx_flatten(x, axis=1, **_):
-    axis = axis % (x.dim() + 1) if x.dim() else 0
+    axis = axis + x.dim() if axis < 0 else axis  # ONNX: a negative axis counts from the end (-1 -> r-1)
     return x.reshape(math.prod(x.shape[:axis]), math.prod(x.shape[axis:]))
 
 
