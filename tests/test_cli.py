@@ -106,3 +106,25 @@ def test_demo_runs_end_to_end(tmp_path: Path, capsys: pytest.CaptureFixture) -> 
     accuracies = [float(rows[stage].rstrip("%")) for stage in ("eager", "fused", "model.py", "model.onnx (ORT)")]
     assert accuracies[1] == accuracies[2] == accuracies[3]  # the exact steps keep every prediction
     assert min(accuracies) > 80.0  # even 3 epochs (+2 after pruning) learn the digits
+
+
+def test_opt_with_calibration_file_and_random(workdir: Path, capsys: pytest.CaptureFixture) -> None:
+    from safetensors.torch import save_file
+
+    assert run_cli(capsys, "capture", "factories:small_cnn", "--input", "2x3x8x8", "-o", "m.carve")[0] == 0
+    graph = tc.load("m.carve")
+    save_file({graph.inputs[0].name: torch.randn(20, 3, 8, 8)}, str(workdir / "calib.safetensors"))
+    code, out, _ = run_cli(capsys, "opt", "m.carve", "-p", "quantize{mode=static}", "--calibration",
+                           "calib.safetensors", "-o", "q.carve")
+    assert code == 0 and "quantize" in out
+    assert any(node.op.startswith("carve.") for node in tc.load("q.carve").nodes)
+    code, _, _ = run_cli(capsys, "opt", "m.carve", "-p", "quantize{mode=static}", "--calibration", "random:2",
+                         "-o", "q2.carve")
+    assert code == 0
+
+    code, _, err = run_cli(capsys, "opt", "m.carve", "-p", "quantize{mode=static}", "-o", "q3.carve")
+    assert code == 1 and "calibration" in err and not (workdir / "q3.carve").exists()
+    save_file({"wrong": torch.randn(4, 3)}, str(workdir / "bad.safetensors"))
+    code, _, err = run_cli(capsys, "opt", "m.carve", "-p", "quantize{mode=static}", "--calibration",
+                           "bad.safetensors", "-o", "q4.carve")
+    assert code == 1 and "no tensor for graph input" in err

@@ -35,3 +35,41 @@ def parse_shape(text: str) -> tuple[int, ...]:
     if not dims or any(d <= 0 for d in dims):
         raise CarveError(f"bad input shape '{text}': dims must be positive", hint="write shapes like 1x3x32x32")
     return dims
+
+
+def load_calibration(spec: str | None, graph: Graph, batch_size: int = 8) -> list[tuple] | None:
+    """Calibration batches for passes that need data, from `--calibration`:
+
+    - `random:N`: N batches of random inputs matching the graph's input types;
+    - a `.safetensors` file with one tensor per graph input (named like the input, or input0,
+      input1, ...), samples along dim 0, cut into batches of `batch_size`.
+    """
+    if spec is None:
+        return None
+    if spec.startswith("random:"):
+        from ..passes.manager import random_inputs
+
+        count = spec.removeprefix("random:")
+        if not count.isdigit() or int(count) == 0:
+            raise CarveError(f"bad --calibration '{spec}'", hint="write random:N with N >= 1, or a .safetensors file")
+        return [tuple(random_inputs(graph, seed=k, batch=batch_size)) for k in range(int(count))]
+    return _calibration_file(Path(spec), graph, batch_size)
+
+
+def _calibration_file(path: Path, graph: Graph, batch_size: int) -> list[tuple]:
+    from ..ir.params import ParamStore
+
+    if not path.is_file():
+        raise FileFormatError(f"{path}: no such calibration file", hint="give a .safetensors file or random:N")
+    store = ParamStore.load(path)
+    tensors = []
+    for index, value in enumerate(graph.inputs):
+        name = value.name if value.name in store else f"input{index}"
+        if name not in store:
+            raise CarveError(f"{path} has no tensor for graph input %{value.name}",
+                             hint=f"name the tensors {', '.join(v.name for v in graph.inputs)} (or input0, input1, ...)")
+        tensors.append(store[name])
+    samples = {t.shape[0] for t in tensors if t.dim() > 0}
+    if len(samples) != 1:
+        raise CarveError(f"{path}: the inputs hold different sample counts {sorted(samples)} along dim 0")
+    return [tuple(t[start:start + batch_size] for t in tensors) for start in range(0, samples.pop(), batch_size)]
