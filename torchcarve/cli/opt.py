@@ -9,7 +9,7 @@ from rich.table import Table
 
 from ..api import save
 from ..passes import PassReport, optimize
-from .common import read_graph
+from .common import load_calibration, read_graph
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -22,6 +22,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--check-numerics", action="store_true",
                         help="run the graph before/after each pass on random inputs; exact passes must match")
     parser.add_argument("--seed", type=int, default=0, help="seed for random inputs and randomized passes")
+    parser.add_argument("--calibration", metavar="FILE|random:N",
+                        help="data for passes that need it (quantize static, prune taylor, low-rank whitened): a "
+                             ".safetensors file with one tensor per graph input, samples along dim 0, or random:N")
+    parser.add_argument("--calibration-batch", type=int, default=8, help="samples per calibration batch (default 8)")
     parser.set_defaults(run=run)
 
 
@@ -30,7 +34,9 @@ def run(args: argparse.Namespace) -> int:
     graph = read_graph(args.graph)
     print_ir = (lambda text: console.print(text, markup=False, highlight=False, soft_wrap=True)) \
         if args.print_ir_after_all else None
-    result = optimize(graph, args.pipeline, check_numerics=args.check_numerics, print_ir=print_ir, seed=args.seed)
+    calibration = load_calibration(args.calibration, graph, args.calibration_batch)
+    result = optimize(graph, args.pipeline, calibration=calibration, check_numerics=args.check_numerics,
+                      print_ir=print_ir, seed=args.seed)
     save(result.graph, args.output)
     console.print(report_table(result.report, timings=args.time_passes))
     for line in result.report:
