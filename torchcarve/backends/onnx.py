@@ -15,12 +15,13 @@ from onnx import TensorProto, helper
 from ..errors import CarveError, UnsupportedOpError
 from ..fileio import atomic_file
 from ..ir import Graph
+from ..ir.names import first_free
 from ..ir.node import Node
 from ..ir.ops.onnx_ops import DEFAULT_OPSET
 from ..ir.ops import get_op
 from ..ir.types import TensorType
 from ..ir.value import Value
-from .onnx_lowering import LOWERINGS, ONNX_INPUT_ATTRS, SHAPE_ONLY_OPS, lower_onnx_op
+from .onnx_lowering import LOWERINGS, SHAPE_ONLY_OPS, lower_onnx_op
 
 TWO_GB = 2**31 - 2**20                      # protobuf's limit, less headroom for the graph itself
 FOLD_LIMIT = 1 << 16                        # fold a constant node when its result is at most this many elements ...
@@ -62,10 +63,7 @@ class LoweringContext:
 
     # ---- names -------------------------------------------------------------------------
     def fresh(self, base: str) -> str:
-        name, k = base, 0
-        while name in self.used:
-            k += 1
-            name = f"{base}_{k}"
+        name = first_free(base, self.used)
         self.used.add(name)
         return name
 

@@ -26,7 +26,6 @@ INT64_MAX = 2**63 - 1
 # ops whose result depends only on input shapes: folded whenever the output is static
 SHAPE_ONLY_OPS = {"aten.new_ones", "aten.new_zeros", "aten.new_full", "aten.new_empty", "aten.zeros_like",
                   "aten.ones_like", "aten.full_like", "aten.empty_like"}
-ONNX_INPUT_ATTRS = STATIC_INPUTS
 
 
 def _out(ctx: "LoweringContext", node: Node, index: int = 0) -> list[str]:

@@ -18,7 +18,7 @@ import torch
 from ..errors import CarveError
 from ..fileio import atomic_directory
 from ..ir import Graph
-from ..ir.graph import sanitize_identifier
+from ..ir.names import first_free, sanitize_identifier
 from ..ir.node import Node
 from ..ir.ops import get_op
 from ..ir.value import Value
@@ -33,11 +33,7 @@ class Namespace:
         self.used: set[str] = set(RESERVED)
 
     def name(self, base: str) -> str:
-        base = sanitize_identifier(base)
-        name, k = base, 0
-        while name in self.used:
-            k += 1
-            name = f"{base}_{k}"
+        name = first_free(sanitize_identifier(base), self.used)
         self.used.add(name)
         return name
 

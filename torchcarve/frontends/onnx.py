@@ -17,7 +17,7 @@ from onnx import numpy_helper
 
 from ..errors import FileFormatError, UnsupportedOpError
 from ..ir import Graph, TensorType, verify
-from ..ir.graph import sanitize_identifier
+from ..ir.names import sanitize_identifier
 from ..ir.infer import InferenceUnavailable, infer_types
 from ..ir.ops import get_op
 from ..ir.ops.onnx_ops import COUNTED_OUTPUTS, DEFAULT_OPSET, KERNELS, STATIC_INPUTS

@@ -1,7 +1,6 @@
 """Graph: inputs, nodes in topological order, outputs, and the ParamStore of weights."""
 from __future__ import annotations
 
-import re
 from collections import Counter
 from typing import TYPE_CHECKING, Any, Iterable, Sequence
 
@@ -9,21 +8,13 @@ import torch
 
 from ..errors import VerifyError
 from .node import Node
+from .names import first_free, sanitize_identifier
 from .params import ParamStore
 from .types import TensorType
 from .value import Value
 
 if TYPE_CHECKING:
     import networkx
-
-NAME_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
-
-
-def sanitize_identifier(name: str) -> str:
-    """A Python/IR identifier derived from any name ("layer1.0.conv" -> "layer1_0_conv")."""
-    name = re.sub(r"[^A-Za-z0-9_]", "_", name).strip("_") or "v"
-    return name if not name[0].isdigit() else f"v{name}"
-
 
 class Graph:
     """A typed SSA DAG. Nodes are kept in a valid topological order at all times."""
@@ -67,11 +58,7 @@ class Graph:
     # ---- building ----------------------------------------------------------------------
     def unique_name(self, base: str) -> str:
         """Claim a value name not used yet in this graph, derived from `base`."""
-        base = sanitize_identifier(base)
-        name, k = base, 0
-        while name in self._names:
-            k += 1
-            name = f"{base}_{k}"
+        name = first_free(sanitize_identifier(base), self._names)
         self._names.add(name)
         return name
 

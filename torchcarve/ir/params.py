@@ -7,6 +7,7 @@ from typing import Iterator, MutableMapping
 import torch
 
 from ..errors import FileFormatError
+from .names import first_free
 
 
 class ParamStore(MutableMapping[str, torch.Tensor]):
@@ -54,11 +55,7 @@ class ParamStore(MutableMapping[str, torch.Tensor]):
 
     def unique_name(self, base: str) -> str:
         """`base`, or `base_1`, `base_2`, ... whichever is free."""
-        name, k = base, 0
-        while name in self:
-            k += 1
-            name = f"{base}_{k}"
-        return name
+        return first_free(base, self)
 
     def save(self, path: str | Path) -> None:
         """Write every tensor to a safetensors file."""
