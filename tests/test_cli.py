@@ -101,11 +101,15 @@ def test_demo_runs_end_to_end(tmp_path: Path, capsys: pytest.CaptureFixture) -> 
     assert code == 0
     assert (tmp_path / "demo" / "torch" / "model.py").is_file()
     assert (tmp_path / "demo" / "model.carve" / "graph.ir").is_file()
-    rows = {line.split("│")[1].strip(): line.split("│")[4].strip() for line in out.splitlines()
-            if line.count("│") == 7}  # the final results table: stage -> test accuracy
+    header = next(line.split("┃")[1:-1] for line in out.splitlines() if line.startswith("┃ stage"))
+    column = [cell.strip() for cell in header].index("test accuracy")
+    cells = [line.split("│")[1:-1] for line in out.splitlines() if line.startswith("│")]
+    rows = {row[0].strip(): row[column].strip() for row in cells if len(row) == len(header)}
     accuracies = [float(rows[stage].rstrip("%")) for stage in ("eager", "fused", "model.py", "model.onnx (ORT)")]
     assert accuracies[1] == accuracies[2] == accuracies[3]  # the exact steps keep every prediction
     assert min(accuracies) > 80.0  # even 3 epochs (+2 after pruning) learn the digits
+    assert abs(float(rows["int8 model.onnx (ORT)"].rstrip("%")) - accuracies[-1]) <= 2.0
+    assert (tmp_path / "demo" / "model.int8.onnx").stat().st_size < (tmp_path / "demo" / "model.onnx").stat().st_size / 2
 
 
 def test_opt_with_calibration_file_and_random(workdir: Path, capsys: pytest.CaptureFixture) -> None:
