@@ -327,3 +327,94 @@ def test_low_rank_composes_with_fuse_prune_dce_and_exports(make, shape):
         out = tc.to_torch(result.graph)(x)
     assert out.shape == model(x).shape
     torch.testing.assert_close(onnx_run(result.graph, x), out, rtol=RTOL, atol=ATOL)
+
+
+def hidden_block_diagonal(n_out: int, n_in: int, blocks: int) -> torch.Tensor:
+    """A weight that is block-diagonal once its rows and columns are put back in a hidden order."""
+    generator = torch.Generator().manual_seed(3)
+    weight = torch.block_diag(*[torch.randn(n_out // blocks, n_in // blocks, generator=generator) for _ in range(blocks)])
+    return weight[torch.randperm(n_out, generator=generator)][:, torch.randperm(n_in, generator=generator)]
+
+
+def dense_equivalent(graph: tc.Graph, n_in: int, bias: torch.Tensor) -> torch.Tensor:
+    """W' of a graph computing one (possibly restructured) linear x -> x W'^T + b, read off the identity."""
+    with torch.no_grad():
+        return (tc.to_torch(graph)(torch.eye(n_in)) - bias).T.double()
+
+
+BLOCKS_4 = LowRank(structure="block-diagonal", blocks=4)
+
+
+def test_low_rank_block_diagonal_recovers_a_hidden_permutation_exactly():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(32, 64), nn.ReLU(), nn.Linear(64, 48)).eval()
+    with torch.no_grad():
+        model[0].weight.copy_(hidden_block_diagonal(64, 32, 4))
+    x = torch.randn(3, 5, 32)
+    graph, stats = carve(model, x, LowRank(structure="block-diagonal", blocks=4, layers=("0",)), [(x,)])
+    line = stats["layers"]["0"]
+    assert line["weight_error"] < 1e-12 and line["output_error"] < 1e-12
+    assert line["params"] == [64 * 32, 64 * 32 // 4]
+    assert graph.params["0.blockdiag.weight"].shape == (4, 8, 16)
+    assert "aten.matmul" in ops(graph) and ops(graph).count("aten.index.Tensor") == 2
+    with torch.no_grad():
+        torch.testing.assert_close(tc.to_torch(graph)(x), model(x), rtol=RTOL, atol=ATOL)
+        torch.testing.assert_close(onnx_run(graph, x), model(x), rtol=RTOL, atol=ATOL)
+
+
+def test_low_rank_block_diagonal_cuts_params_and_reports_measured_error():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(64, 96)).eval()
+    calibration = [(correlated(40, dim=64, seed=s),) for s in range(3)]
+    graph, stats = carve(model, calibration[0][0], BLOCKS_4, calibration)
+    line = stats["layers"]["0"]
+    assert line["params"] == [64 * 96, 64 * 96 // 4]
+    float_params = sum(t.numel() for t in graph.params.values() if t.is_floating_point())
+    assert float_params == 64 * 96 // 4 + 96                   # blocks x fewer weights (+ bias); perms are int64
+    weight = model[0].weight.detach().double()
+    approx = dense_equivalent(graph, 64, model[0].bias)
+    assert line["weight_error"] == pytest.approx(float((weight - approx).norm() / weight.norm()), rel=1e-4)
+    assert 0 < line["weight_error"] < 1
+    module, bias = tc.to_torch(graph), model[0].bias
+    with torch.no_grad():
+        delta = torch.cat([module(x) - model(x) for (x,) in calibration])
+        signal = torch.cat([model(x) - bias for (x,) in calibration])
+        torch.testing.assert_close(onnx_run(graph, calibration[0][0]), module(calibration[0][0]), rtol=RTOL, atol=ATOL)
+    assert line["output_error"] == pytest.approx(float(delta.norm() / signal.norm()), rel=1e-3)
+
+
+def test_low_rank_block_diagonal_keeps_more_than_the_identity_order():
+    weight = hidden_block_diagonal(64, 64, 4) + 0.1 * torch.randn(64, 64, generator=torch.Generator().manual_seed(5))
+    model, x = nn.Sequential(nn.Linear(64, 64)), torch.randn(2, 64)
+    with torch.no_grad():
+        model[0].weight.copy_(weight)
+    _, stats = carve(model, x, BLOCKS_4)
+    unpermuted = weight * torch.block_diag(*[torch.ones(16, 16)] * 4)
+    assert stats["layers"]["0"]["weight_error"] < 0.2 < float((weight - unpermuted).norm() / weight.norm())
+
+
+def test_low_rank_block_diagonal_skips_what_it_cannot_group():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(4, 8, 3), nn.Flatten(), nn.Linear(8 * 4 * 4, 10), nn.Linear(10, 12))
+    graph, stats = carve(model, torch.randn(2, 4, 6, 6), LowRank(structure="block-diagonal", blocks=2, min_gain=0.6))
+    assert stats["factorized"] == 0
+    assert stats["skipped"]["0"] == "block-diagonal: linear layers only"
+    assert "below min-gain" in stats["skipped"]["2"]
+    _, stats = carve(model, torch.randn(2, 4, 6, 6), BLOCKS_4)
+    assert "not divisible" in stats["skipped"]["2"] and "not divisible" in stats["skipped"]["3"]
+
+
+@pytest.mark.parametrize("spec, message", [
+    ("low-rank{structure=block-diagonal,ratio=0.5}", "takes no rank rule"),
+    ("low-rank{structure=block-diagonal,blocks=1}", "blocks must be at least 2"),
+    ("low-rank{structure=monarch}", "expects one of low-rank, block-diagonal"),
+])
+def test_low_rank_block_diagonal_bad_options(spec, message):
+    with pytest.raises(tc.PipelineError, match=message):
+        parse_pipeline(spec)
+
+
+def test_low_rank_block_diagonal_spec_round_trips():
+    each = LowRank(structure="block-diagonal", blocks=8, targets=("linear",))
+    assert parse_pipeline(each.spec()) == [each]
+    assert each.spec() == "low-rank{targets=[linear],structure=block-diagonal,blocks=8}"

@@ -7,6 +7,7 @@ from typing import Any, Literal
 
 from ...ir import Graph
 from ..base import Pass, PassContext, PassResult, register_pass
+from .blockdiag import assign_blocks, lead_sizes, make_block_diagonal
 from .factor import Budgeted, Spectrum, cost_fraction, global_ranks, max_rank, relative_error, round_rank, spectrum
 from .layers import Layer, collect_moments, factorize, find_layers
 
@@ -27,6 +28,8 @@ class LowRank(Pass):
     targets: layer kinds (linear, conv); layers / protect: name patterns to include / leave alone.
     min-gain: factorize only when it saves at least this share of a layer's cost (negative: allow growth).
     min-rank, round-to: smallest rank, and ranks rounded up to a multiple of round-to.
+    structure: low-rank (the above) | block-diagonal (linears only: permuted inputs, `blocks` equal
+    diagonal blocks as one batched matmul, outputs permuted back; no rank rule).
     """
 
     method: Literal["svd", "whitened"] = "svd"
@@ -41,6 +44,8 @@ class LowRank(Pass):
     min_gain: float = 0.1
     min_rank: int = 1
     round_to: int = 8
+    structure: Literal["low-rank", "block-diagonal"] = "low-rank"
+    blocks: int = 4
 
     def __post_init__(self) -> None:
         given = [name for name in RANK_RULES if getattr(self, name) is not None]
@@ -55,6 +60,10 @@ class LowRank(Pass):
         unknown = set(self.targets) - {"linear", "conv"}
         if unknown:
             raise ValueError(f"unknown targets {sorted(unknown)}; valid: linear, conv")
+        if self.structure == "block-diagonal" and given:
+            raise ValueError(f"structure=block-diagonal takes no rank rule, got {given[0].replace('_', '-')}")
+        if self.blocks < 2:
+            raise ValueError(f"blocks must be at least 2, got {self.blocks}")
         if self.min_gain >= 1:
             raise ValueError(f"min-gain must be below 1, got {self.min_gain}")
 
@@ -64,6 +73,8 @@ class LowRank(Pass):
         if calibration:
             collect_moments(graph, found.layers, calibration)
         whiten = self.method == "whitened"
+        if self.structure == "block-diagonal":
+            return self._run_blocks(graph, found.layers, found.skipped, whiten)
         spectra = {layer.name: spectrum(layer.matrix, layer.moment if whiten else None) for layer in found.layers}
         ranks = self._ranks(found.layers, spectra)
         report: dict[str, dict[str, Any]] = {}
@@ -115,6 +126,37 @@ class LowRank(Pass):
             line["output_error"] = relative_error(layer.matrix, approx, layer.moment)
         factorize(graph, layer, a, b)
         return line
+
+    def _run_blocks(self, graph: Graph, layers: list[Layer], skipped: dict[str, str], whiten: bool) -> PassResult:
+        report: dict[str, dict[str, Any]] = {}
+        for layer in layers:
+            reason = self._why_not_blocks(layer)
+            if reason:
+                skipped[layer.name] = reason
+                continue
+            scale = layer.moment.diagonal() if whiten and layer.moment is not None else None
+            assignment = assign_blocks(layer.matrix, self.blocks, scale)
+            approx = layer.matrix * assignment.mask()
+            line = {"blocks": self.blocks, "params": [layer.params, layer.params // self.blocks],
+                    "macs": [layer.macs, layer.macs // self.blocks],
+                    "weight_error": relative_error(layer.matrix, approx)}
+            if layer.moment is not None:
+                line["output_error"] = relative_error(layer.matrix, approx, layer.moment)
+            make_block_diagonal(graph, layer, assignment, self.blocks)
+            report[layer.name] = line
+        return PassResult(bool(report), _stats(self.method, report, skipped))
+
+    def _why_not_blocks(self, layer: Layer) -> str:
+        n_out, n_in = layer.matrix.shape
+        if layer.kind != "linear":
+            return "block-diagonal: linear layers only"
+        if n_out % self.blocks or n_in % self.blocks:
+            return f"block-diagonal: {n_in} -> {n_out} is not divisible into {self.blocks} blocks"
+        if 1 - 1 / self.blocks < self.min_gain:
+            return f"{self.blocks} blocks save {1 - 1 / self.blocks:.0%} of its cost, below min-gain {self.min_gain:g}"
+        if any(lead_sizes(node) is None for node in layer.nodes):
+            return "block-diagonal: input shape not static"
+        return ""
 
 
 def _stats(method: str, report: dict[str, dict[str, Any]], skipped: dict[str, str]) -> dict[str, Any]:
