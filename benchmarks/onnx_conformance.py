@@ -2,34 +2,36 @@
 (a) ONNX -> IR -> ONNX -> onnxruntime and (b) ONNX -> IR -> PyTorch, against the expected outputs,
 beside onnxruntime on the original model. Prints counts per path and failures by op.
 
-    python benchmarks/onnx_conformance.py [--filter SUBSTRING] [--limit N] [--verbose]
+    python benchmarks/onnx_conformance.py [--filter SUBSTRING] [--limit N] [--verbose] [--onnx2torch]
 
-onnx2torch column: not run here (it needs its own venv with torchvision; see docs/onnx.md).
+--onnx2torch adds onnx2torch (the existing ONNX -> PyTorch converter) beside path (b). It needs
+torchvision, which the project's pinned torch cannot import, so it runs in a venv of its own that this
+sets up on first use (O2T_VENV, `pip install torch==2.14.1 torchvision==0.29.1 onnx2torch onnx`, ~5.5 GB)
+and never in the project's install; benchmarks/onnx2torch_cases.py is what runs there.
 """
 from __future__ import annotations
 
 import argparse
-import copy
-import os
-import signal
+import subprocess
 import sys
 import time
 import warnings
 from collections import Counter
-from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Any, Iterator
+from pathlib import Path
+from typing import Any
 
 import numpy as np
 import onnx
 import onnxruntime as ort
 import torch
-from onnx.backend.test.loader import load_model_tests
 
-import torchcarve as tc
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import torchcarve as tc  # noqa: E402
+from onnx_cases import CASE_SECONDS, case_data, matches, node_cases, time_limit, torch_outputs  # noqa: E402
 
-RTOL, ATOL = 1e-3, 1e-5  # the onnx backend test suite's tolerance (rtol 1e-3), atol a little looser
-CASE_SECONDS = 30
+O2T_VENV = Path("/tmp/onnx2torch-venv")
+O2T_PACKAGES = ["torch==2.14.1", "torchvision==0.29.1", "onnx2torch", "onnx"]
 PATHS = ("ort", "onnx", "torch")
 
 
@@ -41,63 +43,6 @@ class CaseResult:
     errors: dict[str, str] = field(default_factory=dict)
 
 
-class CaseTimeout(Exception):
-    pass
-
-
-@contextmanager
-def time_limit(seconds: int) -> Iterator[None]:
-    def expire(*_: Any) -> None:
-        raise CaseTimeout(f"over {seconds}s")
-    previous = signal.signal(signal.SIGALRM, expire)
-    signal.alarm(seconds)
-    try:
-        yield
-    finally:
-        signal.alarm(0)
-        signal.signal(signal.SIGALRM, previous)
-
-
-def case_data(case: Any) -> tuple[onnx.ModelProto, list[Any], list[Any]] | None:
-    """Model, inputs and expected outputs of a case's first data set (None: not plain tensors)."""
-    if case.model is None or not case.data_sets:
-        return None
-    inputs, outputs = case.data_sets[0]
-    if not all(isinstance(a, (np.ndarray, np.generic)) for a in [*inputs, *outputs]):
-        return None
-    return case.model, [np.asarray(a) for a in inputs], [np.asarray(a) for a in outputs]
-
-
-def with_input_shapes(model: onnx.ModelProto, inputs: list[np.ndarray]) -> onnx.ModelProto:
-    """A copy whose graph inputs have the data's static shapes (ORT sees the same data)."""
-    model = copy.deepcopy(model)
-    initializers = {i.name for i in model.graph.initializer}
-    feeds = [i for i in model.graph.input if i.name not in initializers]
-    for info, array in zip(feeds, inputs):
-        if not info.type.HasField("tensor_type"):
-            continue
-        shape = info.type.tensor_type.shape
-        shape.ClearField("dim")
-        for size in array.shape:
-            shape.dim.add().dim_value = size
-    return model
-
-
-def matches(actual: list[Any], expected: list[np.ndarray]) -> bool:
-    if len(actual) != len(expected):
-        return False
-    for a, e in zip(actual, expected):
-        a = np.asarray(a.detach().numpy() if isinstance(a, torch.Tensor) else a)
-        if a.shape != e.shape:
-            return False
-        if e.dtype.kind in "fc":
-            if not np.allclose(a.astype(e.dtype), e, rtol=RTOL, atol=ATOL, equal_nan=True):
-                return False
-        elif not np.array_equal(a, e):
-            return False
-    return True
-
-
 def run_ort(model: onnx.ModelProto, inputs: list[np.ndarray]) -> list[np.ndarray]:
     options = ort.SessionOptions()
     options.log_severity_level = 3
@@ -107,10 +52,7 @@ def run_ort(model: onnx.ModelProto, inputs: list[np.ndarray]) -> list[np.ndarray
 
 
 def run_torch(graph: tc.Graph, inputs: list[np.ndarray]) -> list[torch.Tensor]:
-    module = tc.to_torch(graph)
-    with torch.no_grad():
-        out = module(*[torch.from_numpy(np.array(x)) for x in inputs])
-    return [out] if isinstance(out, torch.Tensor) else list(out)
+    return torch_outputs(tc.to_torch(graph), inputs)
 
 
 def run_case(case: Any) -> CaseResult:
@@ -122,7 +64,6 @@ def run_case(case: Any) -> CaseResult:
         result.passed = {p: False for p in PATHS}
         return result
     model, inputs, expected = data
-    model = with_input_shapes(model, inputs)
     graph = None
     for path in PATHS:
         try:
@@ -147,15 +88,26 @@ def run_case(case: Any) -> CaseResult:
     return result
 
 
-def node_cases(name_filter: str = "") -> list[Any]:
-    """The node test cases (models and data sets in memory)."""
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        cases = load_model_tests(kind="node")
-    return [c for c in cases if name_filter in c.name]
+def onnx2torch_venv() -> Path:
+    """The python of the separate onnx2torch venv, created and installed on first use."""
+    python = O2T_VENV / "bin" / "python"
+    if python.exists() and subprocess.run([str(python), "-c", "import onnx2torch"], capture_output=True).returncode == 0:
+        return python
+    print(f"setting up {O2T_VENV} for onnx2torch ({' '.join(O2T_PACKAGES)}) ...", flush=True)
+    subprocess.run([sys.executable, "-m", "venv", str(O2T_VENV)], check=True)
+    subprocess.run([str(python), "-m", "pip", "install", "-q", *O2T_PACKAGES], check=True)
+    return python
 
 
-def summarize(results: list[CaseResult], verbose: bool) -> None:
+def onnx2torch_passed(name_filter: str) -> set[str]:
+    """Names of the cases onnx2torch converts correctly (run in its own venv)."""
+    runner = Path(__file__).resolve().parent / "onnx2torch_cases.py"
+    done = subprocess.run([str(onnx2torch_venv()), str(runner), "--filter", name_filter],
+                          capture_output=True, text=True, check=True)
+    return set(done.stdout.split())
+
+
+def summarize(results: list[CaseResult], verbose: bool, onnx2torch: set[str] | None = None) -> None:
     total = len(results)
     counts = {p: sum(r.passed.get(p, False) for r in results) for p in PATHS}
     ort_ok = [r for r in results if r.passed.get("ort")]
@@ -166,7 +118,13 @@ def summarize(results: list[CaseResult], verbose: bool) -> None:
     for path, label in (("onnx", "(a) ONNX -> IR -> ONNX -> onnxruntime"), ("torch", "(b) ONNX -> IR -> PyTorch")):
         within = sum(r.passed.get(path, False) for r in ort_ok)
         print(f"| {label} | {counts[path]}/{total} | {within}/{len(ort_ok)} ({100 * within / max(len(ort_ok), 1):.1f}%) |")
-    print("| onnx2torch, path (b) | not run (needs torchvision in a separate venv) | - |")
+    if onnx2torch is None:
+        print("| onnx2torch, like path (b) | not run (--onnx2torch) | - |")
+    else:
+        within = sum(r.name in onnx2torch for r in ort_ok)
+        passed = sum(r.name in onnx2torch for r in results)
+        print(f"| onnx2torch, like path (b) | {passed}/{total} | {within}/{len(ort_ok)} "
+              f"({100 * within / max(len(ort_ok), 1):.1f}%) |")
     for path in ("onnx", "torch"):
         failed = Counter(op for r in ort_ok if not r.passed.get(path) for op in r.ops[:1])
         print(f"\nfailures of path {path} by op (cases ORT passes): "
@@ -182,13 +140,14 @@ def main() -> int:
     parser.add_argument("--filter", default="", help="only cases whose name contains this")
     parser.add_argument("--limit", type=int, default=0, help="at most this many cases")
     parser.add_argument("--verbose", action="store_true", help="list every failure with its error")
+    parser.add_argument("--onnx2torch", action="store_true", help="add onnx2torch's count (own venv, set up once)")
     args = parser.parse_args()
     torch.set_num_threads(1)
     cases = node_cases(args.filter)
     cases = cases[: args.limit] if args.limit else cases
     start = time.time()
     results = [run_case(c) for c in cases]
-    summarize(results, args.verbose)
+    summarize(results, args.verbose, onnx2torch_passed(args.filter) if args.onnx2torch else None)
     print(f"\n{len(results)} cases in {time.time() - start:.0f}s")
     return 0
 

@@ -29,7 +29,8 @@ FOLD_LIMIT = 1 << 16                        # fold a constant node when its resu
 ONNX_DTYPES: dict[str, int] = {
     "f32": TensorProto.FLOAT, "f16": TensorProto.FLOAT16, "bf16": TensorProto.BFLOAT16,
     "f64": TensorProto.DOUBLE, "i64": TensorProto.INT64, "i32": TensorProto.INT32, "i16": TensorProto.INT16,
-    "i8": TensorProto.INT8, "u8": TensorProto.UINT8, "bool": TensorProto.BOOL,
+    "i8": TensorProto.INT8, "u8": TensorProto.UINT8, "u16": TensorProto.UINT16, "u32": TensorProto.UINT32,
+    "u64": TensorProto.UINT64, "bool": TensorProto.BOOL,
     "c64": TensorProto.COMPLEX64, "c128": TensorProto.COMPLEX128,
 }
 TORCH_TO_ONNX: dict[torch.dtype, int] = {TensorType((), k).torch_dtype: v for k, v in ONNX_DTYPES.items()}
@@ -231,7 +232,7 @@ def _assemble(ctx: LoweringContext, inputs: list, outputs: list) -> onnx.ModelPr
     io_names = {v.name for v in inputs} | {v.name for v in outputs}
     produced = {out for n in ctx.nodes for out in n.output}
     infos = [value_info(name, value.type) for value, name in ctx.names.items()
-             if name in produced and name not in io_names]
+             if name in produced and name not in io_names and value.uses]  # unused: an output the model omits
     used = {i for n in ctx.nodes for i in n.input} | {o.name for o in outputs}
     initializers = [t for name, t in ctx.initializers.items() if name in used]
     graph = helper.make_graph(ctx.nodes, ctx.graph.name, inputs, outputs, initializers, value_info=infos)

@@ -7,9 +7,11 @@ inputs where aten promotes types and ONNX does not, and name their outputs after
 """
 from __future__ import annotations
 
+import copy
 import math
 from typing import TYPE_CHECKING, Any, Callable
 
+import onnx
 import torch
 
 from ..errors import UnsupportedOpError
@@ -658,6 +660,11 @@ def lower_onnx_op(ctx: "LoweringContext", node: Node) -> None:
     op_type = node.op.split(".", 1)[1]
     attrs = {k: _onnx_attr(ctx, v) for k, v in node.attrs.items() if k not in INTERNAL_ATTRS}
     inputs = [ctx.name(v) for v in node.inputs]
+    captures = node.attrs.get("captures", [])
+    if captures:  # subgraphs read these outer values under their original names
+        renames = dict(zip(captures, inputs[len(inputs) - len(captures):]))
+        inputs = inputs[:len(inputs) - len(captures)]
+        attrs = {k: _renamed(v, renames) if isinstance(v, onnx.GraphProto) else v for k, v in attrs.items()}
     for position in sorted(node.attrs.get("absent", [])):
         inputs.insert(position, "")
     for position, name, since, dtype in STATIC_INPUTS.get(op_type, []):
@@ -709,9 +716,27 @@ def _onnx_attr(ctx: "LoweringContext", value: Any) -> Any:
         return _onnx_dtype(_dtype_name(value))
     if isinstance(value, str) and value.startswith("tensor:"):
         return tensor_proto("value", ctx.graph.params[value[len("tensor:"):]])
+    if isinstance(value, str) and value.startswith("graph:"):
+        return onnx.GraphProto.FromString(ctx.graph.params[value[len("graph:"):]].numpy().tobytes())
     if isinstance(value, bool):
         return int(value)
     return value
+
+
+def _renamed(graph: onnx.GraphProto, renames: dict[str, str]) -> onnx.GraphProto:
+    """A copy of a subgraph reading outer values by their new names (names it defines itself shadow them)."""
+    from ..frontends.onnx import subgraph_defines
+
+    graph = copy.deepcopy(graph)
+    renames = {k: v for k, v in renames.items() if k not in subgraph_defines(graph) and k != v}
+    for n in graph.node:
+        n.input[:] = [renames.get(i, i) for i in n.input]
+        for attr in n.attribute:
+            if attr.type == attr.GRAPH:
+                attr.g.CopyFrom(_renamed(attr.g, renames))
+    for info in graph.output:
+        info.name = renames.get(info.name, info.name)
+    return graph
 
 
 def _dtype_name(dtype: torch.dtype) -> str:

@@ -29,6 +29,7 @@ ONNX_TO_DTYPE = {
     onnx.TensorProto.FLOAT: "f32", onnx.TensorProto.FLOAT16: "f16", onnx.TensorProto.BFLOAT16: "bf16",
     onnx.TensorProto.DOUBLE: "f64", onnx.TensorProto.INT64: "i64", onnx.TensorProto.INT32: "i32",
     onnx.TensorProto.INT16: "i16", onnx.TensorProto.INT8: "i8", onnx.TensorProto.UINT8: "u8",
+    onnx.TensorProto.UINT16: "u16", onnx.TensorProto.UINT32: "u32", onnx.TensorProto.UINT64: "u64",
     onnx.TensorProto.BOOL: "bool", onnx.TensorProto.COMPLEX64: "c64", onnx.TensorProto.COMPLEX128: "c128",
 }
 DTYPE_ATTRS = {"to", "dtype", "output_dtype"}
@@ -169,6 +170,9 @@ class Importer:
             if self._fold(op_type, node, inputs, attrs):
                 return
             inputs, attrs = self._static_operands(op_type, inputs, attrs)
+        captures = sorted(outer_names(node) & (self.values.keys() | self.constants.keys()))
+        if captures:  # outer-scope values a subgraph reads: inputs here, so they stay alive and get renamed
+            inputs, attrs["captures"] = inputs + captures, captures
         if node.domain not in ("", "ai.onnx"):
             attrs.update(domain=node.domain, domain_version=self.domains.get(node.domain, 1))
         elif self.opset > DEFAULT_OPSET:  # written back at the opset it came from
@@ -206,10 +210,13 @@ class Importer:
             param = self.graph.params.unique_name(f"{node.name or node.op_type}.{name}")
             self.graph.params[param] = tensor
             return f"tensor:{param}"
-        if isinstance(value, (onnx.GraphProto, list)) and (not isinstance(value, list) or
-                                                           any(isinstance(v, (onnx.GraphProto, onnx.TensorProto)) for v in value)):
-            raise UnsupportedOpError(f"{node.op_type} '{node.name}' has a subgraph/tensor-list attribute '{name}'",
-                                     hint="control flow (If/Loop/Scan) is not supported")
+        if isinstance(value, onnx.GraphProto):  # control flow body: kept as bytes, written back unchanged
+            param = self.graph.params.unique_name(f"{node.name or node.op_type}.{name}")
+            self.graph.params[param] = torch.frombuffer(bytearray(value.SerializeToString()), dtype=torch.uint8)
+            return f"graph:{param}"
+        if isinstance(value, list) and any(isinstance(v, (onnx.GraphProto, onnx.TensorProto)) for v in value):
+            raise UnsupportedOpError(f"{node.op_type} '{node.name}' has a graph/tensor-list attribute '{name}'",
+                                     hint="lists of graphs or tensors are not supported")
         if isinstance(value, (onnx.SparseTensorProto, onnx.TypeProto)):
             raise UnsupportedOpError(f"{node.op_type} '{node.name}': attribute '{name}' has an unsupported kind")
         return list(value) if isinstance(value, list) else value
@@ -309,6 +316,22 @@ class Importer:
             except InferenceUnavailable:
                 pass
         return [self._type(o) if o else TensorType((0,)) for o in outputs]
+
+
+def outer_names(node: onnx.NodeProto) -> set[str]:
+    """Names the node's subgraphs (at any depth) read from the enclosing scope."""
+    return {name for attr in node.attribute if attr.type == onnx.AttributeProto.GRAPH for name in _free(attr.g)}
+
+
+def subgraph_defines(graph: onnx.GraphProto) -> set[str]:
+    """Names a (sub)graph defines itself: inputs, initializers, node outputs."""
+    return {*(i.name for i in graph.input), *(i.name for i in graph.initializer),
+            *(o for n in graph.node for o in n.output)}
+
+
+def _free(graph: onnx.GraphProto) -> set[str]:
+    used = {*(i for n in graph.node for i in n.input if i), *(o.name for o in graph.output)}
+    return (used | {name for n in graph.node for name in outer_names(n)}) - subgraph_defines(graph)
 
 
 def _absent(inputs: list[str]) -> list[int]:

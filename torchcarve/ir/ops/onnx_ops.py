@@ -5,7 +5,9 @@ Encoding: node inputs are the ONNX inputs; ONNX attributes are node attributes o
 (Reshape's shape, Slice's starts, Squeeze's axes, ...) are attributes when constant, whatever the
 opset: `STATIC_INPUTS` says where each goes back. Internal attributes: `absent` (positions of
 omitted optional inputs), `outputs` (output count, for kernels whose result count varies),
-`domain`/`domain_version` (ops outside the default domain, or from a model newer than DEFAULT_OPSET).
+`domain`/`domain_version` (ops outside the default domain, or from a model newer than DEFAULT_OPSET),
+`captures` (outer-scope names a subgraph attribute reads; the node's last inputs). A subgraph attribute
+(If/Loop/Scan bodies) is "graph:<param>", the serialized GraphProto as a uint8 param.
 
 Kernels are self-contained (torch and math only): the PyTorch backend copies their source into
 the generated model.py. Ops outside the table are opaque: kept, written back by the ONNX
@@ -21,7 +23,7 @@ import torch
 from . import Args, OpDef, register_op
 
 DEFAULT_OPSET = 18  # the ONNX opset torchcarve writes unless told otherwise (or an imported model is newer)
-INTERNAL_ATTRS = frozenset({"absent", "outputs", "domain", "domain_version"})
+INTERNAL_ATTRS = frozenset({"absent", "outputs", "domain", "domain_version", "captures"})
 
 # op type -> [(input position, attribute name, first opset taking it as an input, dtype or None = input 0's)]
 STATIC_INPUTS: dict[str, list[tuple[int, str, int, torch.dtype | None]]] = {
@@ -326,7 +328,7 @@ def onnx_scatter_elements(data, indices, updates, axis=0, reduction="none", **_)
     indices = torch.where(indices < 0, indices + data.shape[axis], indices).to(torch.int64)
     if reduction == "none":
         return torch.scatter(data, axis, indices, updates)
-    return torch.scatter_reduce(data, axis, indices, updates, {"add": "sum", "mul": "prod"}.get(reduction, reduction))
+    return torch.scatter_reduce(data, axis, indices, updates, {"add": "sum", "mul": "prod", "max": "amax", "min": "amin"}[reduction])
 
 
 def onnx_scatter_nd(data, indices, updates, reduction="none", **_):
