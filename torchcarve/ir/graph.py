@@ -9,6 +9,7 @@ import torch
 from ..errors import VerifyError
 from .node import Node
 from .names import first_free, sanitize_identifier
+from .nodelist import NodeList
 from .params import ParamStore
 from .types import TensorType
 from .value import Value
@@ -24,14 +25,15 @@ class Graph:
         self.inputs: list[Value] = []
         self.outputs: list[Value] = []
         self.params = params if params is not None else ParamStore()
-        self._nodes: list[Node] = []
+        self._nodes: NodeList[Node] = NodeList()
         self._names: set[str] = set()
+        self._param_tail: Node | None = None  # last node of the leading run of params, when known
 
     # ---- reading -----------------------------------------------------------------------
     @property
     def nodes(self) -> list[Node]:
         """The nodes in order (a copy: safe to edit the graph while iterating)."""
-        return list(self._nodes)
+        return list(self._nodes.as_list())
 
     def __len__(self) -> int:
         return len(self._nodes)
@@ -96,23 +98,39 @@ class Graph:
                 self.params.trainable.add(name)
         if name not in self.params:
             raise VerifyError(f"param '{name}' is not in the graph's ParamStore")
-        if before is None:  # params sit at the top, in the order they were added
-            before = next((n for n in self._nodes if n.op != "param"), None)
-        node = self.add_node("param", (), {"name": name}, output_types=[TensorType.of(self.params[name])],
-                             names=[name], before=before)
+        node = Node("param", (), {"name": name}, [TensorType.of(self.params[name])], [self.unique_name(name)])
+        if before is not None:
+            self._insert(node, before, None)
+            return node.output
+        tail = self._leading_param_tail()  # params sit at the top, in the order they were added
+        self._insert(node, None, tail, at_front=tail is None)
+        self._param_tail = node
         return node.output
 
-    def _insert(self, node: Node, before: Node | None, after: Node | None) -> None:
+    def _leading_param_tail(self) -> Node | None:
+        if self._param_tail is None or self._param_tail.graph is not self:
+            self._param_tail, node = None, self._nodes.first()
+            while node is not None and node.op == "param":
+                self._param_tail, node = node, self._nodes.next_of(node)
+        return self._param_tail
+
+    def _insert(self, node: Node, before: Node | None, after: Node | None, at_front: bool = False) -> None:
         for value in node.inputs:
             if value.graph is not self:
                 raise VerifyError(f"{node.op}: input %{value.name} does not belong to graph @{self.name}")
+        for anchor in (before, after):
+            if anchor is not None and anchor.graph is not self:
+                raise VerifyError(f"cannot insert {node.op} next to {anchor!r}: that node is not in @{self.name}")
+        if (before is not None and before.op == "param") or (after is not None and after.op == "param"
+                                                              and after is not self._param_tail):
+            self._param_tail = None  # the leading run of params may have changed: find it again when needed
         node.graph = self
         for value in node.outputs:
             value.graph = self
         if before is not None:
-            self._nodes.insert(self._nodes.index(before), node)
-        elif after is not None:
-            self._nodes.insert(self._nodes.index(after) + 1, node)
+            self._nodes.insert_before(before, node)
+        elif after is not None or at_front:
+            self._nodes.insert_after(after, node)
         else:
             self._nodes.append(node)
 
@@ -126,19 +144,17 @@ class Graph:
         node.graph = None
         for value in node.outputs:
             self._names.discard(value.name)
+        if node is self._param_tail:
+            self._param_tail = None
 
     def erase_unused(self, nodes: Iterable[Node]) -> int:
         """Erase, in reverse order, every node of `nodes` that has no uses; returns how many."""
         doomed = set(nodes)
         erased = 0
-        for node in reversed(self._nodes):
+        for node in reversed(self._nodes.as_list()):
             if node in doomed and not node.has_uses:
-                node._drop_inputs()
-                node.graph = None
-                for value in node.outputs:
-                    self._names.discard(value.name)
+                self.erase(node)
                 erased += 1
-        self._nodes = [n for n in self._nodes if n.graph is self]
         return erased
 
     def set_outputs(self, values: Sequence[Value]) -> None:
@@ -167,7 +183,8 @@ class Graph:
                 stack.append((node, True))
                 producers = sorted({v.producer for v in node.inputs if v.producer is not None}, key=position.get, reverse=True)
                 stack.extend((p, False) for p in producers if p not in placed)
-        self._nodes = order
+        self._nodes.replace_all(order)
+        self._param_tail = None
 
     # ---- copies and views --------------------------------------------------------------
     def clone(self) -> "Graph":
