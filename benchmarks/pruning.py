@@ -8,7 +8,7 @@ model on the captured graph), latency speedup in onnxruntime (through `tc.to_onn
 at batch 1 and 16 (median of --repeat runs), and the time to build dependency groups. The ONNX light
 models are pruned straight from the file (torch-pruning cannot read ONNX).
 
-    pip install -e ".[dev,bench]" && python benchmarks/pruning.py [--repeat 10] [--models ...] [--out docs/pruning.md]
+    pip install -e ".[dev,bench]" && python benchmarks/pruning.py [--repeat 10] [--models ...] [--out README.md]
 """
 from __future__ import annotations
 
@@ -425,10 +425,18 @@ RESULTS = "<!-- results: written by benchmarks/pruning.py -->"
 
 
 def write_results(path: Path, text: str, argv: str) -> None:
-    """Replace everything after the results marker of `path` with the command line and the table."""
-    head = path.read_text().split(RESULTS)[0] if path.exists() else ""
+    """Replace the results section of `path` (from the marker to the next `## ` heading) with the
+    command line and the table; written atomically."""
+    from torchcarve.fileio import atomic_file
+
+    content = path.read_text() if path.exists() else RESULTS
+    if RESULTS not in content:
+        raise SystemExit(f"{path} has no results marker {RESULTS!r}")
+    head, _, rest = content.partition(RESULTS)
+    tail = rest[rest.index("\n## "):] if "\n## " in rest else ""
     command = f"python benchmarks/pruning.py {argv}".strip()
-    path.write_text(f"{head}{RESULTS}\n\n```\n{command}\n```\n\n{text}")
+    with atomic_file(path) as temporary:
+        temporary.write_text(f"{head}{RESULTS}\n\n```\n{command}\n```\n\n{text.rstrip()}\n{tail}")
 
 
 if __name__ == "__main__":
