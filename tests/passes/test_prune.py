@@ -273,3 +273,37 @@ def test_onnx_parity_of_pruned_graph(captured):
     session = ort.InferenceSession(proto.SerializeToString())
     (got,) = session.run(None, {session.get_inputs()[0].name: inputs[0].numpy()})
     torch.testing.assert_close(torch.from_numpy(got), tc.to_torch(pruned)(*inputs), rtol=1e-4, atol=1e-5)
+
+
+def _rss(key: str) -> int:
+    with open("/proc/self/status") as f:
+        return next(int(line.split()[1]) * 1024 for line in f if line.startswith(key))
+
+
+def peak_extra_memory(run) -> int:
+    """Peak resident memory above the current level while `run()` runs (Linux: VmHWM reset by
+    clear_refs; tracemalloc does not see torch's CPU allocations)."""
+    base = _rss("VmRSS:")
+    with open("/proc/self/clear_refs", "w") as f:
+        f.write("5")
+    run()
+    return _rss("VmHWM:") - base
+
+
+@pytest.mark.skipif(not __import__("os").path.exists("/proc/self/clear_refs"), reason="needs Linux /proc")
+def test_grouping_and_rewriting_stay_below_twice_the_weights():
+    from torchcarve.passes.base import PassContext
+    from torchcarve.passes.prune import Prune
+
+    layers, cin = [], 3
+    for width in (128, 256, 256, 512, 512):  # ~7.5M weights, 30 MB
+        layers += [nn.Conv2d(cin, width, 3, padding=1, bias=False), nn.BatchNorm2d(width), nn.ReLU()]
+        cin = width
+    model = nn.Sequential(*layers, nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(cin, 10)).eval()
+    graph = tc.capture(model, (torch.randn(1, 3, 16, 16),))
+    del model
+    weights = sum(t.numel() * t.element_size() for t in graph.params.values())
+    Prune(ratio=0.5).run(tc.capture(nn.Sequential(*layers[:3]).eval(), (torch.randn(1, 3, 8, 8),)), PassContext())  # warm-up
+    extra = peak_extra_memory(lambda: Prune(ratio=0.5).run(graph, PassContext()))
+    assert graph.params["0.weight"].shape[0] == 64
+    assert extra < 2 * weights, (extra, weights)

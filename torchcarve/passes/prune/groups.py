@@ -117,8 +117,8 @@ def _merge_units(root: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
 def _explore(search: _Search, seed: Slot, root: torch.Tensor, kind: str) -> Group:
     group = Group({seed: root.sort(dim=1).values}, _label(seed), kind)
     queue = [seed]
-    while queue:
-        value, axis = slot = queue.pop()
+    while queue and not group.blocked:  # a blocked closure is left alone: the rest of it, seeded
+        value, axis = slot = queue.pop()  # later, reaches this claimed part ("overlaps") or the barrier
         for node, port in _endpoints(value):
             for link in _links(group, node, port, axis, group.members[slot]):
                 if _add(group, link):

@@ -188,13 +188,24 @@ def embedding(node: Node, port: Port, axis: int, idx: torch.Tensor) -> list[Link
 
 def _whole_blocks(idx: torch.Tensor, block: int) -> bool:
     """Every unit is a union of whole blocks of `block` consecutive indices."""
-    return all(bool((torch.unique(row // block, return_counts=True)[1] == block).all()) for row in idx)
+    units, k = idx.shape
+    if k % block:
+        return False
+    chunks = idx.sort(dim=1).values.view(units, k // block, block)  # rows hold distinct indices
+    return bool(((chunks[..., 0] % block == 0) & (chunks[..., -1] - chunks[..., 0] == block - 1)).all())
 
 
 def _uniform_blocks(idx: torch.Tensor, block: int, count: int) -> bool:
     """Every unit takes the same positions in each of the `count` blocks."""
-    return all(row.div(block, rounding_mode="floor").unique().numel() == count
-               and (row % block).unique().numel() * count == row.numel() for row in idx)
+    units, k = idx.shape
+    if k % count:
+        return False
+    rows = idx.sort(dim=1).values  # distinct indices: sorted, block b holds entries b*k/count..
+    blocks = rows.view(units, count, k // count)
+    if not bool((blocks // block == torch.arange(count).view(1, -1, 1)).all()):
+        return False
+    positions = blocks % block
+    return bool((positions == positions[:, :1]).all())
 
 
 def _expand_blocks(blocks: torch.Tensor, size: int) -> torch.Tensor:
@@ -203,10 +214,23 @@ def _expand_blocks(blocks: torch.Tensor, size: int) -> torch.Tensor:
 
 
 def _block_ids(idx: torch.Tensor, block: int) -> torch.Tensor:
-    return torch.stack([row.unique() for row in idx // block])
+    """Sorted distinct block ids per unit (units of whole blocks: one per `block` indices)."""
+    ids = (idx // block).sort(dim=1).values
+    if ids.shape[1] % block == 0:
+        first = ids[:, ::block]
+        if bool((ids.view(ids.shape[0], -1, block) == first.unsqueeze(-1)).all()):
+            return first
+    return torch.stack([row.unique() for row in ids])
 
 
 def _position_ids(idx: torch.Tensor, block: int) -> torch.Tensor:
+    """Sorted distinct positions within a block per unit (uniform units: the same in every block)."""
+    rows = idx.sort(dim=1).values
+    count = int((rows[:, -1] // block - rows[:, 0] // block + 1).max())
+    if rows.shape[1] % count == 0:
+        blocks = rows.view(rows.shape[0], count, -1)
+        if bool((blocks % block == blocks[:, :1] % block).all()):
+            return blocks[:, 0] % block
     return torch.stack([row.unique() for row in idx % block])
 
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 import math
 import time
 from dataclasses import dataclass
+from collections.abc import Mapping
 from typing import Callable, Sequence
 
 import torch
@@ -38,9 +39,27 @@ def weight_scores(graph: Graph, criterion: str, calibration: Sequence | None, se
         generator = torch.Generator().manual_seed(seed)
         return {n: torch.rand(graph.params[n].shape, generator=generator) for n in names}
     if criterion == "bn-scale":
-        return {n: graph.params[n].abs() for n in _bn_weights(graph) if n in names}
-    power = 2 if criterion == "l2" else 1
-    return {n: graph.params[n].abs().pow(power) for n in names}
+        return _LazyScores(graph, [n for n in _bn_weights(graph) if n in names], 1)
+    return _LazyScores(graph, names, 2 if criterion == "l2" else 1)
+
+
+class _LazyScores(Mapping):
+    """|w|^power computed when read, so scoring never holds a second copy of every weight."""
+
+    def __init__(self, graph: Graph, names: Sequence[str], power: int) -> None:
+        self.graph, self.names, self.power = graph, dict.fromkeys(names), power
+
+    def __getitem__(self, name: str) -> torch.Tensor:
+        if name not in self.names:
+            raise KeyError(name)
+        score = self.graph.params[name].abs()
+        return score.pow_(self.power) if self.power != 1 else score
+
+    def __iter__(self):
+        return iter(self.names)
+
+    def __len__(self) -> int:
+        return len(self.names)
 
 
 def _bn_weights(graph: Graph) -> set[str]:
@@ -70,8 +89,11 @@ def unit_importance(group: Group, scores: dict[str, torch.Tensor], fallback: dic
     for table in (scores, fallback):
         for name, axis, idx in group.params():
             if name in table:
-                picked = table[name].index_select(axis, idx.flatten()).movedim(axis, 0)
-                total += picked.reshape(group.units, -1).double().sum(dim=1)
+                score = table[name]  # per-index sums first: no copy of the weight is made
+                others = [d for d in range(score.dim()) if d != axis]
+                per_index = (score.sum(dim=others) if others else score).double()  # (dtype=float64 would copy)
+                del score
+                total += per_index[idx].sum(dim=1)
         if total.any():
             break
     return total
