@@ -312,14 +312,16 @@ def onnx_run(graph: tc.Graph, x: torch.Tensor) -> torch.Tensor:
     return torch.from_numpy(out)
 
 
-@pytest.mark.parametrize("make, shape", [(small_cnn, (2, 3, 8, 8)), (small_transformer, (2, 5, 32))],
-                         ids=["cnn", "transformer"])
-def test_low_rank_composes_with_fuse_prune_dce_and_exports(make, shape):
+@pytest.mark.parametrize("make, shape, low_rank", [
+    (small_cnn, (2, 3, 8, 8), "low-rank{ratio=0.5}"),
+    (small_transformer, (2, 5, 32), "low-rank{ratio=0.5}"),
+    (small_transformer, (2, 5, 32), "low-rank{structure=block-diagonal,blocks=2}"),
+], ids=["cnn", "transformer", "transformer-block-diagonal"])
+def test_low_rank_composes_with_fuse_prune_dce_and_exports(make, shape, low_rank):
     torch.manual_seed(0)
     model, x = make().eval(), torch.randn(*shape)
     calibration = [(torch.randn(*shape),) for _ in range(2)]
-    result = tc.optimize(tc.capture(model, (x,)), "fuse,prune{ratio=0.3},low-rank{ratio=0.5},dce",
-                         calibration=calibration)
+    result = tc.optimize(tc.capture(model, (x,)), f"fuse,prune{{ratio=0.3}},{low_rank},dce", calibration=calibration)
     tc.verify(result.graph)
     line = next(r for r in result.report if r.spec.startswith("low-rank"))
     assert line.changed and line.params[1] < line.params[0]
@@ -343,6 +345,29 @@ def dense_equivalent(graph: tc.Graph, n_in: int, bias: torch.Tensor) -> torch.Te
 
 
 BLOCKS_4 = LowRank(structure="block-diagonal", blocks=4)
+
+GOLDEN_BLOCK_DIAGONAL = """\
+graph @Sequential(%input: f32[2,8]) -> (f32[2,4]) {
+  %v0_bias = param "0.bias" : f32[4]
+  %v0_blockdiag_weight = param "0.blockdiag.weight" : f32[2,4,2]
+  %v0_blockdiag_in_perm = param "0.blockdiag.in_perm" : i64[8]
+  %v0_blockdiag_out_perm = param "0.blockdiag.out_perm" : i64[4]
+  %index = aten.index.Tensor(%input, %v0_blockdiag_in_perm) {indices=[none, true]} : f32[2,8] loc("0")
+  %view = aten.view(%index) {size=[-1, 2, 1, 4]} : f32[2,2,1,4] loc("0")
+  %matmul = aten.matmul(%view, %v0_blockdiag_weight) : f32[2,2,1,2] loc("0")
+  %view_1 = aten.view(%matmul) {size=[-1, 4]} : f32[2,4] loc("0")
+  %index_1 = aten.index.Tensor(%view_1, %v0_blockdiag_out_perm) {indices=[none, true]} : f32[2,4] loc("0")
+  %add = aten.add.Tensor(%index_1, %v0_bias) : f32[2,4] loc("0")
+  return %add
+}
+"""
+
+
+def test_low_rank_block_diagonal_golden():
+    torch.manual_seed(0)
+    graph, stats = carve(nn.Sequential(nn.Linear(8, 4)), torch.randn(2, 8), LowRank(structure="block-diagonal", blocks=2))
+    assert graph.to_text() == GOLDEN_BLOCK_DIAGONAL
+    assert stats["layers"]["0"]["params"] == [32, 16] and stats["layers"]["0"]["blocks"] == 2
 
 
 def test_low_rank_block_diagonal_recovers_a_hidden_permutation_exactly():
