@@ -20,7 +20,7 @@ from ..ir import Graph, TensorType, verify
 from ..ir.names import sanitize_identifier
 from ..ir.infer import InferenceUnavailable, infer_types
 from ..ir.ops import get_op
-from ..ir.ops.onnx_ops import COUNTED_OUTPUTS, DEFAULT_OPSET, KERNELS, STATIC_INPUTS
+from ..ir.ops.onnx_ops import COUNTED_OUTPUTS, DEFAULT_OPSET, KERNELS, RANK_RULES, STATIC_INPUTS
 from ..ir.types import DTYPE_NAMES
 from ..ir.value import Value
 from .onnx_canonical import canonicalize as to_aten
@@ -34,7 +34,8 @@ ONNX_TO_DTYPE = {
 }
 DTYPE_ATTRS = {"to", "dtype", "output_dtype"}
 RANDOM_OPS = {"RandomNormal", "RandomUniform", "RandomNormalLike", "RandomUniformLike", "Multinomial", "Bernoulli"}
-RENAMED = {"Upsample": "Resize"}  # deprecated ops -> their successor (see Importer._normalise)
+# deprecated ops -> their successor (see Importer._normalise)
+RENAMED = {"Upsample": "Resize", "Scatter": "ScatterElements"}
 FOLD_LIMIT = 1 << 24  # elements: larger constant results stay as ops
 
 
@@ -315,7 +316,17 @@ class Importer:
                     return types
             except InferenceUnavailable:
                 pass
-        return [self._type(o) if o else TensorType((0,)) for o in outputs]
+        return [self.types.get(o) or self._ranked_type(op, attrs, values, o) if o else TensorType((0,))
+                for o in outputs]
+
+    def _ranked_type(self, op: str, attrs: dict, values: list[Value], name: str) -> TensorType:
+        """An output with data-dependent sizes but a known rank (RANK_RULES): fresh symbolic dims."""
+        rule = RANK_RULES.get(op.split(".", 1)[1])
+        lengths = [v.type.shape[0] if v.type.rank == 1 and isinstance(v.type.shape[0], int) else None for v in values]
+        rank = rule(attrs, [v.type.rank for v in values], lengths) if rule and values else None
+        if rank is None:
+            return self._type(name)
+        return TensorType(tuple(self._symbol("", name, i) for i in range(rank)), values[0].type.dtype)
 
 
 def outer_names(node: onnx.NodeProto) -> set[str]:

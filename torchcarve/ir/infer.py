@@ -9,6 +9,7 @@ from collections import OrderedDict
 from typing import Any, Sequence
 
 import torch
+from torch.fx.experimental.symbolic_shapes import GuardOnDataDependentSymNode  # meta kernels: size depends on data
 
 from ..errors import ShapeError
 from .ops import OpDef, get_op
@@ -73,7 +74,7 @@ def _infer_uncached(opdef: OpDef, attrs: dict[str, Any], input_types: Sequence[T
     try:
         with torch.device("meta"):
             outputs = opdef.run(meta_inputs, attrs)
-    except (NotImplementedError, torch.fx.experimental.symbolic_shapes.GuardOnDataDependentSymNode) as e:
+    except (NotImplementedError, GuardOnDataDependentSymNode) as e:
         raise InferenceUnavailable(f"{opdef.name}: no shape inference on meta tensors ({e})") from e
     except Exception as e:  # the kernel's own argument checks: report them as shape errors
         message = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__

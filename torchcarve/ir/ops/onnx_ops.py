@@ -518,6 +518,24 @@ BINARY = ("Add", "Sub", "Mul", "Div", "Pow", "PRelu", "Mod", "Equal", "Less", "L
 REDUCE = ("ReduceSum", "ReduceMean", "ReduceMax", "ReduceMin", "ReduceProd", "ReduceL1", "ReduceL2",
           "ReduceSumSquare", "ReduceLogSum", "ReduceLogSumExp")
 
+
+def reduce_rank(attrs: dict[str, Any], ranks: list[int], lengths: list[int | None]) -> int | None:
+    """Output rank of a Reduce* whose axes are data (an input): the same with keepdims, else less
+    by the axes' count when that is static; None when it cannot be told."""
+    if attrs.get("keepdims", 1):
+        return ranks[0]
+    if len(lengths) < 2 or lengths[1] is None:
+        return None
+    if lengths[1] == 0:
+        return ranks[0] if attrs.get("noop_with_empty_axes", 0) else 0
+    return ranks[0] - lengths[1]
+
+
+# op -> rank rule for outputs whose sizes depend on data: (attrs, input ranks, input lengths) -> rank or None;
+# the importer gives such an output fresh symbolic dims, so a model stays importable.
+RANK_RULES: dict[str, Callable[[dict[str, Any], list[int], list[int | None]], int | None]] = {
+    op: reduce_rank for op in REDUCE}
+
 KERNELS: dict[str, tuple[Callable[..., Any], str | None]] = {
     **{op: (onnx_unary, op) for op in UNARY},
     **{op: (onnx_binary, op) for op in BINARY},
