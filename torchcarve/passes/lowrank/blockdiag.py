@@ -122,19 +122,23 @@ def _replace_node(graph: Graph, node: Node, params: tuple[Value, Value, Value], 
     gather_in, weight, gather_out = params
     lead, args = lead_sizes(node), arguments(node)
     n_in, n_out = gather_in.type.shape[0], gather_out.type.shape[0]
-
-    def add(op: str, named: dict) -> Value:
-        inputs, attrs = encode_arguments(op, named)
-        return graph.add_node(op, inputs, attrs, scope=node.scope, before=node).output
-
-    def gather(x: Value, index: Value) -> Value:
-        attrs = {"indices": [None] * (len(x.type.shape) - 1) + [True]}
-        return graph.add_node("aten.index.Tensor", [x, index], attrs, scope=node.scope, before=node).output
-
-    x = add("aten.view", {"self": gather(args["input"], gather_in), "size": [*lead, blocks, 1, n_in // blocks]})
-    y = add("aten.view", {"self": add("aten.matmul", {"self": x, "other": weight}), "size": [*lead, n_out]})
-    out = gather(y, gather_out)
+    x = _add(graph, node, "aten.view", {"self": _gather(graph, node, args["input"], gather_in),
+                                        "size": [*lead, blocks, 1, n_in // blocks]})
+    y = _add(graph, node, "aten.matmul", {"self": x, "other": weight})
+    out = _gather(graph, node, _add(graph, node, "aten.view", {"self": y, "size": [*lead, n_out]}), gather_out)
     if args["bias"] is not None:
-        out = add("aten.add.Tensor", {"self": out, "other": args["bias"]})
+        out = _add(graph, node, "aten.add.Tensor", {"self": out, "other": args["bias"]})
     node.output.replace_all_uses_with(out, replace_graph_outputs=True)
     graph.erase(node)
+
+
+def _add(graph: Graph, anchor: Node, op: str, named: dict) -> Value:
+    """A new aten node from schema arguments, placed before `anchor` in its scope."""
+    inputs, attrs = encode_arguments(op, named)
+    return graph.add_node(op, inputs, attrs, scope=anchor.scope, before=anchor).output
+
+
+def _gather(graph: Graph, anchor: Node, x: Value, index: Value) -> Value:
+    """x[..., index]: a permutation of the last dim (a Gather in ONNX)."""
+    attrs = {"indices": [None] * (len(x.type.shape) - 1) + [True]}
+    return graph.add_node("aten.index.Tensor", [x, index], attrs, scope=anchor.scope, before=anchor).output
