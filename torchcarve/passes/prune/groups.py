@@ -60,7 +60,7 @@ def find_groups(graph: Graph, protect: tuple[str, ...] = ()) -> list[Group]:
         while (root := _uncovered(search, slot)) is not None:  # a divided seed is seeded again
             search.attempts = 0
             group = _build(search, slot, root, "channels")
-            _claim(search, group)
+            _claim(search, group if not group.blocked or group.units > 1 else Group({slot: root}, group.label))
             groups.append(group)
     return groups
 
