@@ -163,6 +163,30 @@ class Row:
     macs: float | None = None
     speedup: dict[str, float] = field(default_factory=dict)   # "ort b1" ... -> original / pruned latency
     group_s: float | None = None
+    mem: float | None = None             # peak extra resident memory while grouping+rewriting / weight bytes
+
+
+def peak_extra_memory(graph: tc.Graph) -> float | None:
+    """Peak RSS above the starting level while `prune` groups, scores and rewrites a copy of `graph`
+    in place, divided by the weights' bytes. tracemalloc does not see torch's CPU tensors, so this
+    resets the kernel's high-water mark (Linux /proc/self/clear_refs) and reads VmHWM."""
+    if not os.path.exists("/proc/self/clear_refs"):
+        return None
+    from torchcarve.passes.base import PassContext
+    from torchcarve.passes.prune import Prune
+
+    def rss(key: str) -> int:
+        with open("/proc/self/status") as f:
+            return next(int(line.split()[1]) * 1024 for line in f if line.startswith(key))
+
+    copy = graph.clone()
+    weights = sum(t.numel() * t.element_size() for t in copy.params.values())
+    prune = Prune(ratio=RATIO, round_to=ROUND_TO)
+    base = rss("VmRSS:")
+    with open("/proc/self/clear_refs", "w") as f:
+        f.write("5")
+    prune.run(copy, PassContext())
+    return (rss("VmHWM:") - base) / weights
 
 
 def _seconds(run: Callable[[], object]) -> float:
@@ -213,6 +237,7 @@ def ours(name: str, model: nn.Module, inputs: tuple, baseline: dict, repeat: int
             row.group_s = time.perf_counter() - start
             row.params, row.macs = ratio(*line.params), ratio(*line.macs)
             row.note = _blocked_note(line.stats) if not line.changed else ""
+            row.mem = peak_extra_memory(graph)
         module = tc.to_torch(result.graph).eval()
         pruned_runs[f"ORT b{batch}"] = ort_runner(result.graph, x)
         pruned_runs[f"torch b{batch}"] = lambda m=module, x=x: m(*x)
@@ -313,6 +338,7 @@ def onnx_row(name: str, repeat: int) -> Row:
     start = time.perf_counter()
     find_groups(graph)
     row.group_s = time.perf_counter() - start
+    row.mem = peak_extra_memory(graph)
     result = tc.optimize(graph, SPEC)
     line = result.report[0]
     row.params, row.macs = ratio(*line.params), ratio(*line.macs)
@@ -358,11 +384,11 @@ COLUMNS = ["ORT b1", "ORT b16", "torch b1", "torch b16"]
 
 def markdown(rows: list[Row]) -> str:
     lines = ["| model | tool | pruned | params ÷ | MACs ÷ | " + " | ".join(f"speedup {c}" for c in COLUMNS)
-             + " | groups (s) | note |", "|---|---|:-:|" + "---:|" * (3 + len(COLUMNS)) + "---|"]
+             + " | groups (s) | peak extra mem / weights | note |", "|---|---|:-:|" + "---:|" * (4 + len(COLUMNS)) + "---|"]
     for r in rows:
         cells = [r.model, r.tool, "yes" if r.ok else "**no**", _x(r.params), _x(r.macs)]
         cells += [_x(r.speedup.get(c)) for c in COLUMNS]
-        cells += [f"{r.group_s:.3f}" if r.group_s is not None else "–", r.note.replace("|", "/")]
+        cells += [f"{r.group_s:.3f}" if r.group_s is not None else "–", _x(r.mem), r.note.replace("|", "/")]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
