@@ -125,16 +125,25 @@ def run(args: argparse.Namespace) -> int:
     train(module, data, args.finetune_epochs)
     graph = tc.with_module_weights(pruned.graph, module)
     stages.append(_measure("pruned + fine-tuned", graph, module, data, reference))
+
+    console.print("[bold]4. factorizing[/] the convs into low-rank pairs (data-aware SVD, half the conv/linear "
+                  "params, calibrated on 512 training images) ...")
+    calibration = [(batch,) for batch in data.train_x[:512].split(64)]
+    factored = tc.optimize(graph, "low-rank{method=whitened,budget-params=0.5}", calibration=calibration)
+    console.print(report_table(factored.report, title="low-rank"))
+    graph = factored.graph
+    module = tc.to_torch(graph)
+    stages.append(_measure("low-rank", graph, module, data, reference))
     reference = module(data.test_x).detach()  # from here on, every step must reproduce the carved model
 
-    console.print("[bold]4. fusing[/] (exact passes: BN folding, linear merging, cleanup) ...")
+    console.print("[bold]5. fusing[/] (exact passes: BN folding, linear merging, cleanup) ...")
     fused = tc.optimize(graph, "fuse", check_numerics=True)
     console.print(report_table(fused.report, title="fuse"))
     graph = fused.graph
     stages.append(_measure("fused", graph, tc.to_torch(graph), data, reference))
     tc.save(graph, out / "model.carve")
 
-    console.print(f"[bold]5. exporting[/] to {out / 'torch'} (reloaded standalone) and {out / 'model.onnx'} (onnxruntime) ...")
+    console.print(f"[bold]6. exporting[/] to {out / 'torch'} (reloaded standalone) and {out / 'model.onnx'} (onnxruntime) ...")
     tc.export_torch(graph, out / "torch")
     stages.append(_measure("model.py", graph, _load_generated(out / "torch" / "model.py"), data, reference))
     tc.to_onnx(graph, out / "model.onnx")
@@ -143,9 +152,8 @@ def run(args: argparse.Namespace) -> int:
         if stage.difference > 1e-3:
             raise CarveError(f"stage '{stage.name}' differs from the original by {stage.difference:.2e}")
 
-    console.print("[bold]6. quantizing[/] to int8 (static QDQ: per-channel weights, MSE activation ranges "
-                  "calibrated on 512 training images) ...")
-    calibration = [(batch,) for batch in data.train_x[:512].split(64)]
+    console.print("[bold]7. quantizing[/] to int8 (static QDQ: per-channel weights, MSE activation ranges, "
+                  "same calibration images) ...")
     quantized = tc.optimize(graph, "quantize{mode=static,activations=mse}", calibration=calibration).graph
     tc.save(quantized, out / "model.int8.carve")
     tc.to_onnx(quantized, out / "model.int8.onnx")
@@ -203,7 +211,7 @@ def _load_generated(path: Path) -> torch.nn.Module:
 
 def _results_table(stages: list[Stage]) -> Table:
     table = Table(title="digits CNN, stage by stage (max |diff|: vs the eager model, and from fusing on vs the "
-                        "fine-tuned module; latency: batch 32, best of 20)")
+                        "low-rank module; latency: batch 32, best of 20)")
     for column in ("stage", "params", "weights KiB", "MACs / image", "test accuracy", "max |diff|", "latency ms"):
         table.add_column(column, justify="left" if column == "stage" else "right")
     for stage in stages:
