@@ -139,3 +139,22 @@ def test_missing_initializer_cycle_and_wrong_types_are_named() -> None:
     wrong = tiny_model([helper.make_node("Add", ["x", "i"], ["y"])], [x, i], [y])
     with pytest.raises(FileFormatError):
         tc.from_onnx(wrong)
+
+
+def test_if_whose_branches_read_outer_values_round_trips() -> None:
+    """Control flow stays opaque with its subgraphs; the outer values they read follow renames."""
+    out = helper.make_tensor_value_info("out", TensorProto.FLOAT, [2])
+    then = helper.make_graph([helper.make_node("Add", ["x.1", "x.1"], ["out"])], "then", [], [out])
+    other = helper.make_graph([helper.make_node("Neg", ["x.1"], ["out"])], "else", [], [out])
+    nodes = [helper.make_node("Relu", ["x"], ["x.1"]),
+             helper.make_node("If", ["c"], ["y"], then_branch=then, else_branch=other)]
+    graph = helper.make_graph(
+        nodes, "cf", [helper.make_tensor_value_info("c", TensorProto.BOOL, []),
+               helper.make_tensor_value_info("x", TensorProto.FLOAT, [2])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [2])])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
+    g = tc.from_onnx(model)
+    assert tc.parse(g.to_text(), params=g.params).to_text() == g.to_text()
+    x = np.array([-1.0, 2.0], dtype=np.float32)
+    for c in (np.array(True), np.array(False)):
+        np.testing.assert_allclose(run_ort(tc.to_onnx(g), [c, x])[0], run_ort(model, [c, x])[0])
