@@ -328,7 +328,8 @@ def onnx_scatter_elements(data, indices, updates, axis=0, reduction="none", **_)
     indices = torch.where(indices < 0, indices + data.shape[axis], indices).to(torch.int64)
     if reduction == "none":
         return torch.scatter(data, axis, indices, updates)
-    return torch.scatter_reduce(data, axis, indices, updates, {"add": "sum", "mul": "prod", "max": "amax", "min": "amin"}[reduction])
+    reduce = {"add": "sum", "mul": "prod", "max": "amax", "min": "amin"}[reduction]
+    return torch.scatter_reduce(data, axis, indices, updates, reduce)
 
 
 def onnx_scatter_nd(data, indices, updates, reduction="none", **_):
