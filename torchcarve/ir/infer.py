@@ -9,7 +9,6 @@ from collections import OrderedDict
 from typing import Any, Sequence
 
 import torch
-from torch.fx.experimental.symbolic_shapes import GuardOnDataDependentSymNode  # meta kernels: size depends on data
 
 from ..errors import ShapeError
 from .ops import OpDef, get_op
@@ -74,13 +73,22 @@ def _infer_uncached(opdef: OpDef, attrs: dict[str, Any], input_types: Sequence[T
     try:
         with torch.device("meta"):
             outputs = opdef.run(meta_inputs, attrs)
-    except (NotImplementedError, GuardOnDataDependentSymNode) as e:
-        raise InferenceUnavailable(f"{opdef.name}: no shape inference on meta tensors ({e})") from e
-    except Exception as e:  # the kernel's own argument checks: report them as shape errors
-        message = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+    except Exception as e:
+        if _data_dependent(e):
+            raise InferenceUnavailable(f"{opdef.name}: no shape inference on meta tensors ({e})") from e
+        message = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__  # the kernel's own checks
         raise ShapeError(f"{opdef.name}: {message}", hint=f"input types: {', '.join(map(str, input_types))}") from e
     names = {v: k for k, v in sentinel.items()}
     return [_type_of(out, names, opdef.name) for out in outputs]
+
+
+# torch's exceptions for "the output size depends on tensor values" (named, so ir/ needs no torch.fx import)
+DATA_DEPENDENT_ERRORS = {"GuardOnDataDependentSymNode", "DataDependentOutputException", "DynamicOutputShapeException"}
+
+
+def _data_dependent(error: Exception) -> bool:
+    return isinstance(error, NotImplementedError) or any(
+        cls.__name__ in DATA_DEPENDENT_ERRORS for cls in type(error).__mro__)
 
 
 def _meta_tensor(t: TensorType, sentinel: dict[str, int]) -> torch.Tensor:
