@@ -7,8 +7,6 @@ from __future__ import annotations
 
 from typing import Any, Iterable, Sequence
 
-import torch
-
 from ...analysis.activations import as_batches, run_observed
 from ...ir import Graph
 from ...ir.value import Value
