@@ -283,6 +283,11 @@ def _rss(key: str) -> int:
 def peak_extra_memory(run) -> int:
     """Peak resident memory above the current level while `run()` runs (Linux: VmHWM reset by
     clear_refs; tracemalloc does not see torch's CPU allocations)."""
+    try:  # hand freed heap back to the OS first, or reused memory would not show (glibc)
+        import ctypes
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):
+        pass
     base = _rss("VmRSS:")
     with open("/proc/self/clear_refs", "w") as f:
         f.write("5")
