@@ -167,25 +167,18 @@ class Row:
 
 
 def peak_extra_memory_fresh(graph: tc.Graph) -> float | None:
-    """peak_extra_memory in a fresh interpreter (a warm one reuses freed heap, so it reads low)."""
-    import pickle
+    """peak_extra_memory in a fresh interpreter (a warm one reuses freed heap, so it reads low).
+
+    The graph travels in the project's own format (tc.save: text IR + safetensors), never pickled."""
     import subprocess
     import tempfile
 
     with tempfile.TemporaryDirectory() as folder:
-        path = Path(folder) / "graph.pkl"
-        limit = sys.getrecursionlimit()
-        sys.setrecursionlimit(max(limit, 200_000))  # the graph's linked nodes pickle recursively
-        try:
-            path.write_bytes(pickle.dumps(graph))
-        except (RecursionError, pickle.PicklingError):
-            return None
-        finally:
-            sys.setrecursionlimit(limit)
-        code = ("import pickle, sys; sys.setrecursionlimit(200_000); sys.path.insert(0, sys.argv[2]); from benchmarks.pruning import peak_extra_memory;"
-                " print(peak_extra_memory(pickle.loads(open(sys.argv[1], 'rb').read())))")
-        done = subprocess.run([sys.executable, "-c", code, str(path), str(Path(__file__).resolve().parents[1])],
-                              capture_output=True, text=True, timeout=600)
+        tc.save(graph, Path(folder) / "graph.carve")
+        code = ("import sys; sys.path.insert(0, sys.argv[2]); import torchcarve as tc; "
+                "from benchmarks.pruning import peak_extra_memory; print(peak_extra_memory(tc.load(sys.argv[1])))")
+        done = subprocess.run([sys.executable, "-c", code, str(Path(folder) / "graph.carve"),
+                               str(Path(__file__).resolve().parents[1])], capture_output=True, text=True, timeout=600)
     try:
         return float(done.stdout.strip().splitlines()[-1])
     except (ValueError, IndexError):
