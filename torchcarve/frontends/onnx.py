@@ -8,6 +8,7 @@ inference, else from onnx shape inference.
 from __future__ import annotations
 
 import copy
+from contextlib import suppress
 from pathlib import Path
 from typing import Any
 
@@ -310,12 +311,10 @@ class Importer:
 
     def _output_types(self, op: str, attrs: dict, values: list[Value], outputs: list[str], known: bool) -> list[TensorType]:
         if known:
-            try:
+            with suppress(InferenceUnavailable):  # data-dependent sizes: fall back to ONNX's own types
                 types = infer_types(op, attrs, [v.type for v in values])
                 if len(types) == len(outputs):
                     return types
-            except InferenceUnavailable:
-                pass
         return [self.types.get(o) or self._ranked_type(op, attrs, values, o) if o else TensorType((0,))
                 for o in outputs]
 
