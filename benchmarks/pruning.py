@@ -186,33 +186,19 @@ def peak_extra_memory_fresh(graph: tc.Graph) -> float | None:
 
 
 def peak_extra_memory(graph: tc.Graph) -> float | None:
-    """Peak RSS above the starting level while `prune` groups, scores and rewrites a copy of `graph`
-    in place, divided by the weights' bytes. tracemalloc does not see torch's CPU tensors, so this
-    resets the kernel's high-water mark (Linux /proc/self/clear_refs) and reads VmHWM."""
-    if not os.path.exists("/proc/self/clear_refs"):
-        return None
+    """Peak extra resident memory while `prune` groups, scores and rewrites a copy of `graph` in
+    place, divided by the weights' bytes (torchcarve.analysis.memory; None off Linux)."""
+    from torchcarve.analysis.memory import peak_extra_memory as measure
     from torchcarve.passes.base import PassContext
     from torchcarve.passes.prune import Prune
-
-    def rss(key: str) -> int:
-        with open("/proc/self/status") as f:
-            return next(int(line.split()[1]) * 1024 for line in f if line.startswith(key))
 
     warm = nn.Sequential(nn.Conv2d(3, 8, 3), nn.BatchNorm2d(8), nn.ReLU(), nn.Conv2d(8, 4, 1)).eval()
     Prune(ratio=RATIO, round_to=ROUND_TO).run(tc.capture(warm, (torch.randn(1, 3, 8, 8),)), PassContext())  # one-time init
     copy = graph.clone()
     weights = sum(t.numel() * t.element_size() for t in copy.params.values())
     prune = Prune(ratio=RATIO, round_to=ROUND_TO)
-    try:  # hand freed heap back to the OS, so reused memory counts again (glibc)
-        import ctypes
-        ctypes.CDLL("libc.so.6").malloc_trim(0)
-    except (OSError, AttributeError):
-        pass
-    base = rss("VmRSS:")
-    with open("/proc/self/clear_refs", "w") as f:
-        f.write("5")
-    prune.run(copy, PassContext())
-    return (rss("VmHWM:") - base) / weights
+    extra = measure(lambda: prune.run(copy, PassContext()))
+    return None if extra is None else extra / weights
 
 
 def _seconds(run: Callable[[], object]) -> float:

@@ -1,11 +1,14 @@
 """prune: dependency groups hold (oracle), the pruned graph is smaller and verifies, options behave."""
 from __future__ import annotations
 
+import os
+
 import pytest
 import torch
 from torch import nn
 
 import torchcarve as tc
+from torchcarve.analysis.memory import CLEAR_REFS, peak_extra_memory
 from torchcarve.analysis.oracle import check_equivalence
 from torchcarve.errors import CarveError
 from torchcarve.passes import PASSES, optimize, parse_pipeline
@@ -275,27 +278,7 @@ def test_onnx_parity_of_pruned_graph(captured):
     torch.testing.assert_close(torch.from_numpy(got), tc.to_torch(pruned)(*inputs), rtol=1e-4, atol=1e-5)
 
 
-def _rss(key: str) -> int:
-    with open("/proc/self/status") as f:
-        return next(int(line.split()[1]) * 1024 for line in f if line.startswith(key))
-
-
-def peak_extra_memory(run) -> int:
-    """Peak resident memory above the current level while `run()` runs (Linux: VmHWM reset by
-    clear_refs; tracemalloc does not see torch's CPU allocations)."""
-    try:  # hand freed heap back to the OS first, or reused memory would not show (glibc)
-        import ctypes
-        ctypes.CDLL("libc.so.6").malloc_trim(0)
-    except (OSError, AttributeError):
-        pass
-    base = _rss("VmRSS:")
-    with open("/proc/self/clear_refs", "w") as f:
-        f.write("5")
-    run()
-    return _rss("VmHWM:") - base
-
-
-@pytest.mark.skipif(not __import__("os").path.exists("/proc/self/clear_refs"), reason="needs Linux /proc")
+@pytest.mark.skipif(not os.path.exists(CLEAR_REFS), reason="needs Linux /proc")
 def test_grouping_and_rewriting_stay_below_twice_the_weights():
     from torchcarve.passes.base import PassContext
     from torchcarve.passes.prune import Prune
