@@ -7,7 +7,7 @@ from typing import Any
 
 import torch
 
-from .backends.torch import export_torch, to_torch
+from .backends.torch import to_torch
 from .errors import FileFormatError
 from .fileio import atomic_directory
 from .frontends import capture
@@ -52,9 +52,6 @@ class Compiled:
     graph: Graph
     module: torch.nn.Module
     report: list[Any] = field(default_factory=list)
-
-    def to_torch_dir(self, path: str | Path) -> Path:
-        return export_torch(self.graph, path)
 
     def to_onnx(self, path: str | Path | None = None) -> Any:
         """Write the compiled graph as ONNX (see `torchcarve.backends.onnx.to_onnx`); returns the ModelProto."""
