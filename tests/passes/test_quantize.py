@@ -322,7 +322,7 @@ def test_onnx_export_and_reimport(pipeline, tmp_path):
     tc.to_onnx(graph, tmp_path / "q.onnx")
     back = tc.from_onnx(tmp_path / "q.onnx")
     if pipeline.endswith("static}"):
-        assert back.op_histogram()["onnx.QuantizeLinear"] == 3
+        assert back.op_histogram()["carve.quantize"] == 3
     with torch.no_grad():
         assert torch.equal(tc.to_torch(back)(x), tc.to_torch(graph)(x))
 

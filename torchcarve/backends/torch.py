@@ -137,8 +137,17 @@ def _target(fn: Any, helpers: dict[str, str]) -> str:
     if isinstance(fn, torch._ops.OpOverload):
         namespace, op = fn._schema.name.split("::")
         return f"torch.ops.{namespace}.{op}.{fn._overloadname}"
-    helpers.setdefault(fn.__name__, inspect.getsource(fn).strip())
+    _add_helper(fn, helpers)
     return fn.__name__
+
+
+def _add_helper(fn: Any, helpers: dict[str, str]) -> None:
+    """A kernel's source, and the sources of the kernels it calls (its `calls` attribute)."""
+    if fn.__name__ in helpers:
+        return
+    helpers[fn.__name__] = inspect.getsource(fn).strip()
+    for callee in getattr(fn, "calls", ()):
+        _add_helper(callee, helpers)
 
 
 def _literal(value: Any, expr: dict[Value, str]) -> str:

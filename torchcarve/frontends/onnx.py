@@ -21,7 +21,7 @@ from ..ir import Graph, TensorType, verify
 from ..ir.names import sanitize_identifier
 from ..ir.infer import InferenceUnavailable, infer_types
 from ..ir.ops import get_op
-from ..ir.ops.onnx_ops import COUNTED_OUTPUTS, DEFAULT_OPSET, KERNELS, RANK_RULES, STATIC_INPUTS
+from ..ir.ops.onnx_ops import COUNTED_OUTPUTS, DEFAULT_OPSET, DOMAINS, KERNELS, RANK_RULES, STATIC_INPUTS
 from ..ir.types import DTYPE_NAMES
 from ..ir.value import Value
 from .onnx_canonical import canonicalize as to_aten
@@ -33,6 +33,8 @@ ONNX_TO_DTYPE = {
     onnx.TensorProto.UINT16: "u16", onnx.TensorProto.UINT32: "u32", onnx.TensorProto.UINT64: "u64",
     onnx.TensorProto.BOOL: "bool", onnx.TensorProto.COMPLEX64: "c64", onnx.TensorProto.COMPLEX128: "c128",
 }
+# 4-bit data has no IR dtype: held unpacked, one value a byte (the ONNX backend packs blocked int4 weights again)
+WIDENED = {onnx.TensorProto.INT4: "int8", onnx.TensorProto.UINT4: "uint8"}
 DTYPE_ATTRS = {"to", "dtype", "output_dtype"}
 RANDOM_OPS = {"RandomNormal", "RandomUniform", "RandomNormalLike", "RandomUniformLike", "Multinomial", "Bernoulli"}
 # deprecated ops -> their successor (see Importer._normalise)
@@ -87,6 +89,8 @@ def _first_line(error: Exception) -> str:
 
 
 def _tensor(proto: onnx.TensorProto) -> torch.Tensor:
+    if proto.data_type in WIDENED:
+        return torch.from_numpy(numpy_helper.to_array(proto).astype(WIDENED[proto.data_type]))
     if proto.data_type not in ONNX_TO_DTYPE:
         raise UnsupportedOpError(f"tensor '{proto.name}' has ONNX dtype "
                                  f"{onnx.TensorProto.DataType.Name(proto.data_type)}, which the IR does not support")
@@ -165,7 +169,7 @@ class Importer:
             return
         attrs = self._attributes(node)
         op_type = RENAMED.get(node.op_type, node.op_type)
-        known = node.domain in ("", "ai.onnx") and op_type in KERNELS
+        known = op_type in KERNELS and _domain(node) == DOMAINS.get(op_type, "")
         inputs = list(node.input)
         if known:
             inputs, attrs = self._normalise(node, inputs, attrs)
@@ -175,7 +179,7 @@ class Importer:
         captures = sorted(outer_names(node) & (self.values.keys() | self.constants.keys()))
         if captures:  # outer-scope values a subgraph reads: inputs here, so they stay alive and get renamed
             inputs, attrs["captures"] = inputs + captures, captures
-        if node.domain not in ("", "ai.onnx"):
+        if _domain(node):
             attrs.update(domain=node.domain, domain_version=self.domains.get(node.domain, 1))
         elif self.opset > DEFAULT_OPSET:  # written back at the opset it came from
             attrs["domain_version"] = self.opset
@@ -257,8 +261,10 @@ class Importer:
                                  f"{list(shape)}, which is not supported", hint="re-export the model with opset >= 13")
 
     def _fold(self, op_type: str, node: onnx.NodeProto, inputs: list[str], attrs: dict[str, Any]) -> bool:
-        """Evaluate the node now when its inputs are known (Shape reads only a static type)."""
-        if node.op_type in RANDOM_OPS:
+        """Evaluate the node now when its inputs are known (Shape reads only a static type); never
+        random ops, nor ops whose results stay ops in an export (DequantizeLinear keeps integer weights)."""
+        opdef = get_op(f"onnx.{op_type}")
+        if node.op_type in RANDOM_OPS or opdef.extra.get("keep_in_export"):
             return False
         if node.op_type in ("Shape", "Size") and self._static(inputs[0]):
             operands: list[Any] = [torch.zeros(self._static(inputs[0]).shape)]
@@ -266,7 +272,6 @@ class Importer:
             operands = [None if i == "" else self.constants[i] for i in inputs]
         else:
             return False
-        opdef = get_op(f"onnx.{op_type}")
         args, kwargs = opdef.bind([o for o in operands if o is not None], {**attrs, "absent": _absent(inputs)})
         with torch.no_grad():
             results = opdef.fn(*args, **kwargs)
@@ -342,6 +347,11 @@ def subgraph_defines(graph: onnx.GraphProto) -> set[str]:
 def _free(graph: onnx.GraphProto) -> set[str]:
     used = {*(i for n in graph.node for i in n.input if i), *(o.name for o in graph.output)}
     return (used | {name for n in graph.node for name in outer_names(n)}) - subgraph_defines(graph)
+
+
+def _domain(node: onnx.NodeProto) -> str:
+    """The node's domain, "" for the default one (also spelled "ai.onnx")."""
+    return "" if node.domain == "ai.onnx" else node.domain
 
 
 def _absent(inputs: list[str]) -> list[int]:

@@ -480,23 +480,82 @@ def onnx_nonzero(x, **_):
     return torch.nonzero(x).transpose(0, 1)
 
 
-def onnx_dequantize_linear(x, scale, zero_point=None, axis=1, **_):
-    shape = [1] * x.dim()
-    if scale.dim() == 1 and x.dim() > 0:
-        shape[axis % x.dim()] = -1
-    zero = zero_point.reshape(shape).to(torch.float32) if zero_point is not None else 0.0
-    return ((x.to(torch.float32) - zero) * scale.reshape(shape)).to(scale.dtype)
+def onnx_quantization_axes(x, scale, zero_point, axis=1, block_size=0):
+    """Scale and zero point shaped to broadcast against x: per tensor (scalar), per `axis` (1-D),
+    or one per block of `block_size` along `axis` (the rank of x)."""
+    if block_size:
+        axis = axis % x.dim()
+        scale = scale.repeat_interleave(block_size, dim=axis).narrow(axis, 0, x.shape[axis])
+        zero_point = zero_point.repeat_interleave(block_size, dim=axis).narrow(axis, 0, x.shape[axis])
+        return scale, zero_point
+    if scale.dim() == 1 and x.dim() > 1:
+        shape = [1] * x.dim()
+        shape[axis] = -1
+        return scale.reshape(shape), zero_point.reshape(shape)
+    return scale, zero_point
 
 
-def onnx_quantize_linear(x, scale, zero_point=None, axis=1, saturate=1, **_):
-    shape = [1] * x.dim()
-    if scale.dim() == 1 and x.dim() > 0:
-        shape[axis % x.dim()] = -1
-    dtype = zero_point.dtype if zero_point is not None else torch.uint8
-    zero = zero_point.reshape(shape).to(torch.float32) if zero_point is not None else 0.0
-    info = torch.iinfo(dtype)
-    q = torch.round(x.to(torch.float32) / scale.reshape(shape).to(torch.float32)) + zero
-    return torch.clamp(q, info.min, info.max).to(dtype)
+def onnx_dequantize_linear(x, scale, zero_point=None, axis=1, block_size=0, **_):
+    """(x - zero_point) * scale, computed in float32, returned in the scale's dtype."""
+    zero_point = torch.zeros_like(scale, dtype=x.dtype) if zero_point is None else zero_point
+    scale, zero_point = onnx_quantization_axes(x, scale, zero_point, axis, block_size)
+    return ((x.to(torch.float32) - zero_point.to(torch.float32)) * scale.to(torch.float32)).to(scale.dtype)
+
+
+def onnx_quantize_linear(x, scale, zero_point=None, axis=1, block_size=0, output_dtype=0, **_):
+    """saturate(round_half_even(x / scale) + zero_point), computed in float32; uint8 (or output_dtype)
+    when there is no zero point."""
+    zero_point = torch.zeros_like(scale, dtype=output_dtype or torch.uint8) if zero_point is None else zero_point
+    scale, zero_point = onnx_quantization_axes(x, scale, zero_point, axis, block_size)
+    info = torch.iinfo(zero_point.dtype)
+    q = torch.round(x.to(torch.float32) / scale.to(torch.float32)) + zero_point.to(torch.float32)
+    return torch.clamp(q, info.min, info.max).to(zero_point.dtype)
+
+
+def onnx_dynamic_quantize_linear(x, **_):
+    """uint8 per tensor over [min(x, 0), max(x, 0)] -> (y, scale, zero point); an all-zero x gets scale 1,
+    as in onnxruntime (the spec divides by zero there)."""
+    low = torch.clamp(x.min(), max=0.0)
+    high = torch.clamp(x.max(), min=0.0)
+    scale = torch.where(high > low, (high - low) / 255.0, torch.ones_like(high))
+    zero_point = torch.clamp(0.0 - low / scale, 0.0, 255.0).round()
+    y = torch.clamp(torch.round(x / scale) + zero_point, 0.0, 255.0)
+    return [y.to(torch.uint8), scale, zero_point.to(torch.uint8)]
+
+
+def onnx_matmul_integer(a, b, a_zero_point=None, b_zero_point=None, **_):
+    """(A - a_zero_point) @ (B - b_zero_point) as int32, exact (float64 holds every int32 sum);
+    a 1-D zero point is per row of A, per column of B."""
+    a, b = a.double(), b.double()
+    if a_zero_point is not None:
+        a = a - (a_zero_point.double().reshape(-1, 1) if a_zero_point.dim() == 1 else a_zero_point.double())
+    if b_zero_point is not None:
+        b = b - b_zero_point.double()
+    return torch.matmul(a, b).to(torch.int32)
+
+
+def onnx_matmul_integer_to_float(a, b, a_scale, b_scale, a_zero_point=None, b_zero_point=None, bias=None, **_):
+    """com.microsoft MatMulIntegerToFloat: MatMulInteger times a_scale * b_scale (per tensor or per
+    column of B), plus the bias."""
+    y = onnx_matmul_integer(a, b, a_zero_point, b_zero_point).to(a_scale.dtype) * (a_scale * b_scale)
+    return y if bias is None else y + bias
+
+
+def onnx_dynamic_quantize_matmul(a, b, b_scale, b_zero_point=None, bias=None, **_):
+    """com.microsoft DynamicQuantizeMatMul: A quantized by DynamicQuantizeLinear, then MatMulIntegerToFloat."""
+    q, scale, zero_point = onnx_dynamic_quantize_linear(a)
+    return onnx_matmul_integer_to_float(q, b, scale, b_scale, zero_point, b_zero_point, bias)
+
+
+def onnx_conv_integer(x, w, x_zero_point=None, w_zero_point=None, **attrs):
+    """ConvInteger: Conv of (x - x_zero_point) and (w - w_zero_point, per output channel when 1-D)
+    as int32, exact in float64."""
+    x, w = x.double(), w.double()
+    if x_zero_point is not None:
+        x = x - x_zero_point.double()
+    if w_zero_point is not None:
+        w = w - w_zero_point.double().reshape([-1] + [1] * (w.dim() - 1))
+    return onnx_sliding(x, w, kind="Conv", **attrs)[0].to(torch.int32)
 
 
 def onnx_opaque(*inputs, op_type="?", **_):
@@ -506,8 +565,14 @@ def onnx_opaque(*inputs, op_type="?", **_):
                              hint="add it to KERNELS in torchcarve/ir/ops/onnx_ops.py")
 
 
-for _fn in (onnx_split, onnx_sliding, onnx_batch_norm, onnx_layer_norm, onnx_topk, onnx_dropout):
+for _fn in (onnx_split, onnx_sliding, onnx_batch_norm, onnx_layer_norm, onnx_topk, onnx_dropout,
+            onnx_dynamic_quantize_linear):
     _fn.returns_list = True
+# kernels calling other kernels: the PyTorch backend copies these along
+onnx_dequantize_linear.calls = onnx_quantize_linear.calls = (onnx_quantization_axes,)
+onnx_matmul_integer_to_float.calls = (onnx_matmul_integer,)
+onnx_dynamic_quantize_matmul.calls = (onnx_dynamic_quantize_linear, onnx_matmul_integer_to_float)
+onnx_conv_integer.calls = (onnx_sliding,)
 
 # ---- the table: op type -> (kernel, kind passed to grouped kernels) -----------------------
 UNARY = ("Relu", "Sigmoid", "Tanh", "Erf", "Exp", "Log", "Sqrt", "Abs", "Neg", "Reciprocal", "Floor", "Ceil",
@@ -562,8 +627,13 @@ KERNELS: dict[str, tuple[Callable[..., Any], str | None]] = {
     "CumSum": (onnx_cumsum, None), "Trilu": (onnx_trilu, None), "DepthToSpace": (onnx_depth_to_space, None),
     "SpaceToDepth": (onnx_space_to_depth, None), "Clip": (onnx_clip, None), "Dropout": (onnx_dropout, None),
     "NonZero": (onnx_nonzero, None), "DequantizeLinear": (onnx_dequantize_linear, None),
-    "QuantizeLinear": (onnx_quantize_linear, None),
+    "QuantizeLinear": (onnx_quantize_linear, None), "DynamicQuantizeLinear": (onnx_dynamic_quantize_linear, None),
+    "MatMulInteger": (onnx_matmul_integer, None), "ConvInteger": (onnx_conv_integer, None),
+    "MatMulIntegerToFloat": (onnx_matmul_integer_to_float, None),
+    "DynamicQuantizeMatMul": (onnx_dynamic_quantize_matmul, None),
 }
+# kernels of ops outside the default domain: op type -> domain (the importer runs them only from there)
+DOMAINS = {"MatMulIntegerToFloat": "com.microsoft", "DynamicQuantizeMatMul": "com.microsoft"}
 
 
 def make_bind(kind: str | None) -> Callable[[Sequence[Any], dict[str, Any]], Args]:
@@ -597,5 +667,9 @@ def opaque_opdef(name: str) -> OpDef:
                  extra={"opaque": True})
 
 
+# ops whose results are not folded into constants (at import, export or by fold-constants): integer weights
+KEEP_IN_EXPORT = {"DequantizeLinear"}
+
 for _op, (_kernel, _kind) in KERNELS.items():
-    register_op(OpDef(name=f"onnx.{_op}", fn=_kernel, bind=make_bind(_kind), extra={"onnx_kernel": True}))
+    register_op(OpDef(name=f"onnx.{_op}", fn=_kernel, bind=make_bind(_kind),
+                      extra={"onnx_kernel": True, "keep_in_export": _op in KEEP_IN_EXPORT}))

@@ -2,57 +2,40 @@
 the dynamically quantized linear that ONNX Runtime runs as DynamicQuantizeMatMul.
 
 Scales and zero points are tensor inputs (param nodes), never attributes; attributes carry only the
-axis and block size. Each kernel is a self-contained function: the PyTorch backend inlines its source.
+axis and block size. The kernels are the ONNX ops' own (ir/ops/onnx_ops.py), so an imported
+QuantizeLinear/DequantizeLinear/DynamicQuantizeMatMul computes the same as the op it becomes; the
+PyTorch backend copies their source (and that of the kernels they call) into the generated code.
 """
 from __future__ import annotations
 
 from typing import Any, Sequence
 
-import torch
-
 from ...errors import ShapeError
 from ..types import TensorType
 from . import OpDef, register_op
 from .aten import last_dim_macs
+from .onnx_ops import onnx_dequantize_linear, onnx_dynamic_quantize_matmul, onnx_quantize_linear
 
 
 def carve_quantize(x, scale, zero_point, axis=1):
     """ONNX QuantizeLinear: saturate(round_half_even(x / scale) + zero_point), per tensor or per `axis`."""
-    if scale.dim() == 1 and x.dim() > 1:
-        shape = [1] * x.dim()
-        shape[axis] = -1
-        scale, zero_point = scale.reshape(shape), zero_point.reshape(shape)
-    info = torch.iinfo(zero_point.dtype)
-    q = torch.round(x / scale) + zero_point.to(x.dtype)
-    return q.clamp(info.min, info.max).to(zero_point.dtype)
+    return onnx_quantize_linear(x, scale, zero_point, axis)
 
 
 def carve_dequantize(q, scale, zero_point=None, axis=1, block_size=0):
     """ONNX DequantizeLinear: (q - zero_point) * scale, per tensor, per `axis`, or in blocks along `axis`."""
-    if zero_point is None:
-        zero_point = torch.zeros_like(scale, dtype=q.dtype)
-    if block_size:
-        axis = axis % q.dim()
-        scale = scale.repeat_interleave(block_size, dim=axis).narrow(axis, 0, q.shape[axis])
-        zero_point = zero_point.repeat_interleave(block_size, dim=axis).narrow(axis, 0, q.shape[axis])
-    elif scale.dim() == 1 and q.dim() > 1:
-        shape = [1] * q.dim()
-        shape[axis] = -1
-        scale, zero_point = scale.reshape(shape), zero_point.reshape(shape)
-    return (q.to(scale.dtype) - zero_point.to(scale.dtype)) * scale
+    return onnx_dequantize_linear(q, scale, zero_point, axis, block_size)
 
 
 def carve_dynamic_linear(x, weight, weight_scale, bias=None):
     """ONNX Runtime's DynamicQuantizeMatMul: x -> uint8 per tensor at run time (DynamicQuantizeLinear),
     exact integer products with the symmetric int8 `weight` [out, in], then rescale and add the bias."""
-    low = torch.clamp(x.min(), max=0.0)
-    high = torch.clamp(x.max(), min=0.0)
-    scale = torch.where(high > low, (high - low) / 255.0, torch.ones_like(high))
-    zero_point = torch.clamp(0.0 - low / scale, 0.0, 255.0).round()
-    q = torch.clamp(torch.round(x / scale) + zero_point, 0.0, 255.0)
-    acc = torch.matmul((q - zero_point).double(), weight.double().t())  # exact: |acc| < 2**31
-    y = acc.float() * (scale * weight_scale)
-    return y if bias is None else y + bias
+    return onnx_dynamic_quantize_matmul(x, weight.t(), weight_scale, None, bias)
+
+
+carve_quantize.calls = (onnx_quantize_linear,)
+carve_dequantize.calls = (onnx_dequantize_linear,)
+carve_dynamic_linear.calls = (onnx_dynamic_quantize_matmul,)
 
 
 def _bind(inputs: Sequence[Any], attrs: dict[str, Any]) -> tuple[list[Any], dict[str, Any]]:
@@ -107,8 +90,7 @@ def infer_dynamic_linear(attrs: dict[str, Any], types: list[TensorType]) -> list
 KEEP = {"keep_in_export": True}  # exporters and constant folding leave these nodes as they are
 QUANTIZE = register_op(OpDef(name="carve.quantize", fn=carve_quantize, bind=_bind, attrs=frozenset({"axis"}),
                              infer=infer_quantize, known=True, extra=KEEP))
-DEKEEP = {"keep_in_export": True}  # exporters and constant folding leave these nodes as they are
-QUANTIZE = register_op(OpDef(name="carve.dequantize", fn=carve_dequantize, bind=_bind,
+DEQUANTIZE = register_op(OpDef(name="carve.dequantize", fn=carve_dequantize, bind=_bind,
                                attrs=frozenset({"axis", "block_size"}), infer=infer_dequantize, known=True, extra=KEEP))
 DYNAMIC_LINEAR = register_op(OpDef(name="carve.dynamic_linear", fn=carve_dynamic_linear, bind=_bind,
                                    attrs=frozenset(), infer=infer_dynamic_linear, macs=last_dim_macs(0), known=True,
