@@ -31,6 +31,7 @@ MODES = {
     "static": ("quantize{mode=static}", 18, 0.05),
     "weight-only-int8": ("quantize{mode=weight-only}", 18, 1e-5),
     "weight-only-int4": ("quantize{mode=weight-only,dtype=int4,group-size=16}", 21, 1e-5),
+    "weight-only-int4-g8": ("quantize{mode=weight-only,dtype=int4,group-size=8}", 21, 1e-5),  # no MatMulNBits form
 }
 
 
@@ -92,6 +93,19 @@ def test_quantized_graph_survives_every_round_trip(mode, tmp_path):
     assert _file_contents(again) == _file_contents(exported)
 
 
+@pytest.mark.parametrize("weights", ["per-channel", "per-tensor"])
+def test_quantized_embedding_survives_export_and_reimport(weights, tmp_path):
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Embedding(50, 16), torch.nn.Linear(16, 8)).eval()
+    x = torch.randint(0, 50, (2, 5))
+    graph = tc.optimize(tc.capture(model, (x,)), f"quantize{{weights={weights}}}").graph
+    exported = tc.to_onnx(graph, tmp_path / "q.onnx")
+    back = tc.from_onnx(tmp_path / "q.onnx")
+    assert _carve_ops(back) == _carve_ops(graph)
+    assert torch.equal(_run(back, x), _run(graph, x))
+    assert _file_contents(tc.to_onnx(back, tmp_path / "again.onnx")) == _file_contents(exported)
+
+
 @pytest.mark.parametrize("mode", MODES)
 def test_without_canonicalization_the_onnx_ops_compute_the_same(mode, tmp_path):
     """`from_onnx(canonicalize=False)` keeps onnx.DequantizeLinear etc., unfolded, and their kernels agree."""
@@ -141,6 +155,21 @@ def test_integer_kernels_match_onnxruntime(tmp_path):
     x = torch.randn(5, 16) * 3
     np.testing.assert_allclose(_run(tc.from_onnx(tmp_path / "m.onnx"), x).numpy(), _ort(tmp_path / "m.onnx", x),
                                rtol=1e-6, atol=1e-6)
+
+
+@pytest.mark.parametrize("symmetric", [True, False])
+def test_ort_matmul_nbits_file_runs_in_pytorch(symmetric, tmp_path):
+    """A 4-bit file from onnxruntime's MatMulNBitsQuantizer: symmetric weights become carve.weight_only_linear,
+    asymmetric ones (zero points) stay com.microsoft MatMulNBits with a kernel; both match ORT's fp32 compute."""
+    nbits = pytest.importorskip("onnxruntime.quantization.matmul_nbits_quantizer")
+    weight = numpy_helper.from_array(np.random.default_rng(0).standard_normal((64, 32)).astype(np.float32), "W")
+    model = _model([helper.make_node("MatMul", ["x", "W"], ["y"])], [weight], ("x", [3, 64]), ("y", [3, 32]))
+    quantizer = nbits.MatMulNBitsQuantizer(model, block_size=32, is_symmetric=symmetric)
+    quantizer.process()
+    onnx.save(quantizer.model.model, tmp_path / "int4.onnx")
+    graph = tc.from_onnx(tmp_path / "int4.onnx")
+    x = torch.randn(3, 64)
+    np.testing.assert_allclose(_run(graph, x).numpy(), _ort(tmp_path / "int4.onnx", x), rtol=1e-5, atol=1e-4)
 
 
 def _model(nodes, initializers, x: tuple[str, list], y: tuple[str, list]) -> onnx.ModelProto:

@@ -1,9 +1,9 @@
 """ONNX imports in aten terms: every `onnx.<OpType>` node with an exact aten equivalent becomes that op.
 
 The passes (fuse, prune, low-rank, quantize) reason about aten ops, so an imported model is only
-optimizable once `onnx.Conv` reads `aten.conv2d`. Quantization ops become the carve.* ops the quantize
-pass writes (QuantizeLinear -> carve.quantize, ...), so integer weights stay integers and export the
-same. `CANONICAL` maps an ONNX op type ("<domain>.<OpType>" outside the default domain) to a rule
+optimizable once `onnx.Conv` reads `aten.conv2d`. Quantized graphs become the carve.* ops the quantize
+pass writes (QuantizeLinear -> carve.quantize, ...; rules in onnx_quant.py), so integer weights stay
+integers and export the same. `CANONICAL` maps an ONNX op type ("<domain>.<OpType>" outside the default domain) to a rule
 `(node, graph) -> Aten | Value | None`: the aten op that computes the same thing, a value the node
 merely forwards (Identity, Dropout), or None to keep the ONNX op when its attributes have no exact
 aten form (asymmetric pads, auto_pad SAME_*, dynamic shape operands, alpha != 1, ...).
@@ -25,7 +25,6 @@ from ..ir import Graph
 from ..ir.infer import infer_types
 from ..ir.node import Node
 from ..ir.ops.aten import encode_arguments
-from ..ir.ops.onnx_ops import INTERNAL_ATTRS
 from ..ir.types import Dim
 from ..ir.value import Value
 
@@ -213,12 +212,11 @@ def gemm(node: Node, graph: Graph) -> Result:
     return aten("aten.linear", input=a, weight=weight, bias=c)
 
 
-def _transposed_param(value: Value, graph: Graph, name: str | None = None) -> Value | None:
-    """A new param holding the 2-D param behind `value` transposed (named `name`, else `<param>.T`)."""
+def _transposed_param(value: Value, graph: Graph) -> Value | None:
     tensor = param_tensor(value, graph)
     if tensor is None or tensor.dim() != 2:
         return None
-    name = graph.params.unique_name(name or f"{value.producer.attrs['name']}.T")
+    name = graph.params.unique_name(f"{value.producer.attrs['name']}.T")
     return graph.add_param(name, tensor.t().contiguous())
 
 
@@ -405,64 +403,9 @@ def _even_split(size: Dim, parts: int) -> list[int] | None:
     return [min(chunk, size - chunk * i) for i in range(parts)]
 
 
-# ---- rules: quantization ----------------------------------------------------------------------
-
-QUANTIZE_ATTRS = {"axis", "block_size", "saturate", "output_dtype"}  # saturate: float8 only; output_dtype: type-checked
-TRANSPOSED_SUFFIX = "_t"  # the ONNX backend's name for DynamicQuantizeMatMul's [in, out] copy of a weight
-
-
-def quantize_linear(node: Node, graph: Graph) -> Result:
-    # QuantizeLinear(x, s, z){axis} -> carve.quantize(x, s, z){axis}   f32 x and scale, a zero point, no blocks
-    x, scale, zero_point = (operands(node) + [None])[:3]
-    if zero_point is None or node.attrs.get("block_size") or not _only_attrs(node, QUANTIZE_ATTRS):
-        return None
-    if x.type.dtype != "f32" or scale.type.dtype != "f32":
-        return None
-    return Aten("carve.quantize", [x, scale, zero_point], _axis_attrs(node))
-
-
-def dequantize_linear(node: Node, graph: Graph) -> Result:
-    # DequantizeLinear(q, s, z){axis, block_size} -> carve.dequantize(q, s, z){axis, block_size}   i8/u8/i32 q
-    q, scale, zero_point = (operands(node) + [None])[:3]
-    if not _only_attrs(node, QUANTIZE_ATTRS - {"saturate"}):
-        return None
-    return Aten("carve.dequantize", [q, scale] + ([zero_point] if zero_point is not None else []), _axis_attrs(node))
-
-
-def _axis_attrs(node: Node) -> dict[str, Any]:
-    """axis as the file gives it; block_size unless 0 (not blocked)."""
-    attrs = {"axis": node.attrs["axis"]} if "axis" in node.attrs else {}
-    return attrs | ({"block_size": node.attrs["block_size"]} if node.attrs.get("block_size") else {})
-
-
-def _only_attrs(node: Node, allowed: set[str]) -> bool:
-    return set(node.attrs) <= allowed | INTERNAL_ATTRS
-
-
-def dynamic_quantize_matmul(node: Node, graph: Graph) -> Result:
-    # com.microsoft DynamicQuantizeMatMul(A, B, s, z, bias) -> carve.dynamic_linear(A, B^T, s, bias)
-    #   B an int8 [in, out] param, z absent or zero (carve.dynamic_linear's weights are symmetric)
-    a, b, scale, zero_point, bias = (operands(node) + [None] * 2)[:5]
-    weight = param_tensor(b, graph)
-    if weight is None or weight.dtype != torch.int8 or not _absent_or_zero(zero_point, graph):
-        return None
-    name = b.producer.attrs["name"]
-    transposed = _transposed_param(b, graph, name.removesuffix(TRANSPOSED_SUFFIX)
-                                   if name.endswith(TRANSPOSED_SUFFIX) else None)
-    return Aten("carve.dynamic_linear", [a, transposed, scale] + ([bias] if bias is not None else []), {})
-
-
-def _absent_or_zero(value: Value | None, graph: Graph) -> bool:
-    if value is None:
-        return True
-    tensor = param_tensor(value, graph)
-    return tensor is not None and not tensor.any()
-
-
 # ---- the table -----------------------------------------------------------------------------
 ELEMENTWISE = {
-    "Add": "aten.add.Tensor", "Sub": "aten.sub.Tensor", "Mul": "aten.mul.Tensor", "Div": "aten.div.Tensor",
-    "Pow": "aten.pow.Tensor_Tensor", "MatMul": "aten.matmul",
+    "Sub": "aten.sub.Tensor", "Div": "aten.div.Tensor", "Pow": "aten.pow.Tensor_Tensor",
     "Relu": "aten.relu", "Sigmoid": "aten.sigmoid", "Tanh": "aten.tanh", "Erf": "aten.erf", "Sqrt": "aten.sqrt",
     "Exp": "aten.exp", "Log": "aten.log", "Neg": "aten.neg", "Abs": "aten.abs", "Reciprocal": "aten.reciprocal",
     "Sin": "aten.sin", "Cos": "aten.cos", "Floor": "aten.floor", "Ceil": "aten.ceil",
@@ -484,8 +427,6 @@ CANONICAL: dict[str, Rule] = {
     "Softmax": partial(softmax, "aten.softmax.int"), "LogSoftmax": partial(softmax, "aten.log_softmax.int"),
     "Reshape": reshape, "Flatten": flatten, "Transpose": transpose, "Unsqueeze": unsqueeze, "Squeeze": squeeze,
     "Concat": concat, "Split": split,
-    "QuantizeLinear": quantize_linear, "DequantizeLinear": dequantize_linear,
-    "com.microsoft.DynamicQuantizeMatMul": dynamic_quantize_matmul,
 }
 
 
@@ -493,13 +434,13 @@ CANONICAL: dict[str, Rule] = {
 
 def canonicalize(graph: Graph) -> int:
     """Rewrite every onnx.* node that has an exact aten equivalent (in place); returns how many changed."""
-    unused_params = {n for n in graph.param_nodes() if not n.has_uses}
+    unused_before = {n for n in graph.nodes if not n.has_uses}
     changed = 0
     for node in graph.nodes:
         rule = rule_for(node)
         if rule is not None:
             changed += apply(graph, node, rule(node, graph))
-    _drop_orphaned_params(graph, unused_params)
+    _drop_orphans(graph, unused_before)
     return changed
 
 
@@ -543,13 +484,15 @@ def _retarget(node: Node, new: Aten) -> bool:
     return True
 
 
-def _drop_orphaned_params(graph: Graph, unused_before: set[Node]) -> None:
-    """Param nodes that lost their last use here (Gemm's B once transposed) go, with their tensors."""
-    orphans = [n for n in graph.param_nodes() if not n.has_uses and n not in unused_before]
-    names = {n.attrs["name"] for n in orphans}
-    graph.erase_unused(orphans)
-    for name in names - {n.attrs["name"] for n in graph.param_nodes()}:
+def _drop_orphans(graph: Graph, unused_before: set[Node]) -> None:
+    """Nodes that lost their last use here (Gemm's B once transposed, the dequantize and transpose a
+    carve.weight_only_linear took over) go, and their params' tensors with them."""
+    params = {n.attrs["name"] for n in graph.param_nodes()}
+    graph.erase_unused([n for n in graph.nodes if n not in unused_before])
+    for name in params - {n.attrs["name"] for n in graph.param_nodes()}:
         del graph.params[name]
 
+
+from . import onnx_quant  # noqa: E402,F401  (registers the quantization rules: Add, Mul, MatMul, QuantizeLinear, ...)
 
 __all__ = ["CANONICAL", "Aten", "aten", "canonicalize"]

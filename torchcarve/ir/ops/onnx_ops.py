@@ -558,6 +558,25 @@ def onnx_conv_integer(x, w, x_zero_point=None, w_zero_point=None, **attrs):
     return onnx_sliding(x, w, kind="Conv", **attrs)[0].to(torch.int32)
 
 
+def onnx_nbits_codes(packed, rows, bits):
+    """`bits`-bit codes packed into uint8 bytes, low bits first -> one code a byte, [rows, ...]."""
+    shifts = torch.arange(0, 8, bits, dtype=torch.uint8, device=packed.device)
+    return ((packed.reshape(rows, -1, 1) >> shifts) & (2 ** bits - 1)).reshape(rows, -1)
+
+
+def onnx_matmul_nbits(a, b, scales, zero_points=None, g_idx=None, bias=None, K=0, N=0, bits=4, block_size=0, **_):
+    """com.microsoft MatMulNBits: A @ W^T (+ bias); W [N, K] dequantized block by block along K,
+    (code - zero point) * scale, from codes and zero points (default 2^(bits-1)) packed low bits first."""
+    if g_idx is not None or (zero_points is not None and zero_points.is_floating_point()):
+        raise NotImplementedError("MatMulNBits with g_idx or float zero points has no PyTorch kernel")
+    blocks = -(-K // block_size)
+    codes = onnx_nbits_codes(b, N, bits).reshape(N, blocks, block_size).to(scales.dtype)
+    zero = 2 ** (bits - 1) if zero_points is None else onnx_nbits_codes(zero_points, N, bits)[:, :blocks, None]
+    weight = ((codes - zero) * scales.reshape(N, blocks, 1)).reshape(N, -1)[:, :K]
+    y = torch.matmul(a, weight.t().to(a.dtype))
+    return y if bias is None else y + bias
+
+
 def onnx_opaque(*inputs, op_type="?", **_):
     from torchcarve.errors import UnsupportedOpError
 
@@ -573,6 +592,7 @@ onnx_dequantize_linear.calls = onnx_quantize_linear.calls = (onnx_quantization_a
 onnx_matmul_integer_to_float.calls = (onnx_matmul_integer,)
 onnx_dynamic_quantize_matmul.calls = (onnx_dynamic_quantize_linear, onnx_matmul_integer_to_float)
 onnx_conv_integer.calls = (onnx_sliding,)
+onnx_matmul_nbits.calls = (onnx_nbits_codes,)
 
 # ---- the table: op type -> (kernel, kind passed to grouped kernels) -----------------------
 UNARY = ("Relu", "Sigmoid", "Tanh", "Erf", "Exp", "Log", "Sqrt", "Abs", "Neg", "Reciprocal", "Floor", "Ceil",
@@ -630,10 +650,10 @@ KERNELS: dict[str, tuple[Callable[..., Any], str | None]] = {
     "QuantizeLinear": (onnx_quantize_linear, None), "DynamicQuantizeLinear": (onnx_dynamic_quantize_linear, None),
     "MatMulInteger": (onnx_matmul_integer, None), "ConvInteger": (onnx_conv_integer, None),
     "MatMulIntegerToFloat": (onnx_matmul_integer_to_float, None),
-    "DynamicQuantizeMatMul": (onnx_dynamic_quantize_matmul, None),
+    "DynamicQuantizeMatMul": (onnx_dynamic_quantize_matmul, None), "MatMulNBits": (onnx_matmul_nbits, None),
 }
 # kernels of ops outside the default domain: op type -> domain (the importer runs them only from there)
-DOMAINS = {"MatMulIntegerToFloat": "com.microsoft", "DynamicQuantizeMatMul": "com.microsoft"}
+DOMAINS = {op: "com.microsoft" for op in ("MatMulIntegerToFloat", "DynamicQuantizeMatMul", "MatMulNBits")}
 
 
 def make_bind(kind: str | None) -> Callable[[Sequence[Any], dict[str, Any]], Args]:
