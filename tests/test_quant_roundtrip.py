@@ -188,16 +188,18 @@ def _float_file(name: str, tmp_path) -> tuple[torch.nn.Module, torch.Tensor, str
     return model, x, path
 
 
-@pytest.mark.parametrize("name", ["mlp", "cnn_bn"])
-def test_ort_quantize_dynamic_7bit_runs_in_pytorch_exactly(name, tmp_path):
-    """DynamicQuantizeLinear + MatMulInteger / ConvInteger files: 7-bit weights, so ORT's result is exact too."""
+@pytest.mark.parametrize("name, linears, convs", [("mlp", 3, 0), ("cnn_bn", 1, 2)])
+def test_ort_quantize_dynamic_7bit_runs_in_pytorch_exactly(name, linears, convs, tmp_path):
+    """DynamicQuantizeLinear + MatMulInteger (-> carve.dynamic_linear) / ConvInteger (kept, with a kernel)
+    files: 7-bit weights, so ORT's result is exact too."""
     _, x, path = _float_file(name, tmp_path)
     quantized = str(tmp_path / "int8.onnx")
     quantization.quantize_dynamic(path, quantized, weight_type=quantization.QuantType.QInt8, per_channel=True,
                                   reduce_range=True)
     graph = tc.from_onnx(quantized)
-    assert graph.op_histogram()["onnx.DynamicQuantizeLinear"] > 0
-    assert any(t.dtype == torch.int8 for t in graph.params.values())
+    histogram = graph.op_histogram()
+    assert histogram["carve.dynamic_linear"] == linears and histogram["onnx.ConvInteger"] == convs
+    assert histogram["onnx.MatMulInteger"] == 0 and histogram["onnx.DynamicQuantizeLinear"] == convs
     np.testing.assert_allclose(_run(graph, x).numpy(), _ort(quantized, x), rtol=1e-5, atol=1e-5)
     tc.to_onnx(graph, tmp_path / "again.onnx")
     np.testing.assert_allclose(_ort(tmp_path / "again.onnx", x), _ort(quantized, x), rtol=1e-6, atol=1e-6)

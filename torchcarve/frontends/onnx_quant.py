@@ -5,7 +5,8 @@ in, become those carve.* ops again, so a quantized graph re-imports as itself an
 stay integer params:
 
 - QuantizeLinear / DequantizeLinear                     -> carve.quantize / carve.dequantize
-- com.microsoft DynamicQuantizeMatMul (int8, no zero point) -> carve.dynamic_linear
+- com.microsoft DynamicQuantizeMatMul (int8, no zero point), and onnxruntime's quantize_dynamic
+  DynamicQuantizeLinear -> MatMulInteger -> Cast -> Mul   -> carve.dynamic_linear
 - com.microsoft MatMulNBits (no zero points), and
   MatMul(x, Transpose(DequantizeLinear(Wq, s)))          -> carve.weight_only_linear
 - Add(a bias-less linear above, b)                      -> that linear with bias b
@@ -64,11 +65,18 @@ def dynamic_quantize_matmul(node: Node, graph: Graph) -> Result:
     # com.microsoft DynamicQuantizeMatMul(A, B, s, z, bias) -> carve.dynamic_linear(A, B^T, s, bias)
     #   B an int8 [in, out] param, z absent or zero (carve.dynamic_linear's weights are symmetric)
     a, b, scale, zero_point, bias = (operands(node) + [None] * 2)[:5]
-    weight = param_tensor(b, graph)
-    if weight is None or weight.dtype != torch.int8 or not _absent_or_zero(zero_point, graph):
+    return _dynamic_linear(graph, a, b, zero_point, scale, bias)
+
+
+def _dynamic_linear(graph: Graph, x: Value, weight: Value, weight_zero: Value | None, scale: Value,
+                    bias: Value | None = None) -> Result:
+    """carve.dynamic_linear(x, weight^T, scale, bias) for an int8 [in, out] weight param whose zero point
+    is absent or zero (carve.dynamic_linear's weights are symmetric)."""
+    tensor = param_tensor(weight, graph)
+    if tensor is None or tensor.dtype != torch.int8 or not _absent_or_zero(weight_zero, graph):
         return None
-    transposed = _param_like(b, graph, TRANSPOSED_SUFFIX, weight.t().contiguous())
-    return Aten("carve.dynamic_linear", [a, transposed, scale] + ([bias] if bias is not None else []), {})
+    transposed = _param_like(weight, graph, tensor.t().contiguous(), TRANSPOSED_SUFFIX, ".T")
+    return Aten("carve.dynamic_linear", [x, transposed, scale] + ([bias] if bias is not None else []), {})
 
 
 def matmul_nbits(node: Node, graph: Graph) -> Result:
@@ -83,9 +91,9 @@ def matmul_nbits(node: Node, graph: Graph) -> Result:
     if bits not in WEIGHT_ONLY_BITS or attrs.get("accuracy_level", 0) > 1:
         return None
     codes = onnx_nbits_codes(packed, attrs["N"], bits)[:, :attrs["K"]]
-    weight = _param_like(b, graph, NBITS_SUFFIX, (codes.to(torch.int16) - 2 ** (bits - 1)).to(torch.int8))
+    weight = _param_like(b, graph, (codes.to(torch.int16) - 2 ** (bits - 1)).to(torch.int8), NBITS_SUFFIX, ".int8")
     if scale.dim() != 2:
-        scales = _param_like(scales, graph, "", scale.reshape(attrs["N"], -1))
+        scales = _param_like(scales, graph, scale.reshape(attrs["N"], -1), "", ".blocks")
     inputs = [a, weight, scales] + ([bias] if bias is not None else [])
     return Aten("carve.weight_only_linear", inputs, {"bits": bits, "block_size": attrs["block_size"]})
 
@@ -136,8 +144,26 @@ def _bias_folded(node: Node) -> Result:
 
 def mul(node: Node, graph: Graph) -> Result:
     # Mul(Cast(Gather(Tq, i)), Gather(S, i) or S) -> carve.quantized_embedding(Tq, S, i)   (the ONNX backend's
-    #   int8 embedding: Tq an i8 [rows, dim] table, a scale per row or one for all);  else aten.mul
-    return _quantized_embedding(node, graph) or same_operands("aten.mul.Tensor", node, graph)
+    #   int8 embedding: Tq an i8 [rows, dim] table, a scale per row or one for all)
+    # Mul(Cast(MatMulInteger(q, W, z, 0)), Mul(s, ws)) -> carve.dynamic_linear(x, W^T, ws)   (q, s, z from
+    #   DynamicQuantizeLinear(x): onnxruntime's quantize_dynamic linear; W an int8 [in, out] param);  else aten.mul
+    return (_quantized_embedding(node, graph) or _integer_matmul(node, graph)
+            or same_operands("aten.mul.Tensor", node, graph))
+
+
+def _integer_matmul(node: Node, graph: Graph) -> Result:
+    accumulator, scales = node.inputs
+    cast = accumulator.producer
+    matmul = cast.inputs[0].producer if cast is not None and cast.op == "onnx.Cast" else None
+    if matmul is None or matmul.op != "onnx.MatMulInteger":
+        return None
+    q, weight, zero, weight_zero = (operands(matmul) + [None] * 2)[:4]
+    quantize, product = q.producer, scales.producer
+    if quantize is None or quantize.op != "onnx.DynamicQuantizeLinear" or zero is not quantize.outputs[2]:
+        return None
+    if product is None or product.op != "aten.mul.Tensor" or product.inputs[0] is not quantize.outputs[1]:
+        return None
+    return _dynamic_linear(graph, quantize.inputs[0], weight, weight_zero, product.inputs[1])
 
 
 def _quantized_embedding(node: Node, graph: Graph) -> Result:
@@ -168,10 +194,12 @@ def _table_scale(value: Value, indices: Value, graph: Graph, table: Value) -> Va
     return graph.add_param(graph.params.unique_name(f"{name.removesuffix('_q')}_scale"), column.reshape(-1))
 
 
-def _param_like(value: Value, graph: Graph, suffix: str, tensor: torch.Tensor) -> Value:
-    """A new param for `tensor`, named after the param behind `value` less the exporter's `suffix`."""
+def _param_like(value: Value, graph: Graph, tensor: torch.Tensor, suffix: str, tag: str) -> Value:
+    """A new param for `tensor`, made from the param behind `value`: named as the weight was before the ONNX
+    backend added `suffix` to its copy, else `<param><tag>`."""
     name = value.producer.attrs["name"]
-    return graph.add_param(graph.params.unique_name(name.removesuffix(suffix) if suffix else name), tensor)
+    base = name.removesuffix(suffix) if suffix and name.endswith(suffix) else name + tag
+    return graph.add_param(graph.params.unique_name(base), tensor)
 
 
 def _absent_or_zero(value: Value | None, graph: Graph) -> bool:
