@@ -1,5 +1,6 @@
-"""ONNX imports become aten ops (frontends/onnx_canonical.py): per op, the IR uses the aten op and
-both backends match onnxruntime on the original model; near-misses keep the ONNX op."""
+"""ONNX imports become aten ops (frontends/onnx_canonical.py; quantization ops carve.* ones, onnx_quant.py):
+per op, the IR uses that op and both backends match onnxruntime on the original model; near-misses keep
+the ONNX op."""
 from __future__ import annotations
 
 import os
@@ -27,6 +28,14 @@ def w(*shape: int, positive: bool = False) -> np.ndarray:
 
 def i64(*values: int) -> np.ndarray:
     return np.array(values, dtype=np.int64)
+
+
+def i8(*shape: int) -> np.ndarray:
+    return RNG.integers(-128, 128, shape).astype(np.int8)
+
+
+def u8(*shape: int) -> np.ndarray:
+    return RNG.integers(0, 256, shape).astype(np.uint8)
 
 
 def model(op: str, inputs: dict[str, tuple], params: dict[str, np.ndarray] | None = None, order: list[str] | None = None,
@@ -141,6 +150,14 @@ MAPPED = {
     "gather-embedding": (model("Gather", {"ids": ([2, 3], I64)}, {"E": w(4, 5)}, order=["E", "ids"]),
                          ["aten.embedding"], False),
     "split": (model("Split", X3, {"sizes": i64(1, 3)}, outputs=2, axis=2), ["aten.split_with_sizes"], False),
+    "quantize-per-axis": (model("QuantizeLinear", X3, {"s": w(3, positive=True) / 50, "z": u8(3)}, axis=1, opset=13),
+                          ["carve.quantize"], False),
+    "quantize-int8-negative-axis": (model("QuantizeLinear", X3, {"s": w(4, positive=True) / 50, "z": i8(4)}, axis=-1,
+                                          opset=13), ["carve.quantize"], False),
+    "dequantize-per-axis": (model("DequantizeLinear", {}, {"q": i8(2, 3, 4), "s": w(3, positive=True), "z": i8(3)},
+                                  axis=1, opset=13), ["carve.dequantize"], False),
+    "dequantize-int32": (model("DequantizeLinear", {}, {"q": RNG.integers(-1000, 1000, 5).astype(np.int32),
+                                                        "s": np.array(0.01, np.float32)}), ["carve.dequantize"], False),
 }
 
 
@@ -150,6 +167,19 @@ def test_onnx_op_becomes_aten(case: str) -> None:
     graph = tc.from_onnx(proto)
     assert ops(graph) == expected_ops
     assert_matches_ort(graph, proto, positive)
+
+
+def test_blocked_dequantize_becomes_carve_dequantize_and_exports_at_opset_21() -> None:
+    """The IR keeps no opset: like the quantize pass's own int4 graphs, the graph is written at opset 21
+    when asked (the default opset raises, naming the one it needs)."""
+    proto = model("DequantizeLinear", {}, {"q": i8(4, 6), "s": w(4, 3, positive=True), "z": i8(4, 3)}, axis=1,
+                  block_size=2, opset=21)
+    graph = tc.from_onnx(proto)
+    assert ops(graph) == ["carve.dequantize"]
+    assert_matches_ort(graph, proto, export=False)
+    np.testing.assert_allclose(run_ort(tc.to_onnx(graph, opset=21), {})[0], run_ort(proto, {})[0])
+    with pytest.raises(tc.CarveError, match="needs ONNX opset 21"):
+        tc.to_onnx(graph)
 
 
 def test_canonicalize_off_keeps_onnx_ops() -> None:
@@ -196,6 +226,10 @@ KEPT = {
     "integer-div": (model("Div", {"a": ([2, 3], I64)}, {"b": i64(2, 3, 4)}), "onnx.Div"),
     "gather-axis1": (model("Gather", {"ids": ([2], I64)}, {"E": w(4, 5)}, order=["E", "ids"], axis=1), "onnx.Gather"),
     "sum-of-three": (model("Sum", {"a": ([3], F32), "b": ([3], F32), "c": ([3], F32)}), "onnx.Sum"),
+    "quantize-no-zero-point": (model("QuantizeLinear", X3, {"s": np.array(0.02, np.float32)}), "onnx.QuantizeLinear"),
+    "quantize-blocked": (model("QuantizeLinear", {"x": ([4, 6], F32)}, {"s": w(4, 3, positive=True) / 50,
+                                                                       "z": i8(4, 3)}, axis=1, block_size=2, opset=21),
+                         "onnx.QuantizeLinear"),
 }
 
 
