@@ -29,6 +29,7 @@ QUANTIZE_ATTRS = {"axis", "block_size", "saturate", "output_dtype"}  # saturate:
 # the ONNX backend's names for its copies of a weight: DynamicQuantizeMatMul's [in, out], MatMulNBits' packed
 TRANSPOSED_SUFFIX, NBITS_SUFFIX = "_t", "_nbits"
 WEIGHT_ONLY_BITS = (4, 8)          # carve.weight_only_linear's widths
+NBITS_ATTRS = {"K", "N", "block_size"}  # MatMulNBits' required attributes
 SCALE_AXIS = {1: 0, 2: 1}          # a weight-only scale's rank -> its DequantizeLinear axis: per output, per block
 BIASED = ("carve.weight_only_linear", "carve.dynamic_linear")  # linears whose optional 4th input is the bias
 
@@ -88,7 +89,9 @@ def matmul_nbits(node: Node, graph: Graph) -> Result:
     bits = attrs.get("bits", 4)
     if packed is None or scale is None or zero_points is not None or g_idx is not None:
         return None
-    if bits not in WEIGHT_ONLY_BITS or attrs.get("accuracy_level", 0) > 1:
+    if bits not in WEIGHT_ONLY_BITS or attrs.get("accuracy_level", 0) > 1 or not NBITS_ATTRS <= attrs.keys():
+        return None
+    if packed.dim() != 3 or packed.shape[0] != attrs["N"]:
         return None
     codes = onnx_nbits_codes(packed, attrs["N"], bits)[:, :attrs["K"]]
     weight = _param_like(b, graph, (codes.to(torch.int16) - 2 ** (bits - 1)).to(torch.int8), NBITS_SUFFIX, ".int8")
