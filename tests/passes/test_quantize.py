@@ -4,7 +4,9 @@ Tolerances: dynamic mode runs exactly ORT's integer arithmetic (7-bit weights ca
 u8*s8 pairs), so ORT and the PyTorch backend agree to float32 rounding of the rescale (1e-5). Static
 QDQ rounds activations to uint8 at each Q: ORT (QLinearConv/requantize) and PyTorch may round a
 value sitting on a .5 boundary differently, i.e. one quantization step, so parity there is checked
-to a few output steps and on predictions.
+to a few output steps and on predictions. Weight-only linears (MatMulNBits, accuracy_level 0) dequantize
+to the same float weights in both, so they agree to float32 summation order (1e-5); quantized embedding
+lookups (Gather, Cast, Mul) are bit-exact.
 """
 from __future__ import annotations
 
@@ -14,7 +16,8 @@ import torch
 from torch import nn
 
 import torchcarve as tc
-from torchcarve.ir.ops.quant import carve_dequantize, carve_dynamic_linear, carve_quantize
+from torchcarve.ir.ops.quant import (carve_dequantize, carve_dynamic_linear, carve_quantize, carve_weight_only_linear,
+                                    pack_nbits)
 from torchcarve.passes.quantize.observers import OBSERVERS, HistogramObserver, mse_range, quantize_weight
 
 ort = pytest.importorskip("onnxruntime")
@@ -88,11 +91,34 @@ def test_static_ir_has_qdq_around_layers():
     assert "aten.linear(%input," not in text
 
 
+WEIGHT_ONLY_AFTER = """\
+graph @Sequential(%input: f32[2,4]) -> (f32[2,2]) {
+  %v0_bias = param "0.bias" : f32[8]
+  %v2_bias = param "2.bias" : f32[2]
+  %v0_weight_q = param "0.weight_q" : i8[8,4]
+  %v0_weight_scale = param "0.weight_scale" : f32[8,1]
+  %v2_weight_q = param "2.weight_q" : i8[2,8]
+  %v2_weight_scale = param "2.weight_scale" : f32[2,1]
+  %linear_q = carve.weight_only_linear(%input, %v0_weight_q, %v0_weight_scale, %v0_bias) {bits=4, block_size=16} : f32[2,8] loc("0")
+  %relu = aten.relu(%linear_q) : f32[2,8] loc("1")
+  %linear_1_q = carve.weight_only_linear(%relu, %v2_weight_q, %v2_weight_scale, %v2_bias) {bits=4, block_size=16} : f32[2,2] loc("2")
+  return %linear_1_q
+}
+"""
+
+
+def test_weight_only_ir_before_after():
+    model, x = _mlp()
+    assert _quantized(model, x, "quantize{mode=weight-only,dtype=int4,group-size=16}").to_text() == WEIGHT_ONLY_AFTER
+    int8 = _quantized(model, x, "quantize{mode=weight-only}").to_text()
+    assert "carve.weight_only_linear(%input, %v0_weight_q, %v0_weight_scale, %v0_bias) {bits=8} : f32[2,8]" in int8
+
+
 def test_int4_ir_is_group_wise():
     model, x = _mlp()
     text = _quantized(model, x, "quantize{mode=weight-only,dtype=int4,group-size=2}").to_text()
     assert '%v0_weight_scale = param "0.weight_scale" : f32[8,2]' in text
-    assert "carve.dequantize(%v0_weight_q, %v0_weight_scale) {axis=1, block_size=2} : f32[8,4]" in text
+    assert "{bits=4, block_size=2} : f32[2,8]" in text
 
 
 # ---- numerics -----------------------------------------------------------------------------
@@ -126,6 +152,29 @@ def test_kernels_follow_onnx_semantics():
     blocks = carve_dequantize(torch.ones(2, 4, dtype=torch.int8), torch.tensor([[1.0, 2.0], [3.0, 4.0]]),
                               axis=1, block_size=2)
     assert blocks.tolist() == [[1, 1, 2, 2], [3, 3, 4, 4]]
+
+
+def test_weight_only_kernel_is_linear_with_dequantized_weight():
+    torch.manual_seed(0)
+    x, w, bias = torch.randn(3, 5, 40), torch.randn(8, 40), torch.randn(8)
+    q, scale = quantize_weight(w, 7, per_channel=True, group_size=16)  # 40 inputs: the last group is short
+    dequantized = carve_dequantize(q, scale, axis=1, block_size=16)
+    expected = torch.nn.functional.linear(x, dequantized, bias)
+    assert torch.equal(carve_weight_only_linear(x, q, scale, bias, bits=4, block_size=16), expected)
+
+
+def test_pack_nbits_layout():
+    """MatMulNBits' B: codes q + 2^(bits-1), low nibble first, rows padded to whole blocks with the zero code
+    (onnxruntime computing with these is checked in test_weight_only_matches_onnxruntime)."""
+    q = torch.tensor([[-8, 7, 0, 1] + [0] * 12, [1] * 16], dtype=torch.int8)
+    packed = pack_nbits(q, 4, 16)
+    assert packed.shape == (2, 1, 8) and packed.dtype == torch.uint8
+    assert packed[0, 0, :3].tolist() == [0x0 | 0xF << 4, 0x8 | 0x9 << 4, 0x88]
+    assert packed[1, 0].tolist() == [0x99] * 8
+    q = torch.tensor([[-128, 127] + [5] * 38], dtype=torch.int8)
+    packed = pack_nbits(q, 8, 32)
+    assert packed.shape == (1, 2, 32)
+    assert packed[0, 0, :3].tolist() == [0, 255, 133] and packed[0, 1, 8:].eq(128).all()  # padding: zero code
 
 
 def test_dynamic_kernel_matches_float_reference():
@@ -173,14 +222,157 @@ def test_dynamic_matches_onnxruntime_exactly(tmp_path):
     np.testing.assert_allclose(_ort(graph, (x,), tmp_path), expected, rtol=1e-5, atol=1e-5)
 
 
-def test_weight_only_int4_matches_onnxruntime(tmp_path):
+@pytest.mark.parametrize("pipeline, opset, onnx_op", [
+    ("quantize{mode=weight-only,dtype=int4,group-size=16}", None, "MatMulNBits"),
+    ("quantize{mode=weight-only,dtype=int4,group-size=0}", None, "MatMulNBits"),     # one scale per row
+    ("quantize{mode=weight-only}", None, "MatMulNBits"),                             # bits=8
+    ("quantize{mode=weight-only,weights=per-tensor}", None, "MatMulNBits"),
+    ("quantize{mode=weight-only,dtype=int4,group-size=4}", 21, "DequantizeLinear"),  # no MatMulNBits block
+])
+def test_weight_only_matches_onnxruntime(pipeline, opset, onnx_op, tmp_path):
+    """40 inputs: a short last block (padded in MatMulNBits); 3-D and 2-D activations; with and without bias."""
+    from torchcarve.backends.onnx import to_onnx
+
     torch.manual_seed(0)
-    model = nn.Sequential(nn.Linear(64, 32), nn.ReLU(), nn.Linear(32, 8)).eval()
-    x = torch.randn(4, 64)
-    graph = _quantized(model, x, "quantize{mode=weight-only,dtype=int4,group-size=16}")
+    model = nn.Sequential(nn.Linear(40, 32), nn.ReLU(), nn.Linear(32, 8, bias=False)).eval()
+    for x in (torch.randn(3, 5, 40), torch.randn(4, 40)):
+        graph = _quantized(model, x, pipeline)
+        proto = to_onnx(graph, **({"opset": opset} if opset else {}))
+        assert [n.op_type for n in proto.graph.node].count(onnx_op) == 2
+        with torch.no_grad():
+            expected = tc.to_torch(graph)(x).numpy()
+        np.testing.assert_allclose(_ort(graph, (x,), tmp_path, opset=opset), expected, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("pipeline, ratio", [
+    ("quantize{mode=weight-only,dtype=int4,group-size=32}", 0.18),  # 4 bits + a f32 scale per 32: 0.156
+    ("quantize{mode=weight-only}", 0.27),                           # 8 bits + a f32 scale per row: 0.25
+])
+def test_weight_only_onnx_file_size(pipeline, ratio, tmp_path):
+    from torchcarve.backends.onnx import to_onnx
+
+    model = nn.Sequential(nn.Linear(256, 256), nn.ReLU(), nn.Linear(256, 256)).eval()
+    x = torch.randn(2, 256)
+    to_onnx(tc.capture(model, (x,)), tmp_path / "fp32.onnx")
+    to_onnx(_quantized(model, x, pipeline), tmp_path / "q.onnx")
+    assert (tmp_path / "q.onnx").stat().st_size < ratio * (tmp_path / "fp32.onnx").stat().st_size
+
+
+# ---- embeddings ---------------------------------------------------------------------------
+
+class Tokens(nn.Module):
+    """Word embeddings (looked up by the input) plus position embeddings (looked up at constant ids)."""
+
+    def __init__(self, vocab: int = 200, dim: int = 32) -> None:
+        super().__init__()
+        self.words = nn.Embedding(vocab, dim, padding_idx=0)
+        self.positions = nn.Embedding(16, dim)
+        self.register_buffer("position_ids", torch.arange(16)[None])
+        self.head = nn.Linear(dim, 4)
+
+    def forward(self, ids: torch.Tensor) -> torch.Tensor:
+        return self.head(self.words(ids) + self.positions(self.position_ids[:, :ids.shape[1]]))
+
+
+def _tokens(vocab: int = 200, dim: int = 32) -> tuple[nn.Module, torch.Tensor]:
+    torch.manual_seed(0)
+    ids = torch.randint(0, vocab, (2, 8))
+    ids[0, :2] = 0  # the padding row
+    return Tokens(vocab, dim).eval(), ids
+
+
+EMBEDDING_AFTER_LINES = [
+    '%words_weight_q = param "words.weight_q" : i8[200,32]',
+    '%words_weight_scale = param "words.weight_scale" : f32[200]',
+    '%embedding_q = carve.quantized_embedding(%words_weight_q, %words_weight_scale, %ids) : f32[2,8,32] loc("words")',
+    '%embedding_1 = aten.embedding(%positions_weight, %slice_1) : f32[1,8,32] loc("positions")',
+    '%add = aten.add.Tensor(%embedding_q, %embedding_1) : f32[2,8,32]',
+]
+
+
+@pytest.mark.parametrize("pipeline", ["quantize", "quantize{mode=weight-only,dtype=int4}", "quantize{mode=static}"])
+def test_embedding_ir_before_after(pipeline):
+    """Every mode stores the word table as int8 per row; the constant position lookup stays float."""
+    model, ids = _tokens()
+    graph = tc.capture(model, (ids,))
+    assert graph.op_histogram()["aten.embedding"] == 2
+    text = tc.optimize(graph, pipeline, calibration=[(ids,)]).graph.to_text()
+    for line in EMBEDDING_AFTER_LINES:
+        assert line in text
+    assert 'param "words.weight" ' not in text
+
+
+def test_embedding_lookup_is_within_half_a_step_of_each_row():
+    """Per-row symmetric int8: every looked-up value is within scale/2 = max|row|/254 of the float one;
+    the padding row (zeros) stays exactly zero."""
+    model, ids = _tokens()
+    words = model.words
     with torch.no_grad():
-        expected = tc.to_torch(graph)(x).numpy()
-    np.testing.assert_allclose(_ort(graph, (x,), tmp_path, opset=21), expected, rtol=1e-5, atol=1e-5)
+        words.weight[5] *= 100  # an outlier row must not coarsen the others
+        expected, actual = words(ids), tc.to_torch(_quantized(words, ids, "quantize"))(ids)
+    half_step = words.weight.detach().abs().amax(1)[ids].unsqueeze(-1) / 254
+    assert ((actual - expected).abs() <= half_step * (1 + 1e-6)).all()
+    assert actual[0, :2].eq(0).all()
+    assert 0 < float((actual - expected).norm() / expected.norm()) < 0.01  # Gaussian rows: ~0.005
+
+
+@pytest.mark.parametrize("pipeline, embedding_ops", [
+    ("quantize{embeddings=false}", {"aten.embedding": 2}),
+    ("quantize{skip=[words]}", {"aten.embedding": 2}),
+    ("quantize{weights=per-tensor}", {"aten.embedding": 1, "carve.quantized_embedding": 1}),
+])
+def test_embedding_options(pipeline, embedding_ops):
+    model, ids = _tokens()
+    graph = _quantized(model, ids, pipeline)
+    histogram = graph.op_histogram()
+    assert {op: histogram[op] for op in embedding_ops} == embedding_ops
+    assert histogram["carve.dynamic_linear"] == 1
+    if "per-tensor" in pipeline:
+        assert graph.params["words.weight_scale"].shape == ()
+
+
+@pytest.mark.parametrize("weights", ["per-channel", "per-tensor"])
+def test_embedding_matches_onnxruntime_exactly(weights, tmp_path):
+    """Gather int8 rows, Cast, Mul by the gathered row scale: the same float32 products as PyTorch."""
+    from torchcarve.backends.onnx import to_onnx
+
+    model, ids = _tokens()
+    graph = _quantized(model.words, ids, f"quantize{{weights={weights}}}")
+    proto = to_onnx(graph)
+    tables = {i.name: (i.data_type, list(i.dims)) for i in proto.graph.initializer}
+    assert tables["embedding.weight_q"] == (3, [200, 32])  # INT8
+    assert all(dims != [200, 32] for dtype, dims in tables.values() if dtype == 1)  # no float table
+    with torch.no_grad():
+        expected = tc.to_torch(graph)(ids).numpy()
+    np.testing.assert_array_equal(_ort(graph, (ids,), tmp_path), expected)
+
+
+def test_embedding_table_dominated_file_shrinks_like_onnxruntimes(tmp_path):
+    """ORT's quantize_dynamic quantizes Gather tables too; so do we: a 2000-word model's file < 0.3x."""
+    from torchcarve.backends.onnx import to_onnx
+
+    model, ids = _tokens(vocab=2000, dim=64)
+    to_onnx(tc.capture(model, (ids,)), tmp_path / "fp32.onnx")
+    to_onnx(_quantized(model, ids, "quantize"), tmp_path / "int8.onnx")
+    assert (tmp_path / "int8.onnx").stat().st_size < 0.3 * (tmp_path / "fp32.onnx").stat().st_size
+
+
+def test_hf_bert_quantizes_word_embeddings_and_matches_onnxruntime(tmp_path):
+    """A random tiny BERT: the word table becomes int8; position and token-type lookups (constant ids) stay."""
+    from tests.models import MODEL_NAMES, captured
+
+    if "hf_bert" not in MODEL_NAMES:
+        pytest.skip("transformers is not installed")
+    model, (ids,), graph = captured("hf_bert")
+    quantized = tc.optimize(graph, "quantize{mode=weight-only,dtype=int4,group-size=16}").graph
+    histogram = quantized.op_histogram()
+    assert histogram["carve.quantized_embedding"] == 1 and histogram["aten.embedding"] == 2
+    assert histogram["carve.weight_only_linear"] == graph.op_histogram()["aten.linear"]
+    with torch.no_grad():
+        expected = tc.to_torch(quantized)(ids)[0].numpy()
+        error = np.linalg.norm(expected - model(ids)[0].numpy()) / np.linalg.norm(expected)
+    assert 0 < error < 0.02
+    np.testing.assert_allclose(_ort(quantized, (ids,), tmp_path), expected, rtol=1e-5, atol=1e-5)
 
 
 # ---- round trips --------------------------------------------------------------------------
@@ -316,8 +508,13 @@ def test_bad_option_value_lists_choices():
 
 @pytest.mark.parametrize("pipeline", ["quantize{mode=static}", "quantize{mode=weight-only}"])
 def test_onnx_export_and_reimport(pipeline, tmp_path):
-    """QDQ and weight-only models come back from ONNX and compute the same outputs."""
-    model, x = _mlp()
+    """QDQ models and weight-only convs (DequantizeLinear) come back from ONNX and compute the same outputs."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(3, 8, 3), nn.ReLU(), nn.Conv2d(8, 4, 3)).eval()
+    if pipeline.endswith("static}"):
+        model, x = _mlp()
+    else:
+        x = torch.randn(2, 3, 6, 6)
     graph = _quantized(model, x, pipeline, _batches())
     tc.to_onnx(graph, tmp_path / "q.onnx")
     back = tc.from_onnx(tmp_path / "q.onnx")
@@ -330,7 +527,7 @@ def test_onnx_export_and_reimport(pipeline, tmp_path):
 def test_cleanup_after_quantize_keeps_integer_weights():
     model, x = _mlp()
     graph = tc.optimize(tc.capture(model, (x,)), "quantize{mode=weight-only},cleanup").graph
-    assert graph.op_histogram()["carve.dequantize"] == 2
+    assert graph.op_histogram()["carve.weight_only_linear"] == 2
     assert graph.params["0.weight_q"].dtype == torch.int8
 
 

@@ -2,7 +2,9 @@
 
 carve.quantize/dequantize -> QuantizeLinear/DequantizeLinear (QDQ; int4 weights as INT4 initializers,
 blocked scales from opset 21); carve.dynamic_linear -> com.microsoft DynamicQuantizeMatMul, the op
-ONNX Runtime fuses its own DynamicQuantizeLinear + MatMulInteger graphs into.
+ONNX Runtime fuses its own DynamicQuantizeLinear + MatMulInteger graphs into; carve.weight_only_linear
+-> com.microsoft MatMulNBits (weights packed offline, dequantized block by block inside the matmul);
+carve.quantized_embedding -> Gather of int8 rows and of their scales, Cast, Mul.
 """
 from __future__ import annotations
 
@@ -11,10 +13,13 @@ from onnx import TensorProto, helper
 
 from ..errors import UnsupportedOpError
 from ..ir.node import Node
+from ..ir.ops.quant import pack_nbits
 from .onnx_lowering import LOWERINGS
 
 BLOCKED_OPSET = 21  # DequantizeLinear block_size and INT4 data
 MICROSOFT = "com.microsoft"
+NBITS_MIN_BLOCK = 16   # MatMulNBits: block_size is a power of two >= 16
+NBITS_BLOCK = 128      # the block used when one scale covers a whole row (the scale repeats per block)
 
 
 def quantize(ctx, node: Node) -> None:
@@ -25,13 +30,8 @@ def quantize(ctx, node: Node) -> None:
 
 def dequantize(ctx, node: Node) -> None:
     q, scale, *zero_point = node.inputs
-    block_size = node.attrs.get("block_size", 0)
-    if block_size and ctx.opset < BLOCKED_OPSET:
-        raise UnsupportedOpError(f"{node!r}: group-wise (blocked) dequantization needs ONNX opset {BLOCKED_OPSET}",
-                                 hint=f"export with opset={BLOCKED_OPSET}")
-    inputs = [_int_data(ctx, q, block_size), ctx.name(scale)] + [_int_data(ctx, z, block_size) for z in zero_point]
-    ctx.emit("DequantizeLinear", inputs, ctx.output_names(node), axis=_axis(node, scale),
-             block_size=block_size or None)
+    _dequantize_linear(ctx, q, scale, zero_point, _axis(node, scale), node.attrs.get("block_size", 0),
+                       ctx.output_names(node))
 
 
 def dynamic_linear(ctx, node: Node) -> None:
@@ -40,6 +40,73 @@ def dynamic_linear(ctx, node: Node) -> None:
     inputs = [ctx.name(x), weight_t, ctx.name(scale)] + (["", ctx.name(bias[0])] if bias else [])
     ctx.extra_domains[MICROSOFT] = 1
     ctx.emit("DynamicQuantizeMatMul", inputs, ctx.output_names(node), domain=MICROSOFT)
+
+
+def weight_only_linear(ctx, node: Node) -> None:
+    """One MatMulNBits (bias as its input: onnxruntime >= 1.19); where MatMulNBits cannot hold the weight
+    (a block size that is not a power of two >= 16), DequantizeLinear + MatMul (+ Add)."""
+    block_size = _nbits_block(ctx, node)
+    if block_size:
+        _matmul_nbits(ctx, node, block_size)
+        return
+    x, weight, scale, *bias = node.inputs
+    axis = 1 if node.attrs.get("block_size") else (0 if scale.type.numel() > 1 else None)
+    dequantized = _dequantize_linear(ctx, weight, scale, [], axis, node.attrs.get("block_size", 0))
+    transposed = ctx.emit("Transpose", [dequantized], perm=[1, 0])[0]
+    if not bias:
+        ctx.emit("MatMul", [ctx.name(x), transposed], ctx.output_names(node))
+        return
+    product = ctx.emit("MatMul", [ctx.name(x), transposed])[0]
+    ctx.emit("Add", [product, ctx.name(bias[0])], ctx.output_names(node))
+
+
+def quantized_embedding(ctx, node: Node) -> None:
+    """Gather int8 rows, Cast, Mul by the table's scale or by the rows' gathered scales."""
+    weight, scale, indices = node.inputs
+    rows = ctx.emit("Gather", [ctx.name(weight), ctx.name(indices)], axis=0)[0]
+    row_scale = ctx.name(scale)
+    if scale.type.rank:
+        column = ctx.emit("Reshape", [row_scale, ctx.ints([-1, 1], "shape")])[0]
+        row_scale = ctx.emit("Gather", [column, ctx.name(indices)], axis=0)[0]
+    ctx.emit("Mul", [ctx.cast(rows, "i8", scale.type.dtype), row_scale], ctx.output_names(node))
+
+
+def _nbits_block(ctx, node: Node) -> int:
+    """The MatMulNBits block size for this linear, or 0 when MatMulNBits cannot run it."""
+    x, weight, scale = node.inputs[:3]
+    block_size, bits = node.attrs.get("block_size", 0), node.attrs.get("bits", 8)
+    if weight not in ctx.constants or scale not in ctx.constants or x.type.rank < 2:
+        return 0
+    q = ctx.constants[weight]
+    if int(q.min()) < -2 ** (bits - 1) or int(q.max()) >= 2 ** (bits - 1):
+        return 0
+    if not block_size:  # one scale per row or tensor: any block works, the scale repeats
+        return min(NBITS_BLOCK, max(NBITS_MIN_BLOCK, 1 << (q.shape[1] - 1).bit_length()))
+    power_of_two = block_size & (block_size - 1) == 0
+    return block_size if power_of_two and block_size >= NBITS_MIN_BLOCK else 0
+
+
+def _matmul_nbits(ctx, node: Node, block_size: int) -> None:
+    x, weight, scale, *bias = node.inputs
+    bits = node.attrs.get("bits", 8)
+    q, scales = ctx.constants[weight], ctx.constants[scale]
+    rows, columns = q.shape
+    blocks = -(-columns // block_size)
+    scales = scales.reshape(-1, 1).expand(rows, blocks) if scales.dim() < 2 else scales
+    packed = ctx.const(pack_nbits(q, bits, block_size), f"{_base(weight)}_nbits")
+    inputs = [ctx.name(x), packed, ctx.const(scales.contiguous(), _base(scale))]
+    inputs += ["", "", ctx.name(bias[0])] if bias else []  # no zero points (codes are offset), no g_idx
+    ctx.extra_domains[MICROSOFT] = 1
+    ctx.emit("MatMulNBits", inputs, ctx.output_names(node), domain=MICROSOFT, K=columns, N=rows, bits=bits,
+             block_size=block_size, accuracy_level=0)  # 0: fp32 compute, ORT equals the PyTorch backend to rounding
+
+
+def _dequantize_linear(ctx, q, scale, zero_point: list, axis: int | None, block_size: int, outputs=1) -> str:
+    if block_size and ctx.opset < BLOCKED_OPSET:
+        raise UnsupportedOpError(f"{ctx.node!r}: group-wise (blocked) dequantization needs ONNX opset {BLOCKED_OPSET}",
+                                 hint=f"export with opset={BLOCKED_OPSET}")
+    inputs = [_int_data(ctx, q, block_size), ctx.name(scale)] + [_int_data(ctx, z, block_size) for z in zero_point]
+    return ctx.emit("DequantizeLinear", inputs, outputs, axis=axis, block_size=block_size or None)[0]
 
 
 def _axis(node: Node, scale) -> int | None:
@@ -64,4 +131,5 @@ def _base(value) -> str:
     return producer.attrs["name"] if producer is not None and producer.op == "param" else value.name
 
 
-LOWERINGS.update({"carve.quantize": quantize, "carve.dequantize": dequantize, "carve.dynamic_linear": dynamic_linear})
+LOWERINGS.update({"carve.quantize": quantize, "carve.dequantize": dequantize, "carve.dynamic_linear": dynamic_linear,
+                  "carve.weight_only_linear": weight_only_linear, "carve.quantized_embedding": quantized_embedding})

@@ -1,14 +1,18 @@
-"""Quantization ops: affine quantize/dequantize (ONNX QuantizeLinear/DequantizeLinear semantics) and
-the dynamically quantized linear that ONNX Runtime runs as DynamicQuantizeMatMul.
+"""Quantization ops: affine quantize/dequantize (ONNX QuantizeLinear/DequantizeLinear semantics), the
+dynamically quantized linear that ONNX Runtime runs as DynamicQuantizeMatMul, the weight-only linear it
+runs as MatMulNBits, and the lookup in an int8 embedding table.
 
 Scales and zero points are tensor inputs (param nodes), never attributes; attributes carry only the
-axis and block size. The kernels are the ONNX ops' own (ir/ops/onnx_ops.py), so an imported
-QuantizeLinear/DequantizeLinear/DynamicQuantizeMatMul computes the same as the op it becomes; the
-PyTorch backend copies their source (and that of the kernels they call) into the generated code.
+axis, block size and bit width. The kernels of quantize, dequantize and dynamic_linear are the ONNX ops'
+own (ir/ops/onnx_ops.py), so an imported QuantizeLinear/DequantizeLinear/DynamicQuantizeMatMul computes
+the same as the op it becomes; the PyTorch backend copies their source (and that of the kernels they
+call) into the generated code.
 """
 from __future__ import annotations
 
 from typing import Any, Sequence
+
+import torch
 
 from ...errors import ShapeError
 from ..types import TensorType
@@ -36,6 +40,32 @@ def carve_dynamic_linear(x, weight, weight_scale, bias=None):
 carve_quantize.calls = (onnx_quantize_linear,)
 carve_dequantize.calls = (onnx_dequantize_linear,)
 carve_dynamic_linear.calls = (onnx_dynamic_quantize_matmul,)
+
+
+def carve_weight_only_linear(x, weight, weight_scale, bias=None, bits=8, block_size=0):
+    """x @ W.T + bias, W = weight * scale dequantized at run time (ONNX Runtime's MatMulNBits): `weight`
+    [out, in] holds `bits`-bit integers; one scale per tensor, per output, or per `block_size` inputs."""
+    scale = weight_scale.reshape(-1, 1) if weight_scale.dim() == 1 else weight_scale
+    if block_size:
+        scale = scale.repeat_interleave(block_size, dim=1)[:, :weight.shape[1]]
+    return torch.nn.functional.linear(x, weight.to(scale.dtype) * scale, bias)
+
+
+def carve_quantized_embedding(weight, scale, indices):
+    """Rows of an int8 table [rows, dim] times their scale (scale [rows]: one per row; []: one for all)."""
+    row_scale = scale[indices].unsqueeze(-1) if scale.dim() else scale
+    return weight[indices].to(scale.dtype) * row_scale
+
+
+def pack_nbits(q: torch.Tensor, bits: int, block_size: int) -> torch.Tensor:
+    """MatMulNBits' B from symmetric integers q [N, K]: uint8 [N, blocks, block_size * bits / 8] holding
+    q + 2^(bits-1) (its default zero point), rows padded with that code to whole blocks, 4-bit codes two
+    to a byte, low nibble first."""
+    zero = 2 ** (bits - 1)
+    rows, columns = q.shape
+    codes = (q.to(torch.int16) + zero).to(torch.uint8)
+    codes = torch.nn.functional.pad(codes, (0, -columns % block_size), value=zero).reshape(rows, -1, block_size)
+    return codes if bits == 8 else codes[..., 0::2] | (codes[..., 1::2] << 4)
 
 
 def _bind(inputs: Sequence[Any], attrs: dict[str, Any]) -> tuple[list[Any], dict[str, Any]]:
@@ -87,6 +117,34 @@ def infer_dynamic_linear(attrs: dict[str, Any], types: list[TensorType]) -> list
     return [TensorType((*x.shape[:-1], out_features), x.dtype)]
 
 
+def infer_weight_only_linear(attrs: dict[str, Any], types: list[TensorType]) -> list[TensorType]:
+    op = "carve.weight_only_linear"
+    _check(len(types) in (3, 4) and types[1].dtype == "i8" and types[1].rank == 2, op,
+           "expects (x, weight: i8[out,in], weight_scale[, bias])", types)
+    _check(attrs.get("bits", 8) in (4, 8), op, f"bits must be 4 or 8, not {attrs.get('bits')}", types)
+    x, weight, scale = types[0], types[1], types[2]
+    out_features, in_features = weight.shape
+    block_size = attrs.get("block_size", 0)
+    shapes = [(out_features, -(-in_features // block_size))] if block_size else [(), (1,), (out_features,)]
+    _check(x.dtype in ("f32", "f16", "bf16") and x.rank >= 1 and x.shape[-1] == in_features, op,
+           "x must be float, its last dim the weight's in-features", types)
+    _check(scale.dtype == x.dtype and scale.shape in shapes, op,
+           f"weight_scale must have x's dtype and a shape in {shapes}", types)
+    _check(len(types) == 3 or types[3].shape == (out_features,), op, "bias must be [out]", types)
+    return [TensorType((*x.shape[:-1], out_features), x.dtype)]
+
+
+def infer_quantized_embedding(attrs: dict[str, Any], types: list[TensorType]) -> list[TensorType]:
+    op = "carve.quantized_embedding"
+    _check(len(types) == 3 and types[0].dtype == "i8" and types[0].rank == 2, op,
+           "expects (weight: i8[rows,dim], scale, indices)", types)
+    weight, scale, indices = types
+    _check(scale.dtype in ("f32", "f16", "bf16") and scale.shape in ((), weight.shape[:1]), op,
+           "scale must be a float [] or [rows]", types)
+    _check(indices.dtype in ("i64", "i32"), op, "indices must be i64 or i32", types)
+    return [TensorType((*indices.shape, weight.shape[1]), scale.dtype)]
+
+
 KEEP = {"keep_in_export": True}  # exporters and constant folding leave these nodes as they are
 QUANTIZE = register_op(OpDef(name="carve.quantize", fn=carve_quantize, bind=_bind, attrs=frozenset({"axis"}),
                              infer=infer_quantize, known=True, extra=KEEP))
@@ -95,3 +153,8 @@ DEQUANTIZE = register_op(OpDef(name="carve.dequantize", fn=carve_dequantize, bin
 DYNAMIC_LINEAR = register_op(OpDef(name="carve.dynamic_linear", fn=carve_dynamic_linear, bind=_bind,
                                    attrs=frozenset(), infer=infer_dynamic_linear, macs=last_dim_macs(0), known=True,
                                    extra=KEEP))
+WEIGHT_ONLY_LINEAR = register_op(OpDef(name="carve.weight_only_linear", fn=carve_weight_only_linear, bind=_bind,
+                                       attrs=frozenset({"bits", "block_size"}), infer=infer_weight_only_linear,
+                                       macs=last_dim_macs(0), known=True, extra=KEEP))
+QUANTIZED_EMBEDDING = register_op(OpDef(name="carve.quantized_embedding", fn=carve_quantized_embedding, bind=_bind,
+                                        attrs=frozenset(), infer=infer_quantized_embedding, known=True, extra=KEEP))

@@ -10,8 +10,7 @@ from ...ir import Graph
 from ..base import Pass, PassContext, PassResult, register_pass
 from .calibrate import calibrate
 from .observers import OBSERVERS
-from .rewrite import (Layer, WeightFormat, activations_to_observe, dequantized_weight, fake_quantize, find_layers,
-                      to_dynamic)
+from .rewrite import Layer, WeightFormat, activations_to_observe, fake_quantize, find_layers, rewrite_layer
 from .sensitivity import choose_float_layers, layer_sensitivity
 from .smooth import smooth_layers
 
@@ -26,11 +25,14 @@ class Quantize(Pass):
 
     mode: dynamic (int8 linear weights, activations quantized at run time: ORT DynamicQuantizeMatMul),
       static (QDQ: int8 conv/linear weights, uint8 activations per tensor, ranges from calibration),
-      weight-only (int8 or int4 weights, dequantized at run time; int4 group-wise).
+      weight-only (int8 or int4 weights dequantized at run time: linears as ORT MatMulNBits; int4 group-wise).
     dtype: int8 | int4 (int4: weight-only). weights: per-channel | per-tensor (symmetric).
+    embeddings: also store embedding tables as int8 (every mode; one scale per row, or per table with
+      weights=per-tensor), gathered and rescaled at run time; layers by table name, like the others.
     activations: the static range observer, minmax | percentile | mse | entropy (percentile: its p).
     group-size: int4 weights share a scale per this many inputs. reduce-range: 7-bit int8 weights, so
-      x86 AVX2 u8*s8 kernels cannot saturate (ORT's results then equal the PyTorch backend's exactly).
+      x86 AVX2 u8*s8 kernels cannot saturate (ORT's results then equal the PyTorch backend's exactly);
+      dynamic and static only (weight-only dequantizes to float: always 8 bits).
     skip: layers kept in float (glob patterns over weight names without '.weight').
     smooth: SmoothQuant alpha (0 = off; needs calibration). sensitivity: measure each layer's output
       error; with max-error, keep the most sensitive layers in float until the relative error fits.
@@ -43,6 +45,7 @@ class Quantize(Pass):
     percentile: float = 99.99
     group_size: int = 128
     reduce_range: bool = True
+    embeddings: bool = True
     skip: tuple[str, ...] = ()
     smooth: float = 0.0
     sensitivity: bool = False
@@ -51,7 +54,7 @@ class Quantize(Pass):
     def run(self, graph: Graph, ctx: PassContext) -> PassResult:
         self._check_options()
         batches = self._calibration(ctx)
-        layers = find_layers(graph, self.mode)
+        layers = find_layers(graph, self.mode, self.embeddings)
         skipped = matching_layers(layers, self.skip)
         layers = [layer for layer in layers if layer.name not in skipped]
         if self.smooth and layers:
@@ -81,7 +84,8 @@ class Quantize(Pass):
 
     def _format(self) -> WeightFormat:
         group = self.group_size if self.dtype == "int4" else 0
-        return WeightFormat(QMAX[self.dtype, self.reduce_range], self.weights == "per-channel", group)
+        reduce_range = self.reduce_range and self.mode != "weight-only"  # weight-only has no integer products
+        return WeightFormat(QMAX[self.dtype, reduce_range], self.weights == "per-channel", group)
 
     def _activation_ranges(self, graph: Graph, layers: list[Layer], batches: Sequence[Any]) -> dict[str, tuple]:
         if self.mode != "static":
@@ -112,17 +116,15 @@ class Quantize(Pass):
 
     def _apply(self, graph: Graph, chosen: set[str], ranges: dict[str, tuple]) -> None:
         """Quantize the layers whose output value is named in `chosen`."""
-        layers = [layer for layer in find_layers(graph, self.mode) if layer.node.outputs[0].name in chosen]
+        layers = [layer for layer in find_layers(graph, self.mode, self.embeddings)
+                  if layer.node.outputs[0].name in chosen]
         originals = [layer.weight.producer for layer in layers]
         if self.mode == "static":
             by_name = {v.name: v for v in activations_to_observe(layers)}
             for name, value in by_name.items():
                 fake_quantize(graph, value, *ranges[name])
         for layer in layers:
-            if self.mode == "dynamic":
-                to_dynamic(graph, layer, self._format())
-            else:
-                dequantized_weight(graph, layer, self._format())
+            rewrite_layer(graph, layer, self.mode, self._format())
         graph.erase_unused(originals)
 
 
