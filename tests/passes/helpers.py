@@ -4,6 +4,7 @@ from __future__ import annotations
 import torch
 
 import torchcarve as tc
+from torchcarve.ir.ops.onnx_ops import DEFAULT_OPSET
 
 RTOL, ATOL = 1e-4, 1e-5
 
@@ -26,7 +27,7 @@ def optimize_checked(model: torch.nn.Module, inputs: tuple, pipeline: str) -> tc
     return result
 
 
-def onnx_parity(graph: tc.Graph, inputs: tuple, tmp_path) -> None:
+def onnx_parity(graph: tc.Graph, inputs: tuple, tmp_path, opset: int = DEFAULT_OPSET) -> None:
     """The exported ONNX model runs in onnxruntime and matches the PyTorch backend."""
     import pytest
 
@@ -34,7 +35,7 @@ def onnx_parity(graph: tc.Graph, inputs: tuple, tmp_path) -> None:
     to_onnx = pytest.importorskip("torchcarve.backends.onnx").to_onnx
 
     path = tmp_path / "model.onnx"
-    to_onnx(graph, path)
+    to_onnx(graph, path, opset=opset)
     session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     feeds = {i.name: t.numpy() for i, t in zip(session.get_inputs(), inputs)}
     actual = torch.from_numpy(session.run(None, feeds)[0])

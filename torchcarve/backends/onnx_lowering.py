@@ -186,48 +186,10 @@ def addmm(ctx: "LoweringContext", node: Node) -> None:
              alpha=float(args["alpha"]), beta=float(args["beta"]))
 
 
-def attention(ctx: "LoweringContext", node: Node) -> None:
-    """softmax(q k^T * scale + mask) v as MatMul/Softmax/MatMul (the pattern ORT fuses)."""
-    args = arguments(node)
-    query, key, value, mask = args["query"], args["key"], args["value"], args["attn_mask"]
-    dtype = query.type.dtype
-    scale = args["scale"] if args["scale"] is not None else 1 / math.sqrt(_static(query.type.shape[-1], node))
-    key_name, value_name = ctx.name(key), ctx.name(value)
-    if args.get("enable_gqa") and query.type.shape[-3] != key.type.shape[-3]:
-        key_name, value_name = (_repeat_heads(ctx, name, v, query) for name, v in ((key_name, key), (value_name, value)))
-    rank = key.type.rank
-    key_t = ctx.emit("Transpose", [key_name], perm=list(range(rank - 2)) + [rank - 1, rank - 2])[0]
-    scores = ctx.emit("MatMul", [ctx.name(query), key_t])[0]
-    scores = ctx.emit("Mul", [scores, ctx.scalar(scale, dtype)])[0]
-    if mask is not None:
-        scores = ctx.emit("Add", [scores, _additive_mask(ctx, mask, dtype)])[0]
-    if args["is_causal"]:
-        rows, cols = _static(query.type.shape[-2], node), _static(key.type.shape[-2], node)
-        causal = torch.zeros(rows, cols).masked_fill(torch.ones(rows, cols, dtype=torch.bool).tril().logical_not(),
-                                                     float("-inf")).to(query.type.torch_dtype)
-        scores = ctx.emit("Add", [scores, ctx.const(causal, "causal_mask")])[0]
-    weights = ctx.emit("Softmax", [scores], axis=-1)[0]
-    ctx.emit("MatMul", [weights, value_name], _out(ctx, node))
-
-
 def _static(dim: Any, node: Node) -> int:
     if not isinstance(dim, int):
         raise UnsupportedOpError(f"{node!r}: needs a static size where the graph has '{dim}'")
     return dim
-
-
-def _additive_mask(ctx: "LoweringContext", mask: Any, dtype: str) -> str:
-    if mask.type.dtype != "bool":
-        return ctx.input(mask, dtype)
-    return ctx.emit("Where", [ctx.name(mask), ctx.scalar(0.0, dtype), ctx.scalar(float("-inf"), dtype)])[0]
-
-
-def _repeat_heads(ctx: "LoweringContext", name: str, value: Any, query: Any) -> str:
-    """GQA: [B, Hkv, S, D] -> [B, Hq, S, D] by repeating each kv head."""
-    heads, kv_heads = query.type.shape[-3], value.type.shape[-3]
-    expanded = ctx.emit("Unsqueeze", [name, ctx.ints([-3])])[0]
-    expanded = ctx.emit("Expand", [expanded, ctx.ints([1, 1, heads // kv_heads, 1, 1])])[0]
-    return ctx.emit("Reshape", [expanded, ctx.ints([0, heads, -1, value.type.shape[-1]])])[0]
 
 
 # ---- normalization, pooling ---------------------------------------------------------------
@@ -775,7 +737,6 @@ LOWERINGS: dict[str, Rule] = {
     "aten.conv2d.padding": conv, "aten.conv1d.padding": conv,
     "aten.conv_transpose1d": conv_transpose, "aten.conv_transpose2d.input": conv_transpose,
     "aten.linear": linear, "aten.matmul": matmul, "aten.bmm": matmul, "aten.mm": matmul, "aten.addmm": addmm,
-    "aten.scaled_dot_product_attention": attention,
     "aten.batch_norm": batch_norm, "aten._native_batch_norm_legit_no_training": batch_norm,
     "aten.layer_norm": layer_norm, "aten.native_layer_norm": layer_norm, "aten.group_norm": group_norm,
     "aten.rms_norm": rms_norm,
@@ -800,7 +761,8 @@ LOWERINGS: dict[str, Rule] = {
     "aten.mean.dim": reduce("ReduceMean"), "aten.mean": reduce("ReduceMean"),
     "aten.sum.dim_IntList": reduce("ReduceSum"), "aten.sum": reduce("ReduceSum"),
     "aten.amax": reduce("ReduceMax"), "aten.max.dim": max_dim,
-    "aten.where.self": where, "aten.masked_fill.Scalar": masked_fill,
+    "aten.where.self": where, "aten.where.ScalarOther": where, "aten.where.ScalarSelf": where,
+    "aten.where.Scalar": where, "aten.masked_fill.Scalar": masked_fill,
     "aten.pad": pad, "aten.constant_pad_nd": pad,
     "aten.upsample_nearest2d.vec": upsample("nearest"), "aten.upsample_bilinear2d.vec": upsample("linear"),
     "aten.pixel_shuffle": pixel_shuffle, "aten.cumsum": cumsum, "aten.tril": trilu(0), "aten.triu": trilu(1),

@@ -1,17 +1,26 @@
-"""fuse-attention: softmax(q k^T * scale + mask) v -> scaled_dot_product_attention (FlashAttention's contract)."""
+"""fuse-attention: softmax(q k^T * scale + mask) v -> scaled_dot_product_attention (FlashAttention's contract);
+with the head split/merge around it -> carve.multi_head_attention on [batch, seq, hidden] tensors."""
 from __future__ import annotations
 
 from dataclasses import dataclass
+
+import torch
 
 from ...ir import Graph
 from ...ir.ops.aten import arguments, encode_arguments
 from ...ir.value import Value
 from ..base import Pass, PassContext, PassResult, register_pass
-from ..rewrite import ANY, P, Rewriter, apply_rules
+from ..rewrite import ANY, PARAM, P, Rewriter, apply_rules
 
 SOFTMAX = ("aten.softmax.int", "aten._softmax")
 MATMUL = ("aten.matmul",)
 SDPA = "aten.scaled_dot_product_attention"
+MHA = "carve.multi_head_attention"
+RESHAPES = ("aten.view", "aten.reshape", "aten._unsafe_view")
+HEAD_SPLITS = RESHAPES + ("aten.unflatten.int",)
+HEAD_MERGES = RESHAPES + ("aten.flatten.using_ints",)
+COPIES = ("aten.contiguous", "aten.clone")
+SWAPS = ("aten.transpose.int", "aten.permute")
 
 
 def fuse_attention(rw: Rewriter, scores: Value, probs: Value, v: Value, out: Value) -> Value | None:
@@ -82,18 +91,88 @@ def _untransposed(rw: Rewriter, key_t: Value) -> Value:
     return rw.add("aten.transpose.int", inputs, attrs).output
 
 
+def fold_heads(rw: Rewriter, attn: Value, merged: Value, out: Value) -> Value | None:
+    # merge_heads(sdpa(split_heads(q), split_heads(k), split_heads(v))) -> multi_head_attention(q, k, v)
+    args = arguments(attn.producer)
+    if args["dropout_p"] or attn.type.rank != 4 or not _swaps_heads(merged.producer):
+        return None
+    (q, heads), (k, kv_heads), (v, v_heads) = (_split_heads(args[name]) for name in ("query", "key", "value"))
+    if None in (q, k, v) or kv_heads != v_heads or heads % kv_heads or len({x.type.shape[0] for x in (q, k, v)}) > 1:
+        return None
+    attrs = {"num_heads": heads, "kv_num_heads": kv_heads, "scale": args["scale"], "is_causal": args["is_causal"]}
+    defaults = {"kv_num_heads": heads, "scale": None, "is_causal": False}
+    attrs = {name: value for name, value in attrs.items() if name not in defaults or value != defaults[name]}
+    mask = [args["attn_mask"]] if args["attn_mask"] is not None else []
+    fused = rw.add(MHA, [q, k, v, *mask], attrs, scope=attn.producer.scope).output
+    return _as_merged(rw, fused, out)
+
+
+def _as_merged(rw: Rewriter, fused: Value, out: Value) -> Value | None:
+    """The [B, S, D] result in the merge's own shape (GPT-2 merges to [B*S, D]): a reshape reads the same
+    row-major order from [B, S, N, H] and from [B, S, N*H]."""
+    merge = out.producer
+    if fused.type != out.type and merge.op in RESHAPES:
+        fused = rw.add(merge.op, [fused], merge.attrs).output
+    return fused if fused.type == out.type else None
+
+
+def _split_heads(value: Value) -> tuple[Value | None, int]:
+    """(x, N) when `value` is x [B, S, N*H] viewed as [B, S, N, H], then transposed to [B, N, S, H]."""
+    node = value.producer
+    if node is None or node.op not in SWAPS or not _swaps_heads(node):
+        return None, 0
+    split = node.inputs[0].producer
+    if split is None or split.op not in HEAD_SPLITS:
+        return None, 0
+    x, (batch, length, heads, size) = split.inputs[0], split.outputs[0].type.shape
+    static = isinstance(heads, int) and isinstance(size, int)
+    exact = static and x.type.rank == 3 and x.type.shape == (batch, length, heads * size)
+    return (x, heads) if exact else (None, 0)
+
+
+def _swaps_heads(node) -> bool:
+    """transpose(1, 2) or permute(0, 2, 1, 3) of a rank-4 tensor."""
+    if node.outputs[0].type.rank != 4:
+        return False
+    args = arguments(node)
+    if node.op == "aten.permute":
+        return [d % 4 for d in args["dims"]] == [0, 2, 1, 3]
+    return {args["dim0"] % 4, args["dim1"] % 4} == {1, 2}
+
+
+def drop_neutral_mask(rw: Rewriter, mask: Value, out: Value) -> Value | None:
+    # attention(q, k, v, all-True bool mask or all-zero float mask) -> attention(q, k, v)
+    tensor = rw.tensor(mask)
+    neutral = bool(tensor.all()) if tensor.dtype == torch.bool else not bool(tensor.any())
+    if not neutral:
+        return None
+    node = out.producer
+    unmasked = rw.add(node.op, node.inputs[:3], node.attrs).output
+    return unmasked if unmasked.type == out.type else None
+
+
+MERGED = P(SWAPS, P(SDPA, name="attn", any_src=True, one_use=True), name="merged", one_use=True)
 ATTENTION_RULES = [
     (P(MATMUL, P(SOFTMAX, ANY("scores"), name="probs", one_use=True), ANY("v"), name="out"), fuse_attention),
+    (P(HEAD_MERGES, MERGED, name="out"), fold_heads),
+    (P(HEAD_MERGES, P(COPIES, MERGED, one_use=True), name="out"), fold_heads),
+    (P((SDPA, MHA), ANY(), ANY(), ANY(), PARAM("mask"), name="out"), drop_neutral_mask),
 ]
 
 
 @register_pass("fuse-attention")
 @dataclass(frozen=True)
 class FuseAttention(Pass):
-    """Attention fusion: the explicit softmax(QK^T)V chain becomes one scaled_dot_product_attention (Dao et al. 2022)."""
+    """Attention fusion: the explicit softmax(QK^T)V chain becomes one scaled_dot_product_attention (Dao et al. 2022).
+
+    With exactly the head split before and the head merge after it, it becomes one multi-head attention on
+    [batch, seq, hidden] (the form fused ONNX Runtime kernels take); an all-True / all-zero constant mask is dropped.
+    """
 
     exact = True
 
     def run(self, graph: Graph, ctx: PassContext) -> PassResult:
         fired = apply_rules(graph, ATTENTION_RULES, self)
-        return PassResult(bool(fired), {"fused": sum(fired.values())})
+        stats = {"fused": fired["fuse_attention"], "heads_folded": fired["fold_heads"],
+                 "masks_dropped": fired["drop_neutral_mask"]}
+        return PassResult(bool(fired), stats)
