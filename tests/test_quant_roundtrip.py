@@ -168,6 +168,7 @@ def test_ort_matmul_nbits_file_runs_in_pytorch(symmetric, tmp_path):
     quantizer.process()
     onnx.save(quantizer.model.model, tmp_path / "int4.onnx")
     graph = tc.from_onnx(tmp_path / "int4.onnx")
+    assert graph.op_histogram()["onnx.MatMulNBits"] == (0 if symmetric else 1)
     x = torch.randn(3, 64)
     np.testing.assert_allclose(_run(graph, x).numpy(), _ort(tmp_path / "int4.onnx", x), rtol=1e-5, atol=1e-4)
 
