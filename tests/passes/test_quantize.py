@@ -474,7 +474,8 @@ def test_sensitivity_keeps_sensitive_layers_float():
     calibration = _batches(2, (16, 32))
     graph = tc.capture(model, calibration[0])
     loose = tc.optimize(graph, "quantize{sensitivity=true}", calibration=calibration).report[0].stats
-    assert set(loose["sensitivity"]) == {"0", "2"} and loose["quantized"] == 2
+    assert {name for name, row in loose["layers"].items() if "error alone" in row} == {"0", "2"}
+    assert loose["quantized"] == 2
     strict = tc.optimize(graph, "quantize{max-error=0.0}", calibration=calibration)
     assert strict.report[0].stats["float"] == 2 and "carve.dynamic_linear" not in strict.graph.to_text()
 
@@ -482,7 +483,9 @@ def test_sensitivity_keeps_sensitive_layers_float():
 def test_skip_keeps_named_layer_float():
     model, x = _mlp()
     result = tc.optimize(tc.capture(model, (x,)), "quantize{skip=[2]}")
-    assert result.report[0].stats["float_layers"] == ["2"]
+    stats = result.report[0].stats
+    assert stats["float"] == 1 and stats["layers"]["2"]["precision"] == "float"
+    assert stats["layers"]["0"]["precision"] == "int7 dynamic"
     assert result.graph.op_histogram()["aten.linear"] == 1
 
 

@@ -483,6 +483,11 @@ def embedding(ctx: "LoweringContext", node: Node) -> None:
     ctx.emit("Gather", [ctx.name(args["weight"]), ctx.name(args["indices"])], _out(ctx, node), axis=0)
 
 
+def index_select(ctx: "LoweringContext", node: Node) -> None:
+    args = arguments(node)
+    ctx.emit("Gather", [ctx.name(args["self"]), ctx.name(args["index"])], _out(ctx, node), axis=args["dim"])
+
+
 def gather(ctx: "LoweringContext", node: Node) -> None:
     args = arguments(node)
     ctx.emit("GatherElements", [ctx.name(args["self"]), ctx.name(args["index"])], _out(ctx, node), axis=args["dim"])
@@ -758,6 +763,7 @@ LOWERINGS: dict[str, Rule] = {
     "aten.cat": cat, "aten.stack": stack, "aten.split.Tensor": split, "aten.split_with_sizes": split,
     "aten.chunk": split, "aten.unbind.int": unbind, "aten.slice.Tensor": slice_, "aten.narrow": narrow,
     "aten.select.int": select, "aten.index.Tensor": index, "aten.gather": gather, "aten.embedding": embedding,
+    "aten.index_select": index_select,
     "aten.mean.dim": reduce("ReduceMean"), "aten.mean": reduce("ReduceMean"),
     "aten.sum.dim_IntList": reduce("ReduceSum"), "aten.sum": reduce("ReduceSum"),
     "aten.amax": reduce("ReduceMax"), "aten.max.dim": max_dim,

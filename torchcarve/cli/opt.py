@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import sys
 from typing import Sequence
 
 from rich.console import Console
@@ -10,6 +11,9 @@ from rich.table import Table
 from ..api import save
 from ..passes import PassReport, optimize
 from .common import load_calibration, read_graph
+
+
+WIDTH_WHEN_PIPED = 160  # logs and pipes get whole layer names, not rich's 80-column default
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -30,7 +34,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    console = Console()
+    console = Console(width=None if sys.stdout.isatty() else WIDTH_WHEN_PIPED)
     graph = read_graph(args.graph)
     print_ir = (lambda text: console.print(text, markup=False, highlight=False, soft_wrap=True)) \
         if args.print_ir_after_all else None

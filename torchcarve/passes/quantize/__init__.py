@@ -10,7 +10,9 @@ from ...ir import Graph
 from ..base import Pass, PassContext, PassResult, register_pass
 from .calibrate import calibrate
 from .observers import OBSERVERS
-from .rewrite import Layer, WeightFormat, activations_to_observe, fake_quantize, find_layers, rewrite_layer
+from .outliers import split_outliers
+from .report import layer_rows, mib, weight_bytes
+from .rewrite import EMBEDDING, Layer, WeightFormat, activations_to_observe, fake_quantize, find_layers, rewrite_layer
 from .sensitivity import choose_float_layers, layer_sensitivity
 from .smooth import smooth_layers
 
@@ -34,8 +36,11 @@ class Quantize(Pass):
       x86 AVX2 u8*s8 kernels cannot saturate (ORT's results then equal the PyTorch backend's exactly);
       dynamic and static only (weight-only dequantizes to float: always 8 bits).
     skip: layers kept in float (glob patterns over weight names without '.weight').
-    smooth: SmoothQuant alpha (0 = off; needs calibration). sensitivity: measure each layer's output
-      error; with max-error, keep the most sensitive layers in float until the relative error fits.
+    smooth: SmoothQuant alpha (0 = off; needs calibration).
+    outliers: per linear input, this many channels with the largest calibrated magnitude stay in float
+      (LLM.int8(), Dettmers et al. 2022; needs calibration).
+    sensitivity: measure each layer's output error; with max-error, keep the most sensitive layers in
+      float until the relative error fits.
     """
 
     mode: Literal["dynamic", "static", "weight-only"] = "dynamic"
@@ -48,24 +53,30 @@ class Quantize(Pass):
     embeddings: bool = True
     skip: tuple[str, ...] = ()
     smooth: float = 0.0
+    outliers: int = 0
     sensitivity: bool = False
     max_error: float | None = None
 
     def run(self, graph: Graph, ctx: PassContext) -> PassResult:
         self._check_options()
         batches = self._calibration(ctx)
-        layers = find_layers(graph, self.mode, self.embeddings)
-        skipped = matching_layers(layers, self.skip)
-        layers = [layer for layer in layers if layer.name not in skipped]
+        size = weight_bytes(graph)
+        found = find_layers(graph, self.mode, self.embeddings)
+        skipped = matching_layers(found, self.skip)
+        layers = [layer for layer in found if layer.name not in skipped]
         if self.smooth and layers:
             smooth_layers(graph, layers, batches, self.smooth)
+        moved = split_outliers(graph, layers, batches, self.outliers) if self.outliers and layers else {}
         ranges = self._activation_ranges(graph, layers, batches)
         names = {layer.node.outputs[0].name: layer.name for layer in layers}
         stats: dict[str, Any] = {"mode": self.mode, "dtype": self.dtype}
-        chosen = self._choose(graph, names, ranges, batches, stats)
+        chosen, sensitivity = self._choose(graph, names, ranges, batches, stats)
         self._apply(graph, chosen, ranges)
-        float_layers = sorted({*skipped, *(names[n] for n in names if n not in chosen)})
-        stats.update(quantized=len(chosen), float=len(float_layers), float_layers=float_layers)
+        precision = {layer.name: self._precision(layer) for layer in found}
+        quantized = {names[n] for n in chosen}
+        stats.update(quantized=len(quantized), float=len(precision) - len(quantized),
+                     weights=f"{mib(size)} -> {mib(weight_bytes(graph))}",
+                     layers=layer_rows(graph, precision, quantized, moved, sensitivity))
         return PassResult(bool(chosen), stats)
 
     # ---- options and data --------------------------------------------------------------
@@ -75,17 +86,26 @@ class Quantize(Pass):
                              hint="use quantize{mode=weight-only,dtype=int4} or dtype=int8")
         if self.dtype == "int4" and self.group_size < 0:
             raise CarveError(f"{self.spec()}: group-size must be >= 0 (0: one scale per output channel)")
+        if self.outliers < 0:
+            raise CarveError(f"{self.spec()}: outliers is a channel count, >= 0")
         if not 0.0 <= self.smooth <= 1.0:
             raise CarveError(f"{self.spec()}: smooth is SmoothQuant's alpha, in [0, 1]")
 
     def _calibration(self, ctx: PassContext) -> Sequence[Any]:
-        needs = self.mode == "static" or self.smooth or self.sensitivity or self.max_error is not None
+        needs = self.mode == "static" or self.smooth or self.outliers or self.sensitivity or self.max_error is not None
         return ctx.require_calibration(self.spec()) if needs else []
 
     def _format(self) -> WeightFormat:
         group = self.group_size if self.dtype == "int4" else 0
         reduce_range = self.reduce_range and self.mode != "weight-only"  # weight-only has no integer products
         return WeightFormat(QMAX[self.dtype, reduce_range], self.weights == "per-channel", group)
+
+    def _precision(self, layer: Layer) -> str:
+        if layer.node.op == EMBEDDING:
+            return "int8 rows"  # tables are gathered, never multiplied: always 8 bits, one scale per row
+        fmt = self._format()
+        bits = f"int4 g{fmt.group_size}" if fmt.bits == 4 else f"int{8 if fmt.qmax == 127 else 7}"
+        return f"{bits} {self.mode}"
 
     def _activation_ranges(self, graph: Graph, layers: list[Layer], batches: Sequence[Any]) -> dict[str, tuple]:
         if self.mode != "static":
@@ -96,23 +116,23 @@ class Quantize(Pass):
 
     # ---- mixed precision and the rewrite ----------------------------------------------
     def _choose(self, graph: Graph, names: dict[str, str], ranges: dict, batches: Sequence[Any],
-                stats: dict[str, Any]) -> set[str]:
-        """Output names of the layers to quantize (`names`: output name -> layer name)."""
+                stats: dict[str, Any]) -> tuple[set[str], dict[str, float]]:
+        """Output names of the layers to quantize (`names`: output name -> layer name), and each layer's
+        output error when quantized alone (when measured)."""
         if not (self.sensitivity or self.max_error is not None) or not names:
-            return set(names)
+            return set(names), {}
         evaluate = batches[:EVAL_BATCHES]
         def quantized_copy(g: Graph, chosen: set[str]) -> Graph:
             copy = g.clone()
             self._apply(copy, chosen, ranges)
             return copy
         sensitivity = layer_sensitivity(graph, list(names), quantized_copy, evaluate)
-        ranked = sorted(sensitivity.items(), key=lambda item: -item[1])
-        stats["sensitivity"] = {names[n]: round(e, 6) for n, e in ranked}
+        by_layer = {names[n]: round(e, 6) for n, e in sensitivity.items()}
         if self.max_error is None:
-            return set(names)
+            return set(names), by_layer
         kept, error = choose_float_layers(graph, list(names), quantized_copy, evaluate, sensitivity, self.max_error)
         stats["error"] = round(error, 6)
-        return set(names) - set(kept)
+        return set(names) - set(kept), by_layer
 
     def _apply(self, graph: Graph, chosen: set[str], ranges: dict[str, tuple]) -> None:
         """Quantize the layers whose output value is named in `chosen`."""

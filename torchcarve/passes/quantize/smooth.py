@@ -20,15 +20,21 @@ FLOOR = 1e-5
 
 def smooth_layers(graph: Graph, layers: list[Layer], batches: Sequence[Any], alpha: float) -> int:
     """Rescale every group of linears that share an input; returns how many groups were smoothed."""
-    groups: dict[Value, list[Layer]] = {}
-    for layer in layers:
-        if layer.node.op == LINEAR:
-            groups.setdefault(layer.node.inputs[0], []).append(layer)
+    groups = linear_groups(layers)
     observers = {x: MinMaxObserver(axis=-1) for x in groups}
     calibrate(graph, batches, observers)
     for x, members in groups.items():
         _smooth_group(graph, x, members, observers[x], alpha)
     return len(groups)
+
+
+def linear_groups(layers: list[Layer]) -> dict[Value, list[Layer]]:
+    """The linears among `layers`, grouped by the activation they read."""
+    groups: dict[Value, list[Layer]] = {}
+    for layer in layers:
+        if layer.node.op == LINEAR:
+            groups.setdefault(layer.node.inputs[0], []).append(layer)
+    return groups
 
 
 def _smooth_group(graph: Graph, x: Value, members: list[Layer], observer: MinMaxObserver, alpha: float) -> None:

@@ -1,0 +1,105 @@
+"""quantize{outliers=k}: the LLM.int8()-style float side path for a linear's largest input channels.
+
+The split itself is exact in float (checked to 1e-5, float32 summation order); quantized, it must
+cut the error that a few huge channels cause, and ORT must compute what the PyTorch backend does.
+"""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+import torchcarve as tc
+from torchcarve.passes.manager import run_graph
+from torchcarve.passes.quantize.outliers import split_outliers
+from torchcarve.passes.quantize.rewrite import find_layers
+
+ort = pytest.importorskip("onnxruntime")
+
+HUGE_CHANNELS = (3, 17)
+
+
+class Outliers(nn.Module):
+    """A transformer-like block whose activations carry two huge channels (as LayerNorm outputs do)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.up, self.down = nn.Linear(32, 64), nn.Linear(64, 32)
+        gain = torch.ones(32)
+        gain[list(HUGE_CHANNELS)] = 40.0
+        self.register_buffer("gain", gain)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = x * self.gain
+        return self.down(torch.relu(self.up(h)))
+
+
+def _setup(count: int = 6) -> tuple[nn.Module, list[tuple[torch.Tensor]], torch.Tensor]:
+    torch.manual_seed(0)
+    model = Outliers().eval()
+    generator = torch.Generator().manual_seed(1)
+    calibration = [(torch.randn(4, 8, 32, generator=generator),) for _ in range(count)]
+    return model, calibration, torch.randn(4, 8, 32, generator=generator)
+
+
+def _error(model: nn.Module, graph: tc.Graph, x: torch.Tensor) -> float:
+    with torch.no_grad():
+        expected, actual = model(x), tc.to_torch(graph)(x)
+    return float((actual - expected).norm() / expected.norm())
+
+
+def test_split_is_exact_and_finds_the_huge_channels():
+    model, calibration, x = _setup()
+    graph = tc.capture(model, (x,))
+    layers = find_layers(graph, "dynamic")
+    assert split_outliers(graph, layers, calibration, 2) == {"up": 2}  # down's input has no huge channel
+    histogram = graph.op_histogram()
+    assert histogram["aten.index_select"] == 1 and histogram["aten.linear"] == 3
+    up_index = graph.params["up.outlier_index"].tolist()
+    assert up_index == sorted(HUGE_CHANNELS)
+    assert graph.params["up.weight_inliers"][:, up_index].abs().max() == 0
+    with torch.no_grad():
+        torch.testing.assert_close(run_graph(graph, (x,))[0], model(x), rtol=1e-5, atol=1e-5)
+
+
+def test_outliers_cut_the_quantization_error():
+    model, calibration, x = _setup()
+    graph = tc.capture(model, (x,))
+    plain = tc.optimize(graph, "quantize", calibration=calibration).graph
+    result = tc.optimize(graph, "quantize{outliers=2}", calibration=calibration)
+    rows, split = result.report[0].stats["layers"], result.graph
+    assert rows["up"]["float channels"] == 2 and rows["down"]["float channels"] == 0
+    assert split.op_histogram()["carve.dynamic_linear"] == 2
+    assert split.op_histogram()["aten.linear"] == 1  # the float side path, never quantized
+    assert _error(model, split, x) < _error(model, plain, x) / 2.5  # measured 3.2x lower
+
+
+def test_outliers_with_static_mode_calibrate_the_inliers():
+    model, calibration, x = _setup()
+    graph = tc.capture(model, (x,))
+    plain = tc.optimize(graph, "quantize{mode=static}", calibration=calibration).graph
+    split = tc.optimize(graph, "quantize{mode=static,outliers=2}", calibration=calibration).graph
+    assert _error(model, split, x) < _error(model, plain, x) / 1.4  # measured 1.75x lower
+
+
+def test_onnxruntime_matches_pytorch_backend(tmp_path):
+    model, calibration, x = _setup()
+    graph = tc.optimize(tc.capture(model, (x,)), "quantize{outliers=2}", calibration=calibration).graph
+    path = tmp_path / "model.onnx"
+    tc.to_onnx(graph, path)
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    actual = session.run(None, {session.get_inputs()[0].name: x.numpy()})[0]
+    with torch.no_grad():
+        expected = tc.to_torch(graph)(x).numpy()
+    np.testing.assert_allclose(actual, expected, rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("pipeline, message", [
+    ("quantize{outliers=2}", "needs calibration data"),
+    ("quantize{outliers=-1}", "outliers is a channel count"),
+])
+def test_bad_outlier_options_are_clear_errors(pipeline, message):
+    model, _, x = _setup()
+    with pytest.raises(tc.CarveError, match=message):
+        tc.optimize(tc.capture(model, (x,)), pipeline)
