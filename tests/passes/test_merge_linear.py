@@ -4,7 +4,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from tests.passes.helpers import ops, optimize_checked
+from tests.passes.helpers import onnx_parity, ops, optimize_checked
 
 
 def test_chain_merges():
@@ -61,3 +61,25 @@ def test_near_misses_do_not_change():
     for model in (UsedIntermediate(), Residual()):
         result = optimize_checked(model.eval(), (torch.randn(2, 8),), "merge-linear")
         assert not result.changed and ops(result.graph).count("aten.linear") == 2
+
+
+class MatmulAndBias(nn.Module):
+    """How an ONNX MatMul + Add by initializers comes in: x @ W[K, N] + b."""
+
+    def __init__(self, bias_shape=(4,)):
+        super().__init__()
+        self.w, self.b = nn.Parameter(torch.randn(8, 4)), nn.Parameter(torch.randn(*bias_shape))
+
+    def forward(self, x):
+        return self.b + x @ self.w  # the constant first: either operand order folds
+
+
+def test_matmul_by_weight_and_bias_add_become_one_linear(tmp_path):
+    result = optimize_checked(MatmulAndBias().eval(), (torch.randn(2, 5, 8),), "merge-linear")
+    assert ops(result.graph) == ["aten.linear"]
+    onnx_parity(result.graph, (torch.randn(2, 5, 8),), tmp_path)
+
+
+def test_bias_that_broadcasts_over_rows_stays_an_add():
+    result = optimize_checked(MatmulAndBias(bias_shape=(5, 1)).eval(), (torch.randn(2, 5, 8),), "merge-linear")
+    assert ops(result.graph) == ["aten.linear", "aten.add.Tensor"]

@@ -55,7 +55,7 @@ def test_split_is_exact_and_finds_the_huge_channels():
     layers = find_layers(graph, "dynamic")
     assert split_outliers(graph, layers, calibration, 2) == {"up": 2}  # down's input has no huge channel
     histogram = graph.op_histogram()
-    assert histogram["aten.index_select"] == 1 and histogram["aten.linear"] == 3
+    assert histogram["aten.index_select"] == 1 and histogram["aten.addmm"] == 1  # the side path: one Gemm
     up_index = graph.params["up.outlier_index"].tolist()
     assert up_index == sorted(HUGE_CHANNELS)
     assert graph.params["up.weight_inliers"][:, up_index].abs().max() == 0
@@ -71,7 +71,7 @@ def test_outliers_cut_the_quantization_error():
     rows, split = result.report[0].stats["layers"], result.graph
     assert rows["up"]["float channels"] == 2 and rows["down"]["float channels"] == 0
     assert split.op_histogram()["carve.dynamic_linear"] == 2
-    assert split.op_histogram()["aten.linear"] == 1  # the float side path, never quantized
+    assert split.op_histogram()["aten.addmm"] == 1 and "aten.linear" not in split.op_histogram()  # side path float
     assert _error(model, split, x) < _error(model, plain, x) / 2.5  # measured 3.2x lower
 
 
@@ -103,3 +103,21 @@ def test_bad_outlier_options_are_clear_errors(pipeline, message):
     model, _, x = _setup()
     with pytest.raises(tc.CarveError, match=message):
         tc.optimize(tc.capture(model, (x,)), pipeline)
+
+
+def test_symbolic_sequence_length_takes_the_linear_and_add_form(tmp_path):
+    """With a symbolic dim inside the leading ones the 2-D Gemm view is not expressible: linear + add."""
+    import onnx
+
+    model, calibration, x = _setup()
+    path = tmp_path / "model.onnx"
+    tc.to_onnx(tc.capture(model, (x,)), path)
+    proto = onnx.load(str(path))
+    for dim, name in zip(proto.graph.input[0].type.tensor_type.shape.dim, ("batch", "seq")):
+        dim.dim_param = name
+    onnx.save(proto, str(path))
+    graph = tc.optimize(tc.from_onnx(path), "fuse,quantize{outliers=2}", calibration=calibration).graph
+    assert graph.op_histogram()["aten.linear"] == 1 and "aten.addmm" not in graph.op_histogram()
+    with torch.no_grad():
+        shorter = x[:, :5]
+        assert _error(model, graph, shorter) < 0.02

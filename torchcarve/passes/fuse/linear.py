@@ -10,7 +10,7 @@ from ...ir import Graph
 from ...ir.ops.aten import encode_arguments
 from ...ir.value import Value
 from ..base import Pass, PassContext, PassResult, register_pass
-from ..rewrite import ANY, P, Rewriter, apply_rules
+from ..rewrite import ANY, PARAM, P, Rewriter, apply_rules
 from .common import CONVS, LINEAR, Weights, rebuild, weights_of
 
 
@@ -45,6 +45,25 @@ def parallel_linears(rw: Rewriter, x: Value, out: Value) -> Value | None:
     bias = torch.cat([w.bias for w in siblings])
     wide = rebuild(rw, siblings[0], x, weight, bias, position=position)
     return _split_back(rw, siblings, wide)
+
+
+def linear_from_matmul(rw: Rewriter, x: Value, w: Value, out: Value) -> Value | None:
+    # matmul(x, W[K, N]) -> linear(x, W^T): how ONNX MatMul by an initializer comes in, so that the
+    # passes that work on linears (merge, prune, low-rank, quantize) see one
+    weight = rw.tensor(w)
+    if weight.dim() != 2 or not weight.is_floating_point() or x.type.rank < 2:
+        return None
+    return rw.add(LINEAR, [x, rw.param(weight.t(), w.producer.attrs["name"].removesuffix(".T"))]).output
+
+
+def bias_into_linear(rw: Rewriter, h: Value, c: Value, out: Value) -> Value | None:
+    # add(linear(x, W, b), c[N]) -> linear(x, W, b + c)   (either operand order)
+    inner, constant = weights_of(rw, h), rw.tensor(c)
+    if inner is None or out.producer.attrs.get("alpha", 1) != 1 or not constant.is_floating_point():
+        return None
+    if constant.numel() != inner.weight.shape[0] or constant.dim() > h.type.rank or constant.shape[-1] != constant.numel():
+        return None
+    return rebuild(rw, inner, inner.args["input"], inner.weight, inner.bias + constant.flatten().double())
 
 
 def _split_back(rw: Rewriter, siblings: list[Weights], wide: Value) -> Value:
@@ -98,7 +117,11 @@ class MergeLinear(Pass):
         return PassResult(bool(fired), dict(fired))
 
 
+ADD = "aten.add.Tensor"
 MERGE_RULES = [
+    (P("aten.matmul", ANY("x"), PARAM("w"), name="out"), linear_from_matmul),
+    (P(ADD, P(LINEAR, name="h", one_use=True, any_src=True), PARAM("c"), name="out"), bias_into_linear),
+    (P(ADD, PARAM("c"), P(LINEAR, name="h", one_use=True, any_src=True), name="out"), bias_into_linear),
     (P(LINEAR, P(LINEAR, ANY("x"), name="h", one_use=True, prefix=True), name="out", prefix=True), linear_chain),
     (P(CONVS, P(CONVS, ANY("x"), name="h", one_use=True, prefix=True), name="out", prefix=True), pointwise_conv_chain),
     (P(LINEAR, ANY("x"), name="out", prefix=True), parallel_linears),

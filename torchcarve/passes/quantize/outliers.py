@@ -60,8 +60,6 @@ def _split_group(graph: Graph, x: Value, members: list[Layer], outliers: torch.T
                             names=[f"{x.name}_outliers"], after=masked)
     for layer in members:
         weight = weight_tensor(graph, layer).float()
-        side_weight = graph.add_param(graph.params.unique_name(f"{layer.name}.outlier_weight"),
-                                      weight[:, outliers].contiguous())
         inlier_weight = graph.add_param(graph.params.unique_name(f"{layer.name}.weight_inliers"),
                                         (weight * keep).contiguous())
         original = layer.weight.producer
@@ -70,10 +68,25 @@ def _split_group(graph: Graph, x: Value, members: list[Layer], outliers: torch.T
         graph.erase_unused([original])
         output = layer.node.outputs[0]
         users = output.uses
-        side = graph.add_node("aten.linear", [picked.output, side_weight], names=[f"{output.name}_outliers"],
-                              scope=layer.node.scope, after=layer.node)
-        total = graph.add_node("aten.add.Tensor", [output, side.output], names=[f"{output.name}_sum"],
-                               scope=layer.node.scope, after=side)
+        total = _add_side_path(graph, layer, picked.output, weight[:, outliers])
         for user, position in users:
-            user.set_input(position, total.output)
-        graph.outputs = [total.output if v is output else v for v in graph.outputs]
+            user.set_input(position, total)
+        graph.outputs = [total if v is output else v for v in graph.outputs]
+
+
+def _add_side_path(graph: Graph, layer: Layer, picked: Value, side_weight: torch.Tensor) -> Value:
+    """The layer's output + picked @ side_weight^T. One Gemm (addmm: the sum in the same pass) on 2-D
+    views when every leading dim but the first is static; otherwise linear + add."""
+    node, output = layer.node, layer.node.outputs[0]
+    lead, (n, k) = list(output.type.shape[:-1]), side_weight.shape
+    def add(op: str, inputs: list[Value], attrs: dict | None, after, suffix: str):
+        return graph.add_node(op, inputs, attrs, names=[f"{output.name}_{suffix}"], scope=node.scope, after=after)
+    if not all(isinstance(d, int) for d in lead[1:]):
+        weight = graph.add_param(graph.params.unique_name(f"{layer.name}.outlier_weight"), side_weight.contiguous())
+        side = add("aten.linear", [picked, weight], None, node, "outliers")
+        return add("aten.add.Tensor", [output, side.output], None, side, "sum").output
+    weight = graph.add_param(graph.params.unique_name(f"{layer.name}.outlier_weight"), side_weight.t().contiguous())
+    flat = add("aten.reshape", [output], {"shape": [-1, n]}, node, "2d")
+    picked_flat = add("aten.reshape", [picked], {"shape": [-1, k]}, flat, "outliers_2d")
+    total = add("aten.addmm", [flat.output, picked_flat.output, weight], None, picked_flat, "sum_2d")
+    return add("aten.reshape", [total.output], {"shape": [-1, *lead[1:], n]}, total, "sum").output
