@@ -5,7 +5,10 @@ quantize_static (QDQ), all applied to the same fp32 ONNX file that torchcarve ex
 and evaluation use different sentences. Embeddings are mean-pooled last hidden states (as
 sentence-transformers does); cosine is per sequence against fp32 ORT, averaged.
 
-    HF_HUB_OFFLINE=1 python benchmarks/quantize.py [--threads 2] [--runs 20]
+A second table is the ceiling: ORT's int8 GEMM (DynamicQuantizeMatMul) against its fp32 GEMM on
+each of MiniLM's linear shapes alone; no int8 graph can be faster than fp32 by more than its GEMMs are.
+
+    HF_HUB_OFFLINE=1 python benchmarks/quantize.py [--threads 2] [--runs 20] [--rounds 3] [--shapes 2x32,16x128]
 """
 from __future__ import annotations
 
@@ -127,11 +130,15 @@ def ort_quantizers(fp32: Path, out: Path, calibration: list[torch.Tensor]) -> di
 
 
 OURS = {
+    "carve fuse (fp32, no quantization)": "fuse",
     "carve quantize (dynamic)": "quantize",
     "carve quantize{smooth=0.5}": "quantize{smooth=0.5}",
-    "carve quantize{max-error=0.1}": "quantize{max-error=0.1}",
+    "carve quantize{outliers=2}": "quantize{outliers=2}",
+    "carve fuse,quantize": "fuse,quantize",
+    "carve fuse,quantize{outliers=2}": "fuse,quantize{outliers=2}",
     "carve weight-only int8": "quantize{mode=weight-only}",
     "carve weight-only int4 (g128)": "quantize{mode=weight-only,dtype=int4}",
+    "carve weight-only int4 (g32)": "quantize{mode=weight-only,dtype=int4,group-size=32}",
 }
 
 
@@ -140,12 +147,13 @@ def ours(graph: tc.Graph, out: Path, calibration: list[torch.Tensor]) -> dict[st
     for label, pipeline in OURS.items():
         quantized = tc.optimize(graph, pipeline, calibration=[(t,) for t in calibration]).graph
         path = out / f"carve_{len(paths)}.onnx"
-        tc.to_onnx(quantized, path, **({"opset": 21} if "int4" in pipeline else {}))
+        tc.to_onnx(quantized, path)
         paths[label] = path
     return paths
 
 
-def run_shape(tokenizer, model, batch: int, seq: int, threads: int, runs: int, out: Path) -> list[tuple]:
+def run_shape(tokenizer, model, batch: int, seq: int, threads: int, runs: int, rounds: int,
+              out: Path) -> list[tuple]:
     calibration = [windows(tokenizer, CALIBRATION_TEXT, batch, seq, offset=7 * k) for k in range(4)]
     evaluation = windows(tokenizer, EVALUATION_TEXT, batch, seq)
     graph = tc.capture(LastHidden(model), (evaluation,))
@@ -157,7 +165,7 @@ def run_shape(tokenizer, model, batch: int, seq: int, threads: int, runs: int, o
     expected = embeddings(reference, feeds)
     sessions = {label: session(path, threads) for label, path in paths.items()}
     timings: dict[str, list[float]] = {label: [] for label in paths}
-    for _ in range(3):  # interleave rounds: a busy machine slows every variant alike
+    for _ in range(rounds):  # interleave rounds: a busy machine slows every variant alike
         for label, sess in sessions.items():
             timings[label].append(latency(sess, feeds, runs))
     base = min(timings["fp32 (torchcarve export)"])
@@ -169,23 +177,70 @@ def run_shape(tokenizer, model, batch: int, seq: int, threads: int, runs: int, o
     return rows
 
 
+def cpu() -> str:
+    """The CPU model and whether it has VNNI (int8 dot products without AVX2's int16 saturation)."""
+    info = Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").exists() else ""
+    model = next((line.split(":", 1)[1].strip() for line in info.splitlines() if line.startswith("model name")), "?")
+    return f"{model}, {'VNNI' if 'vnni' in info else 'AVX2 without VNNI' if 'avx2' in info else 'no AVX2'}"
+
+
+def gemm_ceiling(batch: int, seq: int, threads: int, runs: int) -> list[tuple]:
+    """ORT latency of one linear, fp32 Gemm vs int8 DynamicQuantizeMatMul, for each MiniLM linear shape."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    rows, generator = batch * seq, np.random.default_rng(0)
+    results = []
+    for k, n, what in ((384, 1152, "q,k,v (fused)"), (384, 384, "attention output"), (384, 1536, "ffn up"),
+                       (1536, 384, "ffn down")):
+        weight = generator.standard_normal((k, n)).astype(np.float32)
+        scale = np.abs(weight).max(0) / 63
+        quantized = np.round(weight / scale).astype(np.int8)
+        graphs = {"fp32": ("Gemm", ["x", "w"], [numpy_helper.from_array(weight, "w")], ""),
+                  "int8": ("DynamicQuantizeMatMul", ["x", "q", "s"], [numpy_helper.from_array(quantized, "q"),
+                           numpy_helper.from_array(scale.astype(np.float32), "s")], "com.microsoft")}
+        feeds = {"x": generator.standard_normal((rows, k)).astype(np.float32)}
+        seconds = {}
+        for label, (op, inputs, initializers, domain) in graphs.items():
+            graph = helper.make_graph([helper.make_node(op, inputs, ["y"], domain=domain)], label,
+                                      [helper.make_tensor_value_info("x", TensorProto.FLOAT, [rows, k])],
+                                      [helper.make_tensor_value_info("y", TensorProto.FLOAT, [rows, n])], initializers)
+            model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18),
+                                                            helper.make_opsetid("com.microsoft", 1)])
+            options = ort.SessionOptions()
+            options.intra_op_num_threads = threads
+            sess = ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
+            seconds[label] = min(latency(sess, feeds, runs) for _ in range(3))
+        results.append((f"{batch}x{seq}", f"{rows}x{k} @ {k}x{n} ({what})", seconds["fp32"] * 1e3,
+                        seconds["int8"] * 1e3, seconds["fp32"] / seconds["int8"]))
+    return results
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--runs", type=int, default=20)
+    parser.add_argument("--rounds", type=int, default=3, help="interleaved rounds; the best round counts")
     parser.add_argument("--shapes", default="2x32,16x128")
     args = parser.parse_args()
     logging.getLogger().setLevel(logging.ERROR)  # the ORT quantizers warn about every LayerNorm weight
     torch.manual_seed(0)
     tokenizer, model = load_model()
-    print(f"all-MiniLM-L6-v2, onnxruntime {ort.__version__}, {args.threads} threads, median of {args.runs} runs (best of 3 rounds)\n")
+    print(f"all-MiniLM-L6-v2, onnxruntime {ort.__version__}, {args.threads} threads, median of {args.runs} runs "
+          f"(best of {args.rounds} rounds), {cpu()}\n")
     print("| batch x seq | method | ms | speed-up vs fp32 ORT | cosine to fp32 | ONNX MiB |")
     print("|---|---|---|---|---|---|", flush=True)
     for shape in args.shapes.split(","):
         batch, seq = map(int, shape.split("x"))
         with tempfile.TemporaryDirectory() as tmp:
-            for row in run_shape(tokenizer, model, batch, seq, args.threads, args.runs, Path(tmp)):
+            for row in run_shape(tokenizer, model, batch, seq, args.threads, args.runs, args.rounds, Path(tmp)):
                 print("| {} | {} | {:.2f} | {:.2f}x | {:.4f} | {:.1f} |".format(*row), flush=True)
+    print("\nCeiling: one linear alone, ORT fp32 Gemm vs int8 DynamicQuantizeMatMul (7-bit weights)\n")
+    print("| batch x seq | GEMM | fp32 ms | int8 ms | int8 speed-up |")
+    print("|---|---|---|---|---|", flush=True)
+    for shape in args.shapes.split(","):
+        batch, seq = map(int, shape.split("x"))
+        for row in gemm_ceiling(batch, seq, args.threads, args.runs):
+            print("| {} | {} | {:.3f} | {:.3f} | {:.2f}x |".format(*row), flush=True)
 
 
 if __name__ == "__main__":
