@@ -8,7 +8,8 @@ else coarsely. For the linears reading one activation x:
     linear(x, W, b)  ->  linear(x * keep, W * keep, b) + linear(x[..., idx], W[:, idx])
 
 `keep` zeroes the outlier channels `idx`, so the quantized linear (and its run-time range) never
-sees them; the second, float linear adds their exact contribution back (k inputs: cheap).
+sees them; the second, float product adds their exact contribution back (k inputs: cheap; one Gemm
+that also does the sum).
 """
 from __future__ import annotations
 
@@ -17,6 +18,7 @@ from typing import Any, Sequence
 import torch
 
 from ...ir import Graph
+from ...ir.node import Node
 from ...ir.value import Value
 from .calibrate import calibrate
 from .observers import MinMaxObserver
@@ -79,13 +81,16 @@ def _add_side_path(graph: Graph, layer: Layer, picked: Value, side_weight: torch
     views when every leading dim but the first is static; otherwise linear + add."""
     node, output = layer.node, layer.node.outputs[0]
     lead, (n, k) = list(output.type.shape[:-1]), side_weight.shape
-    def add(op: str, inputs: list[Value], attrs: dict | None, after, suffix: str):
+    as_gemm = all(isinstance(d, int) for d in lead[1:])
+    stored = side_weight.t() if as_gemm else side_weight  # addmm reads [k, n], linear [n, k]
+    weight = graph.add_param(graph.params.unique_name(f"{layer.name}.outlier_weight"), stored.contiguous())
+
+    def add(op: str, inputs: list[Value], attrs: dict | None, after: Node, suffix: str) -> Node:
         return graph.add_node(op, inputs, attrs, names=[f"{output.name}_{suffix}"], scope=node.scope, after=after)
-    if not all(isinstance(d, int) for d in lead[1:]):
-        weight = graph.add_param(graph.params.unique_name(f"{layer.name}.outlier_weight"), side_weight.contiguous())
+
+    if not as_gemm:
         side = add("aten.linear", [picked, weight], None, node, "outliers")
         return add("aten.add.Tensor", [output, side.output], None, side, "sum").output
-    weight = graph.add_param(graph.params.unique_name(f"{layer.name}.outlier_weight"), side_weight.t().contiguous())
     flat = add("aten.reshape", [output], {"shape": [-1, n]}, node, "2d")
     picked_flat = add("aten.reshape", [picked], {"shape": [-1, k]}, flat, "outliers_2d")
     total = add("aten.addmm", [flat.output, picked_flat.output, weight], None, picked_flat, "sum_2d")
