@@ -1,7 +1,9 @@
 """Peak resident memory of a piece of work (Linux /proc); tracemalloc does not see torch's CPU tensors."""
 from __future__ import annotations
 
+import ctypes
 import os
+from contextlib import suppress
 from typing import Callable
 
 CLEAR_REFS = "/proc/self/clear_refs"
@@ -14,11 +16,9 @@ def peak_extra_memory(run: Callable[[], object]) -> int | None:
     """
     if not os.path.exists(CLEAR_REFS):
         return None
-    try:  # hand freed heap back to the OS first, or reused memory would not show (glibc)
-        import ctypes
+    # hand freed heap back to the OS first, or reused memory would not show (glibc)
+    with suppress(OSError, AttributeError):
         ctypes.CDLL("libc.so.6").malloc_trim(0)
-    except (OSError, AttributeError):
-        pass
     base = _status_bytes("VmRSS:")
     with open(CLEAR_REFS, "w") as f:
         f.write("5")

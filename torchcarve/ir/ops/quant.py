@@ -45,10 +45,11 @@ carve_dynamic_linear.calls = (onnx_dynamic_quantize_matmul,)
 def carve_weight_only_linear(x, weight, weight_scale, bias=None, bits=8, block_size=0):
     """x @ W.T + bias, W = weight * scale dequantized at run time (ONNX Runtime's MatMulNBits): `weight`
     [out, in] holds `bits`-bit integers; one scale per tensor, per output, or per `block_size` inputs."""
-    scale = weight_scale.reshape(-1, 1) if weight_scale.dim() == 1 else weight_scale
-    if block_size:
-        scale = scale.repeat_interleave(block_size, dim=1)[:, :weight.shape[1]]
-    return torch.nn.functional.linear(x, weight.to(scale.dtype) * scale, bias)
+    axis = 1 if block_size else 0  # blocks run along the inputs; otherwise one scale per output row
+    return torch.nn.functional.linear(x, onnx_dequantize_linear(weight, weight_scale, None, axis, block_size), bias)
+
+
+carve_weight_only_linear.calls = (onnx_dequantize_linear,)
 
 
 def carve_quantized_embedding(weight, scale, indices):
