@@ -133,3 +133,27 @@ def test_opt_with_calibration_file_and_random(workdir: Path, capsys: pytest.Capt
     code, _, err = run_cli(capsys, "opt", "m.carve", "-p", "quantize{mode=static}", "--calibration",
                            "bad.safetensors", "-o", "q4.carve")
     assert code == 1 and "no tensor for graph input" in err
+
+
+def test_version_names_package_and_torch(capsys: pytest.CaptureFixture) -> None:
+    with pytest.raises(SystemExit) as exit_info:
+        main(["--version"])
+    out = capsys.readouterr().out
+    assert exit_info.value.code == 0
+    assert tc.__version__ in out and torch.__version__ in out
+
+
+def test_passes_name_shows_options_defaults_and_example(capsys: pytest.CaptureFixture) -> None:
+    code, out, _ = run_cli(capsys, "passes", "prune")
+    assert code == 0
+    assert "DepGraph" in out                                    # the idea and its paper
+    assert "round-to" in out and "l1 | l2 | bn-scale" in out    # options with kebab names and choices
+    assert "prune{ratio=0.5}" in out                            # a runnable example spec
+    from torchcarve.passes import parse_pipeline
+    assert parse_pipeline("prune{ratio=0.5}")[0].spec() == "prune"
+
+
+def test_passes_unknown_name_lists_valid_ones(capsys: pytest.CaptureFixture) -> None:
+    code, _, err = run_cli(capsys, "passes", "prnue")
+    assert code == 1
+    assert "no pass named 'prnue'" in err and "prune" in err.split("hint:")[1]

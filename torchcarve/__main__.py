@@ -1,4 +1,4 @@
-"""`python -m torchcarve` is the `carve` command."""
+"""`python -m torchcarve` runs `carve`."""
 import sys
 
 from .cli import main

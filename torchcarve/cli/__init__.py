@@ -9,6 +9,9 @@ import importlib
 import sys
 from typing import Sequence
 
+import torch
+
+from .. import __version__
 from ..errors import CarveError
 
 # subcommand modules, in the order `carve --help` lists them
@@ -18,6 +21,7 @@ COMMANDS = ["capture", "show", "opt", "passes", "export", "demo"]
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="carve", description="Make trained neural networks smaller and faster.")
     parser.add_argument("--debug", action="store_true", help="show tracebacks on errors")
+    parser.add_argument("--version", action="version", version=f"carve (torchcarve) {__version__}, torch {torch.__version__}")
     subparsers = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for name in COMMANDS:
         importlib.import_module(f"{__name__}.{name}").register(subparsers)

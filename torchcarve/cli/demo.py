@@ -22,7 +22,7 @@ console = Console(width=max(Console().width, 110))
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser("demo", help="the built-in end-to-end run on the digits data set")
-    parser.add_argument("--out", default="carve-demo", help="where artifacts are written (default ./carve-demo)")
+    parser.add_argument("-o", "--output", "--out", dest="out", default="carve-demo", help="where artifacts are written (default ./carve-demo)")
     parser.add_argument("--epochs", type=int, default=12, help="training epochs (default 12, a few seconds)")
     parser.add_argument("--finetune-epochs", type=int, default=12, help="fine-tuning epochs after pruning (default 12)")
     parser.set_defaults(run=run)

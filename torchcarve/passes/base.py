@@ -61,7 +61,7 @@ class Pass:
 
     def spec(self) -> str:
         """The pipeline text that parses back to this pass: `prune{ratio=0.5}`."""
-        options = [f"{f.name.replace('_', '-')}={_option_text(getattr(self, f.name))}"
+        options = [f"{f.name.replace('_', '-')}={option_text(getattr(self, f.name))}"
                    for f in dataclasses.fields(self) if getattr(self, f.name) != f.default]
         return self.name + ("{" + ",".join(options) + "}" if options else "")
 
@@ -72,14 +72,15 @@ class Pass:
 SPECIAL = set(',{}[]=" ')
 
 
-def _option_text(value: Any) -> str:
+def option_text(value: Any) -> str:
+    """An option value as pipeline text: 0.5, true, none, [a,b], \"quoted text\"."""
     if isinstance(value, str):
         plain = value and value != "none" and not SPECIAL & set(value)
         return value if plain else json.dumps(value)
     if isinstance(value, bool):
         return "true" if value else "false"
     if isinstance(value, (tuple, list)):
-        return "[" + ",".join(_option_text(v) for v in value) + "]"
+        return "[" + ",".join(option_text(v) for v in value) + "]"
     if value is None:
         return "none"
     return str(value)
@@ -108,7 +109,9 @@ def option_fields(cls: type[Pass]) -> list[tuple[str, Any, Any]]:
 
 
 def type_text(tp: Any) -> str:
-    """A readable type name for docs and errors: float, tuple[int, ...], str | None."""
+    """A readable type name for docs and errors: float, tuple[int, ...], str | None, l1 | l2."""
+    if typing.get_origin(tp) is typing.Literal:
+        return " | ".join(map(str, typing.get_args(tp)))
     return tp.__name__ if isinstance(tp, type) and not typing.get_args(tp) else str(tp).replace("typing.", "")
 
 
