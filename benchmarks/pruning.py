@@ -8,7 +8,7 @@ model on the captured graph), latency speedup in onnxruntime (through `tc.to_onn
 at batch 1 and 16 (median of --repeat runs), and the time to build dependency groups. The ONNX light
 models are pruned straight from the file (torch-pruning cannot read ONNX).
 
-    pip install -e ".[dev,bench]" && python benchmarks/pruning.py [--repeat 10] [--models ...] [--out README.md]
+    pip install -e ".[dev,bench]" && python benchmarks/pruning.py [--repeat 10] [--models ...] [--out benchmarks/README.md]
 """
 from __future__ import annotations
 
