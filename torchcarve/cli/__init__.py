@@ -13,6 +13,7 @@ import torch
 
 from .. import __version__
 from ..errors import CarveError
+from ..progress import show_progress
 
 # subcommand modules, in the order `carve --help` lists them
 COMMANDS = ["capture", "show", "opt", "passes", "export", "demo"]
@@ -32,7 +33,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
-        return args.run(args) or 0
+        with show_progress():
+            return args.run(args) or 0
     except CarveError as e:
         if args.debug:
             raise

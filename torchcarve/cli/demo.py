@@ -16,6 +16,7 @@ from rich.console import Console
 from rich.table import Table
 
 from ..errors import CarveError
+from ..progress import track
 
 console = Console(width=max(Console().width, 110))
 
@@ -69,7 +70,7 @@ def train(model: torch.nn.Module, data: Digits, epochs: int, lr: float = 3e-3) -
     optimizer = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=lr)
     generator = torch.Generator().manual_seed(1)
     model.train()
-    for _ in range(epochs):
+    for _ in track(range(epochs), "training (epochs)"):
         for batch in torch.randperm(len(data.train_x), generator=generator).split(64):
             optimizer.zero_grad()
             loss = torch.nn.functional.cross_entropy(model(data.train_x[batch]), data.train_y[batch])

@@ -15,6 +15,7 @@ import torch
 from ..analysis.cost import Cost, graph_cost
 from ..errors import CarveError, VerifyError
 from ..ir import Graph, verify
+from ..progress import track
 from .base import Pass, PassContext
 from .pipeline import parse_pipeline
 
@@ -62,7 +63,7 @@ class PassManager:
         inputs = self._inputs(graph) if self.check_numerics else None
         outputs = run_graph(graph, inputs) if inputs is not None else None
         report: list[PassReport] = []
-        for each in self.passes:
+        for each in track(self.passes, "passes"):
             line, outputs = self._run_one(each, graph, inputs, outputs)
             report.append(line)
         return OptimizeResult(graph, report)

@@ -17,6 +17,7 @@ from ...ir.node import Node
 from ...ir.ops import get_op
 from ...ir.ops.aten import arguments, encode_arguments
 from ...ir.value import Value
+from ...progress import track
 
 TARGET_OPS = {"aten.linear": "linear", "aten.conv2d": "conv"}
 
@@ -135,7 +136,7 @@ def collect_moments(graph: Graph, layers: list[Layer], calibration) -> None:
     observers: dict[Value, list[MomentObserver]] = {}
     for (value, _), observer in shared.items():
         observers.setdefault(value, []).append(observer)
-    for batch in as_batches(calibration):
+    for batch in track(as_batches(calibration), "whitening: input statistics"):
         run_observed(graph, batch, observers)
     for layer in layers:
         seen = [o for o in dict.fromkeys(per_layer[layer.name]) if o.gram is not None]

@@ -20,6 +20,7 @@ from ...analysis.cost import node_cost
 from ...ir import Graph, Value
 from ...ir.node import Node
 from ...ir.ops import get_op
+from ...progress import track
 from .groups import Group
 from .rewrite import Removal, kept_indices
 
@@ -74,7 +75,7 @@ def _gradients(graph: Graph, calibration: Sequence) -> dict[str, torch.Tensor]:
 
     module = to_torch(graph)
     attributes = dict(module.named_parameters())
-    for batch in calibration:
+    for batch in track(calibration, "taylor importance"):
         inputs = (batch,) if isinstance(batch, torch.Tensor) else tuple(batch)
         outputs = module(*inputs)
         outputs = outputs if isinstance(outputs, (tuple, list)) else (outputs,)
@@ -140,7 +141,7 @@ def measure_latency(graph: Graph, repeats: int = 5) -> dict[Node, float]:
     """Seconds per node, each run alone by its torch kernel on random inputs of its input types."""
     times = {}
     values: dict[Value, torch.Tensor] = {}
-    for node in graph.nodes:
+    for node in track(list(graph.nodes), "timing each op (target=latency)"):
         if node.op == "param":
             values[node.output] = graph.params[node.attrs["name"]]
             continue

@@ -7,6 +7,7 @@ from typing import Any, Callable, Sequence
 import torch
 
 from ...ir import Graph
+from ...progress import track
 
 # graph, names of layers to quantize -> the quantized copy
 Apply = Callable[[Graph, set[str]], Graph]
@@ -31,7 +32,8 @@ def run_batches(graph: Graph, batches: Sequence[Any]) -> list[list[torch.Tensor]
 def layer_sensitivity(graph: Graph, names: list[str], apply: Apply, batches: Sequence[Any]) -> dict[str, float]:
     """The output error with only each one layer quantized."""
     reference = run_batches(graph, batches)
-    return {name: output_error(reference, run_batches(apply(graph, {name}), batches)) for name in names}
+    return {name: output_error(reference, run_batches(apply(graph, {name}), batches))
+            for name in track(names, "sensitivity: one layer quantized at a time")}
 
 
 def choose_float_layers(graph: Graph, names: list[str], apply: Apply, batches: Sequence[Any],
@@ -40,9 +42,10 @@ def choose_float_layers(graph: Graph, names: list[str], apply: Apply, batches: S
     reference = run_batches(graph, batches)
     ranked = sorted(names, key=sensitivity.get, reverse=True)
     kept: list[str] = []
-    while True:
+    for next_float in track([*ranked, None], "mixed precision: layers back to float"):
         quantized = {n for n in names if n not in kept}
         error = output_error(reference, run_batches(apply(graph, quantized), batches))
-        if error <= max_error or not quantized:
+        if error <= max_error or next_float is None:
             return kept, error
-        kept.append(ranked[len(kept)])
+        kept.append(next_float)
+    raise AssertionError("unreachable: the last candidate returns")
