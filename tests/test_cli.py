@@ -157,3 +157,11 @@ def test_passes_unknown_name_lists_valid_ones(capsys: pytest.CaptureFixture) -> 
     code, _, err = run_cli(capsys, "passes", "prnue")
     assert code == 1
     assert "no pass named 'prnue'" in err and "prune" in err.split("hint:")[1]
+
+
+def test_opt_stats_are_readable_text(workdir: Path, capsys: pytest.CaptureFixture) -> None:
+    run_cli(capsys, "capture", "factories:small_cnn", "--input", "2x3x8x8", "-o", "m.carve")
+    code, out, _ = run_cli(capsys, "opt", "m.carve", "-p", "prune{ratio=0.5},low-rank{ratio=0.5},quantize", "-o", "q.carve")
+    assert code == 0
+    assert "%v" not in out and "{'" not in out and "=(" not in out     # no raw names, dicts or tuples
+    assert "KiB →" in out                                              # weight bytes in a readable unit

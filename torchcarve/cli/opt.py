@@ -63,7 +63,7 @@ def report_table(report: Sequence[PassReport], timings: bool = False, title: str
         table.add_column("ms", justify="right")
     for line in report:
         row = [line.spec, "yes" if line.changed else "-", _arrow(line.nodes), _arrow(line.params), _arrow(line.macs),
-               ", ".join(f"{k}={v}" for k, v in line.stats.items() if v and k != "layers")]
+               stats_text(line.stats)]
         row += [f"{line.max_error:.2g}"] if checked else []
         row += [f"{line.seconds * 1e3:.1f}"] if timings else []
         table.add_row(*row)
@@ -83,6 +83,23 @@ def layers_table(spec: str, layers: Sequence[dict] | dict[str, dict]) -> Table:
     for row in rows:
         table.add_row(*(_cell(row.get(column, "")) for column in columns))
     return table
+
+
+SHOWN_ELSEWHERE = {"layers", "params", "macs"}  # per-layer table and the params/MACs columns
+
+
+def stats_text(stats: dict) -> str:
+    """A pass's stats as short readable text: `pruned 4 of 20 groups`-style pairs, arrows, counts."""
+    return ", ".join(f"{key.replace('_', ' ')} {_stat(value)}" for key, value in stats.items()
+                     if value and key not in SHOWN_ELSEWHERE)
+
+
+def _stat(value: object) -> str:
+    if isinstance(value, dict):  # reason -> count, or name -> reason: how many, and the reasons in short
+        if all(isinstance(v, int) for v in value.values()):
+            return "; ".join(f"{count} × {reason}" for reason, count in value.items())
+        return f"{len(value)} ({', '.join(list(value)[:3])}{', …' if len(value) > 3 else ''})"
+    return _cell(value)
 
 
 def _cell(value: object) -> str:

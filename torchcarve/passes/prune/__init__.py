@@ -5,7 +5,6 @@ select.py, and the rewrite (rewrite.py) slices every coupled weight and fixes ev
 """
 from __future__ import annotations
 
-import re
 from collections import Counter
 from dataclasses import dataclass
 from typing import Literal
@@ -101,4 +100,4 @@ def _layer_cost(group: Group) -> tuple[int, int]:
 
 
 def _reason(group: Group) -> str:
-    return re.sub(r"%\w+", "%v", group.blocked or ("heads=false" if group.kind == "heads" else "no weights"))
+    return group.blocked or ("heads=false" if group.kind == "heads" else "no weights")

@@ -157,7 +157,7 @@ def _add(group: Group, link: tuple[Slot, torch.Tensor]) -> bool:
         return False
     merged = _union_rows(old, idx)
     if merged is None:
-        group.blocked = group.blocked or f"%{slot[0].name} axis {slot[1]} is reached in two inconsistent ways"
+        group.blocked = group.blocked or "a channel axis is reached in two inconsistent ways"
         return False
     if torch.equal(merged, old):
         return False
@@ -179,7 +179,7 @@ def _union_rows(old: torch.Tensor, new: torch.Tensor) -> torch.Tensor | None:
 def _protection(search: _Search, group: Group) -> str:
     for (value, axis), idx in group.members.items():
         if value.is_graph_input or value.is_graph_output:
-            return f"reaches graph {'input' if value.is_graph_input else 'output'} %{value.name}"
+            return f"reaches a graph {'input' if value.is_graph_input else 'output'}"
         mask = search.covered.get((value, axis))
         if mask is not None and mask[idx].any():
             return f"overlaps another group at %{value.name} axis {axis}"

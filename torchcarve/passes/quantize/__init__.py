@@ -11,7 +11,7 @@ from ..base import Pass, PassContext, PassResult, register_pass
 from .calibrate import calibrate
 from .observers import OBSERVERS
 from .outliers import split_outliers
-from .report import layer_rows, mib, weight_bytes
+from .report import byte_size, layer_rows, weight_bytes
 from .rewrite import EMBEDDING, Layer, WeightFormat, activations_to_observe, fake_quantize, find_layers, rewrite_layer
 from .sensitivity import choose_float_layers, layer_sensitivity
 from .smooth import smooth_layers
@@ -75,7 +75,7 @@ class Quantize(Pass):
         precision = {layer.name: self._precision(layer) for layer in found}
         quantized = {names[n] for n in chosen}
         stats.update(quantized=len(quantized), float=len(precision) - len(quantized),
-                     weights=f"{mib(size)} -> {mib(weight_bytes(graph))}",
+                     weights=f"{byte_size(size)} → {byte_size(weight_bytes(graph))}",
                      layers=layer_rows(graph, precision, quantized, moved, sensitivity))
         return PassResult(bool(chosen), stats)
 

@@ -30,5 +30,9 @@ def layer_rows(graph: Graph, precision: dict[str, str], quantized: set[str], out
     return rows
 
 
-def mib(count: int) -> str:
-    return f"{count / 2**20:.1f} MiB"
+def byte_size(count: int) -> str:
+    """Bytes in the largest unit that keeps a digit before the point: 912 B, 23.2 KiB, 86.1 MiB."""
+    for unit, scale in (("GiB", 2**30), ("MiB", 2**20), ("KiB", 2**10)):
+        if count >= scale:
+            return f"{count / scale:.1f} {unit}"
+    return f"{count} B"
