@@ -343,6 +343,7 @@ def main() -> None:
     parser.add_argument("--rows", type=Path, help="JSONL of finished rows: appended to, and models already in it skipped")
     parser.add_argument("--out", type=Path, help="append the table to this markdown file (benchmarks/README.md)")
     parser.add_argument("--list", action="store_true", help="print the model names and stop")
+    parser.add_argument("--render", action="store_true", help="run nothing: the table of the rows in --rows")
     parser.add_argument("--one", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.one:
@@ -353,7 +354,7 @@ def main() -> None:
         print("\n".join(names))
         return
     done = load_rows(args.rows)
-    todo = [n for n in names if n not in done]
+    todo = [] if args.render else [n for n in names if n not in done]
 
     def one(name: str) -> dict[str, Any]:
         row = run_model(name, args.timeout)
