@@ -28,6 +28,7 @@ import onnxruntime as ort  # noqa: E402
 import torch  # noqa: E402
 
 import torchcarve as tc  # noqa: E402
+from machine import cpu  # noqa: E402
 
 CALIBRATION_TEXT = """The committee approved the new budget after a long debate about school funding.
 Heavy rain flooded several roads in the valley, and the ferry service was suspended for the day.
@@ -175,13 +176,6 @@ def run_shape(tokenizer, model, batch: int, seq: int, threads: int, runs: int, r
         size = paths[label].stat().st_size / 2**20
         rows.append((f"{batch}x{seq}", label, min(timings[label]) * 1e3, base / min(timings[label]), cosine, size))
     return rows
-
-
-def cpu() -> str:
-    """The CPU model and whether it has VNNI (int8 dot products without AVX2's int16 saturation)."""
-    info = Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").exists() else ""
-    model = next((line.split(":", 1)[1].strip() for line in info.splitlines() if line.startswith("model name")), "?")
-    return f"{model}, {'VNNI' if 'vnni' in info else 'AVX2 without VNNI' if 'avx2' in info else 'no AVX2'}"
 
 
 def gemm_ceiling(batch: int, seq: int, threads: int, runs: int) -> list[tuple]:

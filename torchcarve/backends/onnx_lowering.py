@@ -618,6 +618,63 @@ def diff(ctx: "LoweringContext", node: Node) -> None:
     ctx.emit("Sub", [later, earlier], _out(ctx, node))
 
 
+# ---- roll, einsum, swapaxes, adaptive max pooling -----------------------------------------
+
+def roll(ctx: "LoweringContext", node: Node) -> None:
+    """Each (shift, dim): the last `shift` entries moved to the front, as Slice + Concat; no dims rolls flat."""
+    args = arguments(node)
+    source = node.inputs[0]
+    shifts, dims = list(args["shifts"]), list(args.get("dims") or [])
+    name = ctx.name(source)
+    if not dims:
+        name = ctx.emit("Reshape", [name, ctx.ints([-1])])[0]
+        sizes = [math.prod(_static_shape(source, node))]
+        dims = [0]
+    else:
+        sizes = [_static(source.type.shape[d], node) for d in dims]
+    for step, (shift, dim, size) in enumerate(zip(shifts, dims, sizes)):
+        cut = size - shift % size
+        tail = ctx.emit("Slice", [name, ctx.ints([cut]), ctx.ints([INT64_MAX]), ctx.ints([dim])])[0]
+        head = ctx.emit("Slice", [name, ctx.ints([0]), ctx.ints([cut]), ctx.ints([dim])])[0]
+        last = step == len(shifts) - 1 and args.get("dims")
+        name = ctx.emit("Concat", [tail, head], _out(ctx, node) if last else 1, axis=dim)[0]
+    if not args.get("dims"):
+        ctx.emit("Reshape", [name, ctx.emit("Shape", [ctx.name(source)])[0]], _out(ctx, node))
+
+
+def einsum(ctx: "LoweringContext", node: Node) -> None:
+    """torch.einsum -> ONNX Einsum (same equation language, spaces dropped)."""
+    dtype = node.outputs[0].type.dtype
+    equation = arguments(node)["equation"].replace(" ", "")
+    ctx.emit("Einsum", [ctx.input(v, dtype) for v in node.inputs], _out(ctx, node), equation=equation)
+
+
+def swap_dims(first: str, second: str) -> Rule:
+    """swapaxes/swapdims: a Transpose exchanging the two named dims."""
+    def rule(ctx: "LoweringContext", node: Node) -> None:
+        args = arguments(node)
+        rank = node.inputs[0].type.rank
+        perm = list(range(rank))
+        a, b = _axis(args[first], rank), _axis(args[second], rank)
+        perm[a], perm[b] = perm[b], perm[a]
+        ctx.emit("Transpose", [ctx.name(node.inputs[0])], _out(ctx, node), perm=perm)
+    return rule
+
+
+def numpy_t(ctx: "LoweringContext", node: Node) -> None:
+    """x.T: every dim reversed."""
+    rank = node.inputs[0].type.rank
+    ctx.emit("Transpose", [ctx.name(node.inputs[0])], _out(ctx, node), perm=list(reversed(range(rank))))
+
+
+def adaptive_max_pool(ctx: "LoweringContext", node: Node) -> None:
+    """Adaptive max pooling's values (GlobalMaxPool / fixed-window MaxPool); ONNX has no form for its indices."""
+    if len(node.outputs) > 1 and (node.outputs[1].uses or node.outputs[1].is_graph_output):
+        raise UnsupportedOpError(f"{node!r}: the indices of adaptive max pooling have no ONNX lowering",
+                                 hint="use the pooled values only (return_indices=False)")
+    adaptive_pool("GlobalMaxPool", "MaxPool")(ctx, node)
+
+
 # ---- onnx.* ops: written back as they came ------------------------------------------------
 
 def lower_onnx_op(ctx: "LoweringContext", node: Node) -> None:
@@ -773,6 +830,9 @@ LOWERINGS: dict[str, Rule] = {
     "aten.upsample_nearest2d.vec": upsample("nearest"), "aten.upsample_bilinear2d.vec": upsample("linear"),
     "aten.pixel_shuffle": pixel_shuffle, "aten.cumsum": cumsum, "aten.tril": trilu(0), "aten.triu": trilu(1),
     "aten.diff": diff,
+    "aten.roll": roll, "aten.einsum": einsum, "aten.numpy_T": numpy_t,
+    "aten.swapaxes": swap_dims("axis0", "axis1"), "aten.swapdims": swap_dims("dim0", "dim1"),
+    "aten.adaptive_max_pool1d": adaptive_max_pool, "aten.adaptive_max_pool2d": adaptive_max_pool,
     **{op: like_fill for op in ("aten.zeros_like", "aten.ones_like", "aten.full_like", "aten.new_zeros",
                                 "aten.new_ones")},
 }
