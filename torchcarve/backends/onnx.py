@@ -61,6 +61,7 @@ class LoweringContext:
         self.used: set[str] = set()
         self.node: Node | None = None
         self.extra_domains: dict[str, int] = {}
+        self.symbol_sizes: dict[str, str] = {}
 
     # ---- names -------------------------------------------------------------------------
     def fresh(self, base: str) -> str:
@@ -117,6 +118,37 @@ class LoweringContext:
         if source == target:
             return name
         return self.emit("Cast", [name], to=ONNX_DTYPES[target])[0]
+
+    def sizes(self, dims: list[Any], base: str = "shape") -> str:
+        """A 1-D int64 tensor of `dims` (ints, SymSize or symbolic dims): symbolic ones are computed at run
+        time from the graph inputs' shapes (Shape -> Gather -> Mul -> Concat)."""
+        if all(isinstance(d, int) for d in dims):
+            return self.ints(list(dims), base)
+        parts = [self.ints([d]) if isinstance(d, int) else self.symbolic_size(str(d)) for d in dims]
+        return parts[0] if len(parts) == 1 else self.emit("Concat", parts, axis=0)[0]
+
+    def symbolic_size(self, dim: str) -> str:
+        """A [1] int64 tensor holding the size of a symbolic dim ("batch", "batch*12")."""
+        if dim in self.symbol_sizes:
+            return self.symbol_sizes[dim]
+        parts = dim.split("*")
+        if len(parts) == 1:
+            self.symbol_sizes[dim] = self._symbol_from_inputs(dim)
+            return self.symbol_sizes[dim]
+        result = self.symbolic_size(parts[0])
+        for part in parts[1:]:
+            factor = self.ints([int(part)]) if part.isdigit() else self.symbolic_size(part)
+            result = self.emit("Mul", [result, factor])[0]
+        self.symbol_sizes[dim] = result
+        return result
+
+    def _symbol_from_inputs(self, symbol: str) -> str:
+        for value in self.graph.inputs:
+            if symbol in value.type.shape:
+                shape = self.emit("Shape", [self.names[value]])[0]
+                return self.emit("Gather", [shape, self.ints([value.type.shape.index(symbol)], "dim")], axis=0)[0]
+        raise CarveError(f"symbol '{symbol}' sizes a node of @{self.graph.name} but is no dim of a graph input",
+                         hint="symbolic sizes are bound from the graph inputs' shapes")
 
     def input(self, value: Value, dtype: str | None = None) -> str:
         """An input's name, cast to `dtype` when given and different."""

@@ -109,13 +109,13 @@ def _onnx_dtype(dtype: str) -> int:
 
 
 def reshape(ctx: "LoweringContext", node: Node) -> None:
-    """Every view-like op: Reshape to the output type (0 copies a symbolic dim in place, -1 infers one)."""
+    """Every view-like op: Reshape to the output type (0 copies a symbolic dim in place, -1 infers one;
+    with more unknown dims the shape is computed from the input sizes at run time)."""
     source, target = node.inputs[0], node.outputs[0].type
     shape = [d if isinstance(d, int) else (0 if i < source.type.rank and source.type.shape[i] == d else -1)
              for i, d in enumerate(target.shape)]
-    if shape.count(-1) > 1:
-        raise UnsupportedOpError(f"{node!r}: cannot reshape to {target} with more than one unknown dim")
-    ctx.emit("Reshape", [ctx.name(source), ctx.ints(shape, "shape")], _out(ctx, node))
+    sizes = ctx.ints(shape, "shape") if shape.count(-1) <= 1 else ctx.sizes(list(target.shape))
+    ctx.emit("Reshape", [ctx.name(source), sizes], _out(ctx, node))
 
 
 # ---- convolution, linear algebra ----------------------------------------------------------
@@ -405,7 +405,7 @@ def squeeze(ctx: "LoweringContext", node: Node) -> None:
 
 def expand(ctx: "LoweringContext", node: Node) -> None:
     sizes = [1 if s == -1 else s for s in arguments(node)["size"]]
-    ctx.emit("Expand", [ctx.name(node.inputs[0]), ctx.ints(sizes, "shape")], _out(ctx, node))
+    ctx.emit("Expand", [ctx.name(node.inputs[0]), ctx.sizes(sizes)], _out(ctx, node))
 
 
 def expand_as(ctx: "LoweringContext", node: Node) -> None:
@@ -467,8 +467,8 @@ def narrow(ctx: "LoweringContext", node: Node) -> None:
 
 
 def _emit_slice(ctx: "LoweringContext", node: Node, dim: int, start: int, end: int, step: int) -> None:
-    end = min(end, INT64_MAX)
-    inputs = [ctx.name(node.inputs[0]), ctx.ints([start]), ctx.ints([end]), ctx.ints([dim]), ctx.ints([step])]
+    end = min(end, INT64_MAX) if isinstance(end, int) else end
+    inputs = [ctx.name(node.inputs[0]), ctx.sizes([start]), ctx.sizes([end]), ctx.ints([dim]), ctx.ints([step])]
     ctx.emit("Slice", inputs, _out(ctx, node))
 
 
@@ -606,6 +606,30 @@ def like_fill(ctx: "LoweringContext", node: Node) -> None:
     shape = ctx.emit("Shape", [ctx.name(node.inputs[0])])[0]
     value = tensor_proto("value", torch.tensor([fill], dtype=target.torch_dtype))
     ctx.emit("ConstantOfShape", [shape], _out(ctx, node), value=value)
+
+
+def arange(ctx: "LoweringContext", node: Node) -> None:
+    """arange with a symbolic bound (a static one is folded): Range over scalars of the output dtype."""
+    args = arguments(node)
+    dtype = node.outputs[0].type.dtype
+    bounds = [args.get("start", 0), args["end"], args.get("step", 1)]
+    scalars = [ctx.scalar(b, dtype) if isinstance(b, (int, float)) else _scalar_size(ctx, b, dtype) for b in bounds]
+    ctx.emit("Range", scalars, _out(ctx, node))
+
+
+def _scalar_size(ctx: "LoweringContext", size: Any, dtype: str) -> str:
+    scalar = ctx.emit("Squeeze", [ctx.sizes([size]), ctx.ints([0])])[0]
+    return ctx.cast(scalar, "i64", dtype)
+
+
+def full(ctx: "LoweringContext", node: Node) -> None:
+    """zeros/ones/full with symbolic sizes: ConstantOfShape (static ones are folded)."""
+    from .onnx import tensor_proto
+
+    args = arguments(node)
+    fill = {"aten.zeros": 0, "aten.ones": 1}.get(node.op, args.get("fill_value"))
+    value = tensor_proto("value", torch.tensor([fill], dtype=node.outputs[0].type.torch_dtype))
+    ctx.emit("ConstantOfShape", [ctx.sizes(list(args["size"]))], _out(ctx, node), value=value)
 
 
 def diff(ctx: "LoweringContext", node: Node) -> None:
@@ -773,6 +797,8 @@ LOWERINGS: dict[str, Rule] = {
     "aten.upsample_nearest2d.vec": upsample("nearest"), "aten.upsample_bilinear2d.vec": upsample("linear"),
     "aten.pixel_shuffle": pixel_shuffle, "aten.cumsum": cumsum, "aten.tril": trilu(0), "aten.triu": trilu(1),
     "aten.diff": diff,
+    "aten.arange": arange, "aten.arange.start": arange, "aten.arange.start_step": arange,
+    "aten.zeros": full, "aten.ones": full, "aten.full": full,
     **{op: like_fill for op in ("aten.zeros_like", "aten.ones_like", "aten.full_like", "aten.new_zeros",
                                 "aten.new_ones")},
 }
