@@ -503,15 +503,18 @@ def index(ctx: "LoweringContext", node: Node) -> None:
         return
     if positions != list(range(len(positions))):
         raise UnsupportedOpError(f"{node!r}: advanced indexing at dims {positions} has no ONNX lowering")
-    shape = torch.broadcast_shapes(*[torch.Size(_static_shape(v, node)) for v in indices])
-    parts = [ctx.emit("Unsqueeze", [ctx.emit("Expand", [ctx.name(v), ctx.ints(list(shape))])[0], ctx.ints([-1])])[0]
+    shape = ctx.sizes(_broadcast_dims([v.type.shape for v in indices]))
+    parts = [ctx.emit("Unsqueeze", [ctx.emit("Expand", [ctx.name(v), shape])[0], ctx.ints([-1])])[0]
              for v in indices]
     stacked = ctx.emit("Concat", parts, axis=-1)[0]
     ctx.emit("GatherND", [ctx.name(node.inputs[0]), stacked], _out(ctx, node))
 
 
-def _static_shape(value: Any, node: Node) -> list[int]:
-    return [_static(d, node) for d in value.type.shape]
+def _broadcast_dims(shapes: list[tuple]) -> list[Any]:
+    """The broadcast of shapes whose dims may be symbolic: per right-aligned axis, the dim that is not 1."""
+    rank = max(len(shape) for shape in shapes)
+    padded = [(1,) * (rank - len(shape)) + tuple(shape) for shape in shapes]
+    return [next((d for d in column if d != 1), 1) for column in zip(*padded)]
 
 
 def reduce(op_type: str, all_dims_arg: str = "dim") -> Rule:
@@ -634,9 +637,12 @@ def full(ctx: "LoweringContext", node: Node) -> None:
 
 def diff(ctx: "LoweringContext", node: Node) -> None:
     args = arguments(node)
-    if args["n"] != 1 or args["prepend"] is not None or args["append"] is not None:
-        raise UnsupportedOpError(f"{node!r}: only diff with n=1 and no prepend/append lowers to ONNX")
+    if args["n"] != 1:
+        raise UnsupportedOpError(f"{node!r}: only diff with n=1 lowers to ONNX")
     x, dim = ctx.name(node.inputs[0]), args["dim"]
+    pieces = [ctx.name(v) for v in (args["prepend"], node.inputs[0], args["append"]) if v is not None]
+    if len(pieces) > 1:  # diff(x, prepend=p, append=a) is diff(cat([p, x, a]))
+        x = ctx.emit("Concat", pieces, axis=dim)[0]
     later = ctx.emit("Slice", [x, ctx.ints([1]), ctx.ints([INT64_MAX]), ctx.ints([dim])])[0]
     earlier = ctx.emit("Slice", [x, ctx.ints([0]), ctx.ints([-1]), ctx.ints([dim])])[0]
     ctx.emit("Sub", [later, earlier], _out(ctx, node))
