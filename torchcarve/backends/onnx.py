@@ -19,7 +19,7 @@ from ..ir.names import first_free
 from ..ir.node import Node
 from ..ir.ops.onnx_ops import DEFAULT_OPSET
 from ..ir.ops import get_op
-from ..ir.types import TensorType
+from ..ir.types import TensorType, concrete_dim
 from ..ir.value import Value
 from .onnx_lowering import LOWERINGS, SHAPE_ONLY_OPS, lower_onnx_op
 
@@ -223,13 +223,18 @@ def _fold(ctx: LoweringContext, node: Node) -> bool:
         return True
     inputs = [ctx.constants.get(v) for v in node.inputs]
     if node.op in SHAPE_ONLY_OPS:
-        inputs = [t if t is not None else torch.zeros(v.type.shape, dtype=v.type.torch_dtype)
+        inputs = [t if t is not None else torch.zeros(_stand_in_shape(v.type), dtype=v.type.torch_dtype)
                   for t, v in zip(inputs, node.inputs)]
     with torch.no_grad():
         results = get_op(node.op).run(inputs, node.attrs)
     for value, result in zip(node.outputs, results):
         ctx.constants[value] = result
     return True
+
+
+def _stand_in_shape(type: TensorType) -> list[int]:
+    """A shape-only op with a static result reads no symbolic size of its input: any size stands in."""
+    return [concrete_dim(d, {}) for d in type.shape]
 
 
 def _lower_node(ctx: LoweringContext, node: Node) -> None:

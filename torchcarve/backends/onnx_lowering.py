@@ -764,6 +764,7 @@ LOWERINGS: dict[str, Rule] = {
     **{f"aten.{op}": binary(onnx_op) for op, onnx_op in BINARY_OPS.items() if op in ("minimum", "maximum")},
     **{f"aten.{op}.{o}": binary(onnx_op, compare=True) for op, onnx_op in COMPARE_OPS.items() for o in OVERLOADS},
     **{f"aten.ne.{o}": negated(binary("Equal", compare=True)) for o in OVERLOADS},
+    "aten.min.other": binary("Min"), "aten.max.other": binary("Max"),
     "aten.pow.Tensor_Scalar": binary("Pow", second="exponent"),
     "aten.pow.Tensor_Tensor": binary("Pow", second="exponent"),
     "aten.rsub.Scalar": lambda ctx, node: _rsub(ctx, node),

@@ -65,6 +65,11 @@ def _frozen(value: Any) -> Any:
 def _infer_uncached(opdef: OpDef, attrs: dict[str, Any], input_types: Sequence[TensorType]) -> list[TensorType]:
     if opdef.infer is not None:
         return opdef.infer(attrs, list(input_types))
+    return meta_infer(opdef, attrs, input_types)
+
+
+def meta_infer(opdef: OpDef, attrs: dict[str, Any], input_types: Sequence[TensorType]) -> list[TensorType]:
+    """Output types from the op's kernel run on meta tensors, symbols stood in for by sentinel primes."""
     symbols = sorted({s for t in input_types for s in t.symbols} | attr_symbols(attrs))
     if len(symbols) > len(SENTINELS):
         raise ShapeError(f"{opdef.name}: more than {len(SENTINELS)} symbolic dims are not supported")
