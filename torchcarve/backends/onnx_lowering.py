@@ -18,6 +18,7 @@ from ..errors import UnsupportedOpError
 from ..ir.node import Node
 from ..ir.ops.aten import arguments
 from ..ir.ops.onnx_ops import INTERNAL_ATTRS, STATIC_INPUTS
+from ..ir.types import attr_symbols
 
 if TYPE_CHECKING:
     from .onnx import LoweringContext
@@ -671,7 +672,8 @@ def lower_onnx_op(ctx: "LoweringContext", node: Node) -> None:
         while len(inputs) < position:
             inputs.append("")
         tensor_dtype = dtype or (node.inputs[0].type.torch_dtype if node.inputs else torch.int64)
-        inputs.insert(position, ctx.const(torch.tensor(value, dtype=tensor_dtype), name))
+        symbolic = attr_symbols(value)  # Reshape{shape=[N, -1]}: computed from the input shapes at run time
+        inputs.insert(position, ctx.sizes(value) if symbolic else ctx.const(torch.tensor(value, dtype=tensor_dtype), name))
         del attrs[name]
     adapt = ATTR_ADAPTERS.get(op_type)
     if adapt is not None:
