@@ -91,11 +91,12 @@ def test_cli_wrong_calibration_is_one_line(cnn, tmp_path, capsys):
     tc.save(graph, tmp_path / "cnn.carve")
     save_file({"input": torch.randn(16, 3, 16, 16)}, str(tmp_path / "calib.safetensors"))
     code = main(["opt", str(tmp_path / "cnn.carve"), "-p", PIPELINE, "-o", str(tmp_path / "out"),
-                 "--calibration", str(tmp_path / "calib.safetensors")])
+                 "--calibration", str(tmp_path / "calib.safetensors"), "--calibration-batch", "8"])
     err = capsys.readouterr().err.strip().splitlines()
     assert code == 1 and len(err) == 2
     assert err[0].startswith("carve opt: error: calibration batch 0: input %input expects f32[2,3,16,16], got "
                              "f32[8,3,16,16]")
     assert "--calibration-batch 2" in err[1]
-    assert main(["opt", str(tmp_path / "cnn.carve"), "-p", PIPELINE, "-o", str(tmp_path / "out"),
-                 "--calibration", str(tmp_path / "calib.safetensors"), "--calibration-batch", "2"]) == 0
+    for fix in (["--calibration-batch", "2"], []):  # the default batch is the graph's fixed batch size
+        assert main(["opt", str(tmp_path / "cnn.carve"), "-p", PIPELINE, "-o", str(tmp_path / "out"),
+                     "--calibration", str(tmp_path / "calib.safetensors"), *fix]) == 0
