@@ -32,9 +32,9 @@ def main() -> None:
                         intermediate_size=4 * hidden)
     model = BertModel(config).eval()
 
-    example = {"input_ids": torch.randint(0, 1000, (2, 8)), "attention_mask": torch.ones(2, 8, dtype=torch.int64)}
+    example = (torch.randint(0, 1000, (2, 8)), torch.ones(2, 8, dtype=torch.int64))   # input_ids, attention_mask
     axes = {0: "batch", 1: "seq"}
-    graph = tc.capture(model, (), kwargs=example, dynamic={"input_ids": axes, "attention_mask": axes})
+    graph = tc.capture(model, example, dynamic={"input_ids": axes, "attention_mask": axes})
     path = Path(tempfile.mkdtemp(prefix="carve-hf-")) / "bert.onnx"
     tc.to_onnx(graph, path)
 

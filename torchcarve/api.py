@@ -61,9 +61,10 @@ class Compiled:
 
 
 def compile(model: torch.nn.Module, example_inputs: Any, pipeline: str = "", *, method: str = "auto",
-            dynamic_batch: bool = False, calibration: Any = None) -> Compiled:
-    """Capture `model`, run `pipeline` over it, and build the PyTorch module of the result."""
-    graph = capture(model, example_inputs, method=method, dynamic_batch=dynamic_batch)
+            dynamic_batch: bool = False, dynamic: dict | None = None, calibration: Any = None) -> Compiled:
+    """Capture `model`, run `pipeline` over it (calibration checked against the graph's inputs),
+    and build the PyTorch module of the result. dynamic_batch/dynamic: see docs/dynamic-shapes.md."""
+    graph = capture(model, example_inputs, method=method, dynamic_batch=dynamic_batch, dynamic=dynamic)
     report: list[Any] = []
     if pipeline:
         from .passes import optimize

@@ -250,13 +250,17 @@ def test_max_pool_whose_ceil_window_starts_in_the_padding_stays_onnx() -> None:
     assert_matches_ort(graph, proto, export=False)
 
 
-def test_dynamic_reshape_shape_keeps_onnx_reshape() -> None:
+def test_reshape_to_a_shape_read_off_a_symbolic_input_becomes_a_symbolic_aten_reshape() -> None:
     graph = helper.make_graph(
         [helper.make_node("Shape", ["y"], ["s"]), helper.make_node("Reshape", ["x", "s"], ["out"])], "dyn",
         [helper.make_tensor_value_info("x", F32, ["n", 2, 2]), helper.make_tensor_value_info("y", F32, ["n", 4])],
         [helper.make_tensor_value_info("out", F32, ["n", 4])])
     proto = onnx.shape_inference.infer_shapes(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)]))
-    assert "onnx.Reshape" in ops(tc.from_onnx(proto))
+    imported = tc.from_onnx(proto)
+    reshape = next(n for n in imported.nodes if n.op == "aten.reshape")
+    assert [str(d) for d in reshape.attrs["shape"]] == ["n", "4"] and "onnx.Reshape" not in ops(imported)
+    x, y = torch.randn(3, 2, 2), torch.randn(3, 4)
+    torch.testing.assert_close(tc.to_torch(imported)(x, y), x.reshape(3, 4))
 
 
 def test_fuse_folds_batch_norm_of_an_onnx_model(tmp_path) -> None:

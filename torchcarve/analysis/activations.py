@@ -9,8 +9,8 @@ from typing import Any, Callable, Iterable, Sequence
 
 import torch
 
-from ..errors import CarveError
 from ..ir import Graph
+from ..ir.signature import bind_inputs
 from ..ir.ops import get_op
 from ..ir.value import Value
 
@@ -19,9 +19,7 @@ Observer = Callable[[torch.Tensor], None]
 
 def run_observed(graph: Graph, inputs: Sequence[torch.Tensor], observers: dict[Value, list[Observer]]) -> list[torch.Tensor]:
     """Evaluate `graph` on `inputs`, calling each observer with its value's tensor once it is computed."""
-    if len(inputs) != len(graph.inputs):
-        raise CarveError(f"graph @{graph.name} takes {len(graph.inputs)} inputs, a calibration batch has {len(inputs)}",
-                         hint="calibration is an iterable of input tuples, one tensor per graph input")
+    sizes = bind_inputs(graph.inputs, inputs, "calibration batch")
     last_use = _last_uses(graph)
     env: dict[Value, Any] = dict(zip(graph.inputs, inputs))
     for value in graph.inputs:
@@ -31,7 +29,7 @@ def run_observed(graph: Graph, inputs: Sequence[torch.Tensor], observers: dict[V
             if node.op == "param":
                 results = [graph.params[node.attrs["name"]]]
             else:
-                results = get_op(node.op).run([env[v] for v in node.inputs], node.attrs)
+                results = get_op(node.op).run([env[v] for v in node.inputs], node.attrs, sizes)
             for value, result in zip(node.outputs, results):
                 env[value] = result
                 _observe(observers, value, result)

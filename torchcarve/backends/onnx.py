@@ -19,7 +19,7 @@ from ..ir.names import first_free
 from ..ir.node import Node
 from ..ir.ops.onnx_ops import DEFAULT_OPSET
 from ..ir.ops import get_op
-from ..ir.types import TensorType
+from ..ir.types import TensorType, concrete_dim
 from ..ir.value import Value
 from .onnx_lowering import LOWERINGS, SHAPE_ONLY_OPS, lower_onnx_op
 
@@ -61,6 +61,7 @@ class LoweringContext:
         self.used: set[str] = set()
         self.node: Node | None = None
         self.extra_domains: dict[str, int] = {}
+        self.symbol_sizes: dict[str, str] = {}
 
     # ---- names -------------------------------------------------------------------------
     def fresh(self, base: str) -> str:
@@ -117,6 +118,37 @@ class LoweringContext:
         if source == target:
             return name
         return self.emit("Cast", [name], to=ONNX_DTYPES[target])[0]
+
+    def sizes(self, dims: list[Any], base: str = "shape") -> str:
+        """A 1-D int64 tensor of `dims` (ints, SymSize or symbolic dims): symbolic ones are computed at run
+        time from the graph inputs' shapes (Shape -> Gather -> Mul -> Concat)."""
+        if all(isinstance(d, int) for d in dims):
+            return self.ints(list(dims), base)
+        parts = [self.ints([d]) if isinstance(d, int) else self.symbolic_size(str(d)) for d in dims]
+        return parts[0] if len(parts) == 1 else self.emit("Concat", parts, axis=0)[0]
+
+    def symbolic_size(self, dim: str) -> str:
+        """A [1] int64 tensor holding the size of a symbolic dim ("batch", "batch*12")."""
+        if dim in self.symbol_sizes:
+            return self.symbol_sizes[dim]
+        parts = dim.split("*")
+        if len(parts) == 1:
+            self.symbol_sizes[dim] = self._symbol_from_inputs(dim)
+            return self.symbol_sizes[dim]
+        result = self.symbolic_size(parts[0])
+        for part in parts[1:]:
+            factor = self.ints([int(part)]) if part.isdigit() else self.symbolic_size(part)
+            result = self.emit("Mul", [result, factor])[0]
+        self.symbol_sizes[dim] = result
+        return result
+
+    def _symbol_from_inputs(self, symbol: str) -> str:
+        for value in self.graph.inputs:
+            if symbol in value.type.shape:
+                shape = self.emit("Shape", [self.names[value]])[0]
+                return self.emit("Gather", [shape, self.ints([value.type.shape.index(symbol)], "dim")], axis=0)[0]
+        raise CarveError(f"symbol '{symbol}' sizes a node of @{self.graph.name} but is no dim of a graph input",
+                         hint="symbolic sizes are bound from the graph inputs' shapes")
 
     def input(self, value: Value, dtype: str | None = None) -> str:
         """An input's name, cast to `dtype` when given and different."""
@@ -191,13 +223,18 @@ def _fold(ctx: LoweringContext, node: Node) -> bool:
         return True
     inputs = [ctx.constants.get(v) for v in node.inputs]
     if node.op in SHAPE_ONLY_OPS:
-        inputs = [t if t is not None else torch.zeros(v.type.shape, dtype=v.type.torch_dtype)
+        inputs = [t if t is not None else torch.zeros(_stand_in_shape(v.type), dtype=v.type.torch_dtype)
                   for t, v in zip(inputs, node.inputs)]
     with torch.no_grad():
         results = get_op(node.op).run(inputs, node.attrs)
     for value, result in zip(node.outputs, results):
         ctx.constants[value] = result
     return True
+
+
+def _stand_in_shape(type: TensorType) -> list[int]:
+    """A shape-only op with a static result reads no symbolic size of its input: any size stands in."""
+    return [concrete_dim(d, {}) for d in type.shape]
 
 
 def _lower_node(ctx: LoweringContext, node: Node) -> None:

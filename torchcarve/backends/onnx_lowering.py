@@ -18,6 +18,7 @@ from ..errors import UnsupportedOpError
 from ..ir.node import Node
 from ..ir.ops.aten import arguments
 from ..ir.ops.onnx_ops import INTERNAL_ATTRS, STATIC_INPUTS
+from ..ir.types import attr_symbols
 
 if TYPE_CHECKING:
     from .onnx import LoweringContext
@@ -109,13 +110,13 @@ def _onnx_dtype(dtype: str) -> int:
 
 
 def reshape(ctx: "LoweringContext", node: Node) -> None:
-    """Every view-like op: Reshape to the output type (0 copies a symbolic dim in place, -1 infers one)."""
+    """Every view-like op: Reshape to the output type (0 copies a symbolic dim in place, -1 infers one;
+    with more unknown dims the shape is computed from the input sizes at run time)."""
     source, target = node.inputs[0], node.outputs[0].type
     shape = [d if isinstance(d, int) else (0 if i < source.type.rank and source.type.shape[i] == d else -1)
              for i, d in enumerate(target.shape)]
-    if shape.count(-1) > 1:
-        raise UnsupportedOpError(f"{node!r}: cannot reshape to {target} with more than one unknown dim")
-    ctx.emit("Reshape", [ctx.name(source), ctx.ints(shape, "shape")], _out(ctx, node))
+    sizes = ctx.ints(shape, "shape") if shape.count(-1) <= 1 else ctx.sizes(list(target.shape))
+    ctx.emit("Reshape", [ctx.name(source), sizes], _out(ctx, node))
 
 
 # ---- convolution, linear algebra ----------------------------------------------------------
@@ -405,7 +406,7 @@ def squeeze(ctx: "LoweringContext", node: Node) -> None:
 
 def expand(ctx: "LoweringContext", node: Node) -> None:
     sizes = [1 if s == -1 else s for s in arguments(node)["size"]]
-    ctx.emit("Expand", [ctx.name(node.inputs[0]), ctx.ints(sizes, "shape")], _out(ctx, node))
+    ctx.emit("Expand", [ctx.name(node.inputs[0]), ctx.sizes(sizes)], _out(ctx, node))
 
 
 def expand_as(ctx: "LoweringContext", node: Node) -> None:
@@ -467,8 +468,8 @@ def narrow(ctx: "LoweringContext", node: Node) -> None:
 
 
 def _emit_slice(ctx: "LoweringContext", node: Node, dim: int, start: int, end: int, step: int) -> None:
-    end = min(end, INT64_MAX)
-    inputs = [ctx.name(node.inputs[0]), ctx.ints([start]), ctx.ints([end]), ctx.ints([dim]), ctx.ints([step])]
+    end = min(end, INT64_MAX) if isinstance(end, int) else end
+    inputs = [ctx.name(node.inputs[0]), ctx.sizes([start]), ctx.sizes([end]), ctx.ints([dim]), ctx.ints([step])]
     ctx.emit("Slice", inputs, _out(ctx, node))
 
 
@@ -503,15 +504,18 @@ def index(ctx: "LoweringContext", node: Node) -> None:
         return
     if positions != list(range(len(positions))):
         raise UnsupportedOpError(f"{node!r}: advanced indexing at dims {positions} has no ONNX lowering")
-    shape = torch.broadcast_shapes(*[torch.Size(_static_shape(v, node)) for v in indices])
-    parts = [ctx.emit("Unsqueeze", [ctx.emit("Expand", [ctx.name(v), ctx.ints(list(shape))])[0], ctx.ints([-1])])[0]
+    shape = ctx.sizes(_broadcast_dims([v.type.shape for v in indices]))
+    parts = [ctx.emit("Unsqueeze", [ctx.emit("Expand", [ctx.name(v), shape])[0], ctx.ints([-1])])[0]
              for v in indices]
     stacked = ctx.emit("Concat", parts, axis=-1)[0]
     ctx.emit("GatherND", [ctx.name(node.inputs[0]), stacked], _out(ctx, node))
 
 
-def _static_shape(value: Any, node: Node) -> list[int]:
-    return [_static(d, node) for d in value.type.shape]
+def _broadcast_dims(shapes: list[tuple]) -> list[Any]:
+    """The broadcast of shapes whose dims may be symbolic: per right-aligned axis, the dim that is not 1."""
+    rank = max(len(shape) for shape in shapes)
+    padded = [(1,) * (rank - len(shape)) + tuple(shape) for shape in shapes]
+    return [next((d for d in column if d != 1), 1) for column in zip(*padded)]
 
 
 def reduce(op_type: str, all_dims_arg: str = "dim") -> Rule:
@@ -608,11 +612,38 @@ def like_fill(ctx: "LoweringContext", node: Node) -> None:
     ctx.emit("ConstantOfShape", [shape], _out(ctx, node), value=value)
 
 
+def arange(ctx: "LoweringContext", node: Node) -> None:
+    """arange with a symbolic bound (a static one is folded): Range over scalars of the output dtype."""
+    args = arguments(node)
+    dtype = node.outputs[0].type.dtype
+    bounds = [args.get("start", 0), args["end"], args.get("step", 1)]
+    scalars = [ctx.scalar(b, dtype) if isinstance(b, (int, float)) else _scalar_size(ctx, b, dtype) for b in bounds]
+    ctx.emit("Range", scalars, _out(ctx, node))
+
+
+def _scalar_size(ctx: "LoweringContext", size: Any, dtype: str) -> str:
+    scalar = ctx.emit("Squeeze", [ctx.sizes([size]), ctx.ints([0])])[0]
+    return ctx.cast(scalar, "i64", dtype)
+
+
+def full(ctx: "LoweringContext", node: Node) -> None:
+    """zeros/ones/full with symbolic sizes: ConstantOfShape (static ones are folded)."""
+    from .onnx import tensor_proto
+
+    args = arguments(node)
+    fill = {"aten.zeros": 0, "aten.ones": 1}.get(node.op, args.get("fill_value"))
+    value = tensor_proto("value", torch.tensor([fill], dtype=node.outputs[0].type.torch_dtype))
+    ctx.emit("ConstantOfShape", [ctx.sizes(list(args["size"]))], _out(ctx, node), value=value)
+
+
 def diff(ctx: "LoweringContext", node: Node) -> None:
     args = arguments(node)
-    if args["n"] != 1 or args["prepend"] is not None or args["append"] is not None:
-        raise UnsupportedOpError(f"{node!r}: only diff with n=1 and no prepend/append lowers to ONNX")
+    if args["n"] != 1:
+        raise UnsupportedOpError(f"{node!r}: only diff with n=1 lowers to ONNX")
     x, dim = ctx.name(node.inputs[0]), args["dim"]
+    pieces = [ctx.name(v) for v in (args["prepend"], node.inputs[0], args["append"]) if v is not None]
+    if len(pieces) > 1:  # diff(x, prepend=p, append=a) is diff(cat([p, x, a]))
+        x = ctx.emit("Concat", pieces, axis=dim)[0]
     later = ctx.emit("Slice", [x, ctx.ints([1]), ctx.ints([INT64_MAX]), ctx.ints([dim])])[0]
     earlier = ctx.emit("Slice", [x, ctx.ints([0]), ctx.ints([-1]), ctx.ints([dim])])[0]
     ctx.emit("Sub", [later, earlier], _out(ctx, node))
@@ -698,7 +729,8 @@ def lower_onnx_op(ctx: "LoweringContext", node: Node) -> None:
         while len(inputs) < position:
             inputs.append("")
         tensor_dtype = dtype or (node.inputs[0].type.torch_dtype if node.inputs else torch.int64)
-        inputs.insert(position, ctx.const(torch.tensor(value, dtype=tensor_dtype), name))
+        symbolic = attr_symbols(value)  # Reshape{shape=[N, -1]}: computed from the input shapes at run time
+        inputs.insert(position, ctx.sizes(value) if symbolic else ctx.const(torch.tensor(value, dtype=tensor_dtype), name))
         del attrs[name]
     adapt = ATTR_ADAPTERS.get(op_type)
     if adapt is not None:
@@ -791,6 +823,7 @@ LOWERINGS: dict[str, Rule] = {
     **{f"aten.{op}": binary(onnx_op) for op, onnx_op in BINARY_OPS.items() if op in ("minimum", "maximum")},
     **{f"aten.{op}.{o}": binary(onnx_op, compare=True) for op, onnx_op in COMPARE_OPS.items() for o in OVERLOADS},
     **{f"aten.ne.{o}": negated(binary("Equal", compare=True)) for o in OVERLOADS},
+    "aten.min.other": binary("Min"), "aten.max.other": binary("Max"),
     "aten.pow.Tensor_Scalar": binary("Pow", second="exponent"),
     "aten.pow.Tensor_Tensor": binary("Pow", second="exponent"),
     "aten.rsub.Scalar": lambda ctx, node: _rsub(ctx, node),
@@ -833,6 +866,8 @@ LOWERINGS: dict[str, Rule] = {
     "aten.roll": roll, "aten.einsum": einsum, "aten.numpy_T": numpy_t,
     "aten.swapaxes": swap_dims("axis0", "axis1"), "aten.swapdims": swap_dims("dim0", "dim1"),
     "aten.adaptive_max_pool1d": adaptive_max_pool, "aten.adaptive_max_pool2d": adaptive_max_pool,
+    "aten.arange": arange, "aten.arange.start": arange, "aten.arange.start_step": arange,
+    "aten.zeros": full, "aten.ones": full, "aten.full": full,
     **{op: like_fill for op in ("aten.zeros_like", "aten.ones_like", "aten.full_like", "aten.new_zeros",
                                 "aten.new_ones")},
 }

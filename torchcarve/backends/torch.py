@@ -21,6 +21,7 @@ from ..ir import Graph
 from ..ir.names import first_free, sanitize_identifier
 from ..ir.node import Node
 from ..ir.ops import get_op
+from ..ir.types import SymSize, attr_symbols
 from ..ir.value import Value
 
 RESERVED = set(keyword.kwlist) | set(dir(builtins)) | {"self", "torch", "math"}
@@ -56,7 +57,8 @@ def generate(graph: Graph) -> GeneratedCode:
     weights = _weight_attributes(graph, names, expr)
     signature = _signature(graph, names, expr)
     helpers: dict[str, str] = {}
-    body = [_node_line(node, names, expr, helpers) for node in graph.nodes if node.op != "param"]
+    body = _symbol_lines(graph, names, expr)
+    body += [_node_line(node, names, expr, helpers) for node in graph.nodes if node.op != "param"]
     outputs = [expr[v] for v in graph.outputs]
     returned = outputs[0] if len(outputs) == 1 else "(" + ", ".join(outputs) + ("," if len(outputs) == 1 else "") + ")"
     lines = [
@@ -114,6 +116,20 @@ def _signature(graph: Graph, names: Namespace, expr: dict[Value, str]) -> str:
     return ", ".join(expr[v] for v in graph.inputs)
 
 
+def _symbol_lines(graph: Graph, names: Namespace, expr: dict) -> list[str]:
+    """`batch = x.shape[0]` for each symbol a size attribute uses, read off the first input that has it."""
+    used = sorted({s for node in graph.nodes for s in attr_symbols(node.attrs)})
+    lines = []
+    for symbol in used:
+        source = next(((v, i) for v in graph.inputs for i, d in enumerate(v.type.shape) if d == symbol), None)
+        if source is None:
+            raise CarveError(f"symbol '{symbol}' sizes an attribute of graph @{graph.name} but is no dim of an input",
+                             hint="symbolic sizes are bound from the graph inputs' shapes")
+        expr[symbol] = names.name(symbol)
+        lines.append(f"{expr[symbol]} = {expr[source[0]]}.shape[{source[1]}]")
+    return lines
+
+
 def _node_line(node: Node, names: Namespace, expr: dict[Value, str], helpers: dict[str, str]) -> str:
     opdef = get_op(node.op)
     args, kwargs = opdef.bind(list(node.inputs), node.attrs)
@@ -153,6 +169,8 @@ def _add_helper(fn: Any, helpers: dict[str, str]) -> None:
 def _literal(value: Any, expr: dict[Value, str]) -> str:
     if isinstance(value, Value):
         return expr[value]
+    if isinstance(value, SymSize):
+        return " * ".join(expr[part] if part in expr else part for part in value.dim.split("*"))
     if isinstance(value, (list, tuple)):
         return "[" + ", ".join(_literal(v, expr) for v in value) + "]"
     if isinstance(value, (torch.dtype, torch.memory_format)):

@@ -23,7 +23,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--input", action="append", required=True, metavar="SHAPE[:DTYPE]",
                         help="one per model input, e.g. 1x3x32x32 or 2x16:i64 (dtypes: f32, f16, i64, i32)")
     parser.add_argument("--method", choices=["auto", "export", "fx"], default="auto")
-    parser.add_argument("--dynamic-batch", action="store_true", help="make dim 0 of every input symbolic")
+    parser.add_argument("--dynamic-batch", action="store_true", help="make dim 0 of every input symbolic ('batch')")
+    parser.add_argument("--dynamic", metavar="NAME[,NAME...]",
+                        help="symbolic dims, in order from dim 0, of every input that has them: 'batch,seq' makes "
+                             "dim 0 'batch' and dim 1 'seq' (an empty name keeps a dim static: ',seq')")
     parser.add_argument("-o", "--output", required=True, help="output directory (graph.ir + weights.safetensors)")
     parser.set_defaults(run=run)
 
@@ -35,10 +38,20 @@ def run(args: argparse.Namespace) -> int:
     model = load_factory(args.factory)
     inputs = tuple(example_input(spec) for spec in args.input)
     with step(f"capturing {args.factory} (torch.export)"):
-        graph = capture(model, inputs, method=args.method, dynamic_batch=args.dynamic_batch)
+        graph = capture(model, inputs, method=args.method, dynamic_batch=args.dynamic_batch,
+                        dynamic=dynamic_spec(args.dynamic, inputs))
     save(graph, args.output)
     print(f"captured {len(graph)} nodes ({len(graph.params)} weights) -> {args.output}")
     return 0
+
+
+def dynamic_spec(text: str | None, inputs: tuple) -> dict[int, dict[int, str]] | None:
+    """`--dynamic batch,seq` -> {input: {0: "batch", 1: "seq"}} for every input with that many dims."""
+    if not text:
+        return None
+    names = [name.strip() for name in text.split(",")]
+    return {index: {dim: name for dim, name in enumerate(names) if name and dim < x.dim()}
+            for index, x in enumerate(inputs)}
 
 
 def load_factory(spec: str) -> torch.nn.Module:

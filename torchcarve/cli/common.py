@@ -37,15 +37,17 @@ def parse_shape(text: str) -> tuple[int, ...]:
     return dims
 
 
-def load_calibration(spec: str | None, graph: Graph, batch_size: int = 8) -> list[tuple] | None:
+def load_calibration(spec: str | None, graph: Graph, batch_size: int | None = None) -> list[tuple] | None:
     """Calibration batches for passes that need data, from `--calibration`:
 
     - `random:N`: N batches of random inputs matching the graph's input types;
     - a `.safetensors` file with one tensor per graph input (named like the input, or input0,
-      input1, ...), samples along dim 0, cut into batches of `batch_size`.
+      input1, ...), samples along dim 0, cut into batches of `batch_size` (default: the graph's
+      fixed batch size when every input has the same static dim 0, else 8).
     """
     if spec is None:
         return None
+    batch_size = batch_size or _fixed_batch(graph) or 8
     if spec.startswith("random:"):
         from ..passes.manager import random_inputs
 
@@ -54,6 +56,12 @@ def load_calibration(spec: str | None, graph: Graph, batch_size: int = 8) -> lis
             raise CarveError(f"bad --calibration '{spec}'", hint="write random:N with N >= 1, or a .safetensors file")
         return [tuple(random_inputs(graph, seed=k, batch=batch_size)) for k in range(int(count))]
     return _calibration_file(Path(spec), graph, batch_size)
+
+
+def _fixed_batch(graph: Graph) -> int | None:
+    firsts = {v.type.shape[0] for v in graph.inputs if v.type.rank}
+    first = firsts.pop() if len(firsts) == 1 else None
+    return first if isinstance(first, int) and first > 0 else None
 
 
 def _calibration_file(path: Path, graph: Graph, batch_size: int) -> list[tuple]:

@@ -29,7 +29,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--calibration", metavar="FILE|random:N",
                         help="data for passes that need it (quantize static, prune taylor, low-rank whitened): a "
                              ".safetensors file with one tensor per graph input, samples along dim 0, or random:N")
-    parser.add_argument("--calibration-batch", type=int, default=8, help="samples per calibration batch (default 8)")
+    parser.add_argument("--calibration-batch", type=int, default=None,
+                        help="samples per calibration batch (default: the graph's fixed batch size, else 8)")
     parser.set_defaults(run=run)
 
 

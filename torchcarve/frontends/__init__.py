@@ -5,12 +5,13 @@ import inspect
 import io
 import logging
 from contextlib import contextmanager, redirect_stderr, redirect_stdout
-from typing import Any, Iterator
+from typing import Any, Iterator, Sequence
 
 import torch
 
 from ..errors import CaptureError
 from ..ir import Graph
+from ..ir.types import DTYPES, SYMBOL_RE
 from .export import capture_export
 from .fx import capture_fx
 
@@ -18,11 +19,14 @@ METHODS = {"export": capture_export, "fx": capture_fx}
 
 
 def capture(model: torch.nn.Module, example_inputs: Any, method: str = "auto", *,
-            dynamic_batch: bool = False, name: str | None = None) -> Graph:
+            dynamic_batch: bool = False, dynamic: dict[str | int, dict[int, str]] | None = None,
+            name: str | None = None) -> Graph:
     """Capture `model` (in eval mode, restored afterwards) on `example_inputs` into IR.
 
     method: "export" (torch.export), "fx" (torch.fx.symbolic_trace) or "auto" (export, then fx;
-    if both fail, one CaptureError gives both reasons). dynamic_batch makes dim 0 symbolic.
+    if both fail, one CaptureError gives both reasons). dynamic_batch makes dim 0 of every input
+    the symbol "batch"; dynamic names symbolic dims per input name or position
+    (`{"input_ids": {0: "batch", 1: "seq"}}`). See docs/dynamic-shapes.md.
     """
     if not isinstance(model, torch.nn.Module):
         raise CaptureError(f"expected a torch.nn.Module, got {type(model).__name__}")
@@ -31,12 +35,13 @@ def capture(model: torch.nn.Module, example_inputs: Any, method: str = "auto", *
         raise CaptureError(f"unknown capture method '{method}'", hint="use 'auto', 'export' or 'fx'")
     graph_name = name or type(model).__name__
     methods = list(METHODS) if method == "auto" else [method]
+    input_names = _input_names(model, len(inputs))
+    dims = dynamic_dims(inputs, input_names, dynamic, dynamic_batch)
     errors: list[CaptureError] = []
     with _eval_mode(model), _quiet_torch_logs():
         for each in methods:
             try:
-                return METHODS[each](model, inputs, dynamic_batch=dynamic_batch, name=graph_name,
-                                     input_names=_input_names(model, len(inputs)))
+                return METHODS[each](model, inputs, dynamic=dims, name=graph_name, input_names=input_names)
             except CaptureError as e:
                 errors.append(CaptureError(f"{each}: {e.args[0]}", hint=e.hint))
     if len(errors) == 1:
@@ -44,6 +49,41 @@ def capture(model: torch.nn.Module, example_inputs: Any, method: str = "auto", *
     hints = [e.hint for e in errors if e.hint] or ["check that example_inputs run through the model in eval mode"]
     raise CaptureError("could not capture the model; " + "; ".join(e.args[0] for e in errors),
                        hint="; ".join(hints))
+
+
+def dynamic_dims(inputs: tuple, input_names: Sequence[str], dynamic: dict[str | int, dict[int, str]] | None,
+                 dynamic_batch: bool) -> list[dict[int, str]]:
+    """Each input's symbolic dims ({dim: symbol}) from `dynamic_batch` and `dynamic`, checked."""
+    dims: list[dict[int, str]] = [{0: "batch"} if dynamic_batch and _rank(x) > 0 else {} for x in inputs]
+    for key, spec in (dynamic or {}).items():
+        index = _input_index(key, inputs, input_names)
+        if not isinstance(spec, dict):
+            raise CaptureError(f"dynamic[{key!r}] must map dims to symbol names, like {{0: 'batch', 1: 'seq'}}")
+        for dim, symbol in spec.items():
+            if not isinstance(dim, int) or not -_rank(inputs[index]) <= dim < _rank(inputs[index]):
+                raise CaptureError(f"dynamic[{key!r}]: input {index} has {_rank(inputs[index])} dims; dim {dim!r} "
+                                   f"does not exist")
+            if not isinstance(symbol, str) or not SYMBOL_RE.fullmatch(symbol) or symbol in RESERVED_SYMBOLS:
+                raise CaptureError(f"dynamic[{key!r}]: symbol {symbol!r} is not a valid name",
+                                   hint="use an identifier like 'batch' or 'seq'")
+            dims[index][dim % _rank(inputs[index])] = symbol
+    return dims
+
+
+RESERVED_SYMBOLS = {"none", "true", "false", "inf", "nan", *DTYPES}  # they read as other literals in the text form
+
+
+def _rank(x: Any) -> int:
+    return x.dim() if isinstance(x, torch.Tensor) else 0
+
+
+def _input_index(key: str | int, inputs: tuple, input_names: Sequence[str]) -> int:
+    if isinstance(key, int) and not isinstance(key, bool) and -len(inputs) <= key < len(inputs):
+        return key % len(inputs)
+    if isinstance(key, str) and key in input_names:
+        return list(input_names).index(key)
+    names = ", ".join(input_names) or f"positions 0..{len(inputs) - 1}"
+    raise CaptureError(f"dynamic names input {key!r}, which the model does not take", hint=f"inputs: {names}")
 
 
 def _input_names(model: torch.nn.Module, count: int) -> list[str]:

@@ -12,14 +12,11 @@ from ..errors import CaptureError, CarveError
 from ..ir import Graph, TensorType, verify
 from ..ir.infer import InferenceUnavailable, infer_types
 from ..ir.ops import get_op, op_name
-from ..ir.types import dtype_name
+from ..ir.types import Dim, dtype_name, normalize_dim, size_attr
 
 # overloads that require a device argument -> the device-free overload doing the same math
 # (the IR never pins a device: generated code follows its inputs)
 DEVICE_FREE_FORMS = {"aten::to.device": torch.ops.aten.to.dtype, "aten::to.dtype_layout": torch.ops.aten._to_copy.default}
-
-# list arguments that take -1 for "whatever the symbolic batch makes this"
-INFERABLE_SIZE_OPS = {"aten.view", "aten.reshape", "aten._unsafe_view", "aten.expand"}
 
 
 @dataclass(frozen=True)
@@ -60,14 +57,48 @@ def unwrapped_name(path: str) -> str:
     return path.removeprefix(TensorOutputs.PREFIX)
 
 
-class SymDim:
-    """A symbolic int flowing through the fx graph (sym_size and arithmetic on it)."""
+class SymbolNames:
+    """torch's symbols (s0, s21, ...) -> the IR's symbol names ("batch", "seq"), from the declared dynamic dims."""
+
+    def __init__(self, declared: Sequence[dict[int, str]]) -> None:
+        self.declared = list(declared)
+        self.names: dict[Any, str] = {}
+
+    def bind_input(self, index: int, input_name: str, val: torch.Tensor) -> None:
+        """Name the symbols of graph input `index`'s declared dims; a declared dim torch fixed is an error."""
+        for dim, symbol in sorted((self.declared[index] if index < len(self.declared) else {}).items()):
+            size = val.shape[dim]
+            expr = getattr(getattr(size, "node", None), "expr", None)
+            if expr is None or not expr.is_Symbol:
+                raise CaptureError(f"dim {dim} of input '{input_name}' is declared dynamic ('{symbol}') but the model "
+                                   f"fixes it to {size}",
+                                   hint="drop that dim from dynamic=..., or capture at another example size")
+            self.names.setdefault(expr, symbol)
+
+    def dim(self, size: Any, where: str) -> Dim:
+        """A torch size (int or SymInt) as an IR dim: an int, or a product of named symbols and an int."""
+        if isinstance(size, int) or not hasattr(size, "node"):
+            return int(size)
+        expr = size.node.expr
+        factors = expr.as_ordered_factors() if expr.is_Mul else [expr]
+        parts: list[str] = []
+        for factor in factors:
+            base, power = factor.as_base_exp()
+            if factor.is_Integer and int(factor) > 0:
+                parts.append(str(int(factor)))
+            elif base in self.names and power.is_Integer and int(power) > 0:
+                parts.extend([self.names[base]] * int(power))
+            else:
+                raise CaptureError(f"{where} has the size {expr}, which is not a product of the dynamic dims",
+                                   hint="only sizes like batch, seq or batch*12 are supported; make that dim static")
+        return normalize_dim("*".join(parts))
 
 
 def convert(fx_graph: torch.fx.Graph, params: dict[str, ParamSource], name: str,
-            input_names: Sequence[str] = ()) -> Graph:
+            input_names: Sequence[str] = (), dynamic: Sequence[dict[int, str]] = ()) -> Graph:
     """Build an IR graph; placeholders not in `params` become graph inputs, in order, named
-    after `input_names` where given (the model's forward arguments)."""
+    after `input_names` where given (the model's forward arguments). `dynamic` names the
+    symbolic dims of each graph input ({0: "batch"}); sizes computed from them become SymSize attrs."""
     aliased_write = writes_through_an_alias(fx_graph)
     if aliased_write is not None:
         raise CaptureError(f"'{aliased_write.name}' ({aliased_write.target}) writes in place into memory another "
@@ -76,12 +107,13 @@ def convert(fx_graph: torch.fx.Graph, params: dict[str, ParamSource], name: str,
     graph = Graph(name)
     env: dict[torch.fx.Node, Any] = {}
     names = iter(input_names)
+    symbols = SymbolNames(dynamic)
     for node in fx_graph.nodes:
         try:
             if node.op == "placeholder" and node.name not in params:
-                env[node] = _graph_input(graph, node, next(names, node.name))
+                env[node] = _graph_input(graph, node, next(names, node.name), symbols)
                 continue
-            env[node] = _convert_node(graph, node, env, params)
+            env[node] = _convert_node(graph, node, env, params, symbols)
         except CarveError:
             raise
         except Exception as e:
@@ -90,7 +122,8 @@ def convert(fx_graph: torch.fx.Graph, params: dict[str, ParamSource], name: str,
     return graph
 
 
-def _convert_node(graph: Graph, node: torch.fx.Node, env: dict, params: dict[str, ParamSource]) -> Any:
+def _convert_node(graph: Graph, node: torch.fx.Node, env: dict, params: dict[str, ParamSource],
+                  symbols: SymbolNames) -> Any:
     if node.op == "placeholder":
         return _placeholder(graph, node, params)
     if node.op == "output":
@@ -100,10 +133,8 @@ def _convert_node(graph: Graph, node: torch.fx.Node, env: dict, params: dict[str
         raise CaptureError(f"fx node '{node.name}' is a {node.op}; only aten-level graphs are converted")
     if node.target is operator.getitem:
         return env[node.args[0]][node.args[1]]
-    if isinstance(node.target, torch._ops.OpOverload) and node.target.name() == "aten::sym_size.int":
-        return SymDim()
-    if node.target in (operator.mul, operator.add, operator.sub, operator.floordiv, operator.mod):
-        return SymDim()
+    if isinstance(node.meta.get("val"), torch.SymInt):  # sym_size and arithmetic on sizes
+        return size_attr(symbols.dim(node.meta["val"], f"'{node.name}' ({node.target})"))
     if not isinstance(node.target, torch._ops.OpOverload):
         raise CaptureError(f"fx node '{node.name}' calls {node.target}, which is not a torch op",
                            hint="capture with method='export', which lowers python calls to aten ops")
@@ -111,8 +142,8 @@ def _convert_node(graph: Graph, node: torch.fx.Node, env: dict, params: dict[str
         return None  # runtime assertions (aten._assert_tensor_metadata): nothing to compute
     functional = functional_overload(node.target)
     if functional is None:
-        return _call(graph, node, node.target, env)
-    result = _call(graph, node, functional, env)
+        return _call(graph, node, node.target, env, symbols)
+    result = _call(graph, node, functional, env, symbols)
     env[node.args[0]] = result  # later readers of the mutated tensor see the new value
     return result
 
@@ -160,25 +191,26 @@ def _placeholder(graph: Graph, node: torch.fx.Node, params: dict[str, ParamSourc
     return graph.add_param(source.name, source.tensor, trainable=source.trainable)
 
 
-def _graph_input(graph: Graph, node: torch.fx.Node, name: str) -> Any:
+def _graph_input(graph: Graph, node: torch.fx.Node, name: str, symbols: SymbolNames) -> Any:
     val = node.meta.get("val")
     if not isinstance(val, torch.Tensor):
         raise CaptureError(f"model input '{name}' is a {type(val).__name__}; only tensor inputs are supported")
-    return graph.add_input(name, _type_of_fake(val))
+    symbols.bind_input(len(graph.inputs), name, val)
+    return graph.add_input(name, _type_of_fake(val, symbols, f"input '{name}'"))
 
 
-def _type_of_fake(val: torch.Tensor) -> TensorType:
-    dims = [int(d) if isinstance(d, int) or str(d).isdigit() else "batch" for d in val.shape]
-    return TensorType(tuple(dims), dtype_name(val.dtype))
+def _type_of_fake(val: torch.Tensor, symbols: SymbolNames, where: str) -> TensorType:
+    return TensorType(tuple(symbols.dim(d, where) for d in val.shape), dtype_name(val.dtype))
 
 
 def _outputs(result: Any, env: dict) -> list:
     flat, _ = torch.utils._pytree.tree_flatten(result)
     values = [env[item] for item in flat if isinstance(item, torch.fx.Node)]
-    return [v for v in values if not isinstance(v, SymDim) and v is not None]
+    return [v for v in values if hasattr(v, "producer")]
 
 
-def _call(graph: Graph, node: torch.fx.Node, overload: torch._ops.OpOverload, env: dict) -> Any:
+def _call(graph: Graph, node: torch.fx.Node, overload: torch._ops.OpOverload, env: dict,
+          symbols: SymbolNames) -> Any:
     args = torch.fx.node.map_arg(node.args, lambda n: env[n])
     kwargs = torch.fx.node.map_arg(node.kwargs, lambda n: env[n])
     if overload.name() in DEVICE_FREE_FORMS:
@@ -186,12 +218,11 @@ def _call(graph: Graph, node: torch.fx.Node, overload: torch._ops.OpOverload, en
     name = op_name(overload)
     opdef = get_op(name)
     signature = opdef.extra["signature"]
-    args, kwargs = _resolve_symbolic_sizes(name, args, kwargs, node)
     inputs, attrs = signature.encode(args, kwargs, is_tensor=lambda v: hasattr(v, "producer"))
     try:
         types = infer_types(opdef, attrs, [v.type for v in inputs])
     except InferenceUnavailable:
-        types = [_type_of_fake(v) for v in _flat_vals(node.meta.get("val"))]
+        types = [_type_of_fake(v, symbols, f"'{node.name}'") for v in _flat_vals(node.meta.get("val"))]
     ir_node = graph.add_node(name, inputs, attrs, output_types=types, names=[node.name] if len(types) == 1 else (),
                              scope=_scope(node))
     return ir_node.outputs[0] if _single_result(overload) else list(ir_node.outputs)
@@ -213,21 +244,6 @@ def _single_result(overload: torch._ops.OpOverload) -> bool:
 def _flat_vals(val: Any) -> list:
     items = val if isinstance(val, (list, tuple)) else [val]
     return [v for v in items if isinstance(v, torch.Tensor)]
-
-
-def _resolve_symbolic_sizes(name: str, args: tuple, kwargs: dict, node: torch.fx.Node) -> tuple[tuple, dict]:
-    """Size lists holding symbolic ints: -1 where the op can infer it, else a clear error."""
-    def fix(value: Any) -> Any:
-        if isinstance(value, SymDim):
-            raise CaptureError(f"'{node.name}' ({name}) takes a size computed from the dynamic batch",
-                               hint="capture without dynamic_batch=True")
-        if isinstance(value, (list, tuple)) and any(isinstance(v, SymDim) for v in value):
-            if name not in INFERABLE_SIZE_OPS or sum(isinstance(v, SymDim) for v in value) > 1:
-                raise CaptureError(f"'{node.name}' ({name}) takes a size computed from the dynamic batch",
-                                   hint="capture without dynamic_batch=True")
-            return [-1 if isinstance(v, SymDim) else v for v in value]
-        return value
-    return tuple(fix(a) for a in args), {k: fix(v) for k, v in kwargs.items()}
 
 
 def _scope(node: torch.fx.Node) -> str:

@@ -10,22 +10,25 @@ from ..ir import Graph
 from .aten import ParamSource, TensorOutputs, convert, unwrapped_name, writes_through_an_alias
 
 
-def capture_export(model: torch.nn.Module, example_inputs: tuple, dynamic_batch: bool = False,
+def capture_export(model: torch.nn.Module, example_inputs: tuple, dynamic: Sequence[dict[int, str]] = (),
                    name: str = "main", input_names: Sequence[str] = ()) -> Graph:
-    """Export `model` (non-strict, wrapped so its outputs are flat tensors) and convert the aten graph."""
+    """Export `model` (non-strict, wrapped so its outputs are flat tensors) and convert the aten graph.
+
+    `dynamic` gives each input's symbolic dims ({0: "batch", 1: "seq"}); torch infers their ranges.
+    """
     dynamic_shapes = None
-    if dynamic_batch:
-        batch = torch.export.Dim("batch")
+    if any(dynamic):
         # one entry per positional argument; the capture wrapper takes them as *inputs
-        dynamic_shapes = (tuple({0: batch} if isinstance(x, torch.Tensor) else None for x in example_inputs),)
+        dynamic_shapes = (tuple({d: torch.export.Dim.DYNAMIC for d in dims} or None for dims in dynamic),)
     try:
         program = torch.export.export(TensorOutputs(model), example_inputs, dynamic_shapes=dynamic_shapes, strict=False)
     except Exception as e:
-        raise CaptureError(f"torch.export failed: {_first_line(e)}") from e
+        hint = "capture at an example size of at least 2 on every dynamic dim" if dynamic_shapes else ""
+        raise CaptureError(f"torch.export failed: {_first_line(e)}", hint=hint) from e
     if any(node.op == "get_attr" for node in program.graph.nodes) or writes_through_an_alias(program.graph):
         # inlines autocast/no_grad regions and functionalizes writes through views; keeps conv2d/linear
         program = program.run_decompositions({})
-    return convert(program.graph, _param_sources(program), name, input_names)
+    return convert(program.graph, _param_sources(program), name, input_names, dynamic)
 
 
 def _param_sources(program: Any) -> dict[str, ParamSource]:

@@ -16,10 +16,10 @@ from .aten import ParamSource, convert, tensor_leaves
 from .export import _first_line
 
 
-def capture_fx(model: torch.nn.Module, example_inputs: tuple, dynamic_batch: bool = False,
+def capture_fx(model: torch.nn.Module, example_inputs: tuple, dynamic: Sequence[dict[int, str]] = (),
                name: str = "main", input_names: Sequence[str] = ()) -> Graph:
-    if dynamic_batch:
-        raise CaptureError("dynamic_batch=True needs method='export'")
+    if any(dynamic):
+        raise CaptureError("dynamic shapes (dynamic_batch=True, dynamic=...) need method='export'")
     try:
         traced = torch.fx.symbolic_trace(model)
     except Exception as e:

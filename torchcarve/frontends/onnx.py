@@ -22,9 +22,10 @@ from ..ir.names import sanitize_identifier
 from ..ir.infer import InferenceUnavailable, infer_types
 from ..ir.ops import get_op
 from ..ir.ops.onnx_ops import COUNTED_OUTPUTS, DEFAULT_OPSET, DOMAINS, KERNELS, RANK_RULES, STATIC_INPUTS
-from ..ir.types import DTYPE_NAMES
+from ..ir.types import DTYPE_NAMES, size_attr
 from ..ir.value import Value
 from .onnx_canonical import canonicalize as to_aten
+from .onnx_shapes import evaluate as evaluate_shape, shape_dims
 
 ONNX_TO_DTYPE = {
     onnx.TensorProto.FLOAT: "f32", onnx.TensorProto.FLOAT16: "f16", onnx.TensorProto.BFLOAT16: "bf16",
@@ -112,6 +113,7 @@ class Importer:
         self.constants: dict[str, torch.Tensor] = {}
         self.types: dict[str, TensorType] = {}
         self.symbols: dict[str, str] = {}
+        self.shapes: dict[str, Any] = {}  # int64 values that are dims computed from symbolic shapes (onnx_shapes)
 
     def run(self) -> Graph:
         for info in [*self.model.graph.value_info, *self.model.graph.output, *self.model.graph.input]:
@@ -175,6 +177,7 @@ class Importer:
             inputs, attrs = self._normalise(node, inputs, attrs)
             if self._fold(op_type, node, inputs, attrs):
                 return
+            self._track_shape(op_type, node, inputs, attrs)
             inputs, attrs = self._static_operands(op_type, inputs, attrs)
         captures = sorted(outer_names(node) & (self.values.keys() | self.constants.keys()))
         if captures:  # outer-scope values a subgraph reads: inputs here, so they stay alive and get renamed
@@ -289,14 +292,37 @@ class Importer:
         value = self.values.get(name)
         return value.type if value is not None and value.type.is_static else None
 
+    def _track_shape(self, op_type: str, node: onnx.NodeProto, inputs: list[str], attrs: dict[str, Any]) -> None:
+        """Remember the dims an int64 op computes from symbolic shapes (Shape(x)[0] is "N")."""
+        if op_type == "Shape" and inputs[0] in self.values:
+            result = shape_dims(self.values[inputs[0]].type.shape, attrs)
+        else:
+            result = evaluate_shape(op_type, [self._dims(name) for name in inputs if name], attrs)
+        if result is not None:
+            self.shapes[node.output[0]] = result
+
+    def _dims(self, name: str) -> Any:
+        if name in self.shapes:
+            return self.shapes[name]
+        tensor = self.constants.get(name)
+        return tensor.tolist() if tensor is not None and tensor.dtype == torch.int64 and tensor.dim() <= 1 else None
+
+    def _static_operand(self, source: str, name: str) -> Any:
+        """A constant operand as an attribute value; a shape computed from symbolic dims as SymSizes."""
+        if source in self.constants:
+            tensor = self.constants[source]
+            return tensor.tolist() if tensor.dim() else tensor.item()
+        dims = self.shapes.get(source)
+        return [size_attr(d) for d in dims] if name == "shape" and isinstance(dims, list) else None
+
     def _static_operands(self, op: str, inputs: list[str], attrs: dict[str, Any]) -> tuple[list[str], dict]:
         """Constant shape-like operands become attributes (when all of them are constant)."""
         slots = [(p, name) for p, name, _, _ in STATIC_INPUTS.get(op, []) if p < len(inputs) and inputs[p]]
-        if not slots or not all(inputs[p] in self.constants for p, _ in slots):
+        operands = {p: self._static_operand(inputs[p], name) for p, name in slots}
+        if not slots or any(v is None for v in operands.values()):
             return inputs, attrs
         for position, name in slots:
-            tensor = self.constants[inputs[position]]
-            attrs[name] = tensor.tolist() if tensor.dim() else tensor.item()
+            attrs[name] = operands[position]
         first = min(p for p, _, _, _ in STATIC_INPUTS[op])
         return inputs[:first], attrs
 

@@ -25,7 +25,7 @@ from ..ir import Graph
 from ..ir.infer import infer_types
 from ..ir.node import Node
 from ..ir.ops.aten import encode_arguments
-from ..ir.types import Dim
+from ..ir.types import Dim, SymSize
 from ..ir.value import Value
 
 
@@ -77,9 +77,9 @@ def window(node: Node, spatial: int) -> tuple[list[int], list[int], list[int]] |
     return strides, pads[:spatial], dilations
 
 
-def target_shape(shape: tuple[Dim, ...]) -> list[int] | None:
-    """A reshape target for an output shape: symbolic dims become -1 (at most one)."""
-    sizes = [d if isinstance(d, int) else -1 for d in shape]
+def target_shape(shape: tuple[Dim | SymSize, ...]) -> list[int | SymSize] | None:
+    """A reshape target for an output shape: symbolic dims become -1 (at most one); symbolic sizes stay."""
+    sizes = [d if isinstance(d, (int, SymSize)) else -1 for d in shape]
     return sizes if sizes.count(-1) <= 1 else None
 
 

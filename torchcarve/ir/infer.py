@@ -12,7 +12,7 @@ import torch
 
 from ..errors import ShapeError
 from .ops import OpDef, get_op
-from .types import DTYPE_NAMES, Dim, TensorType
+from .types import DTYPE_NAMES, Dim, TensorType, attr_symbols
 
 SENTINELS = (10007, 10009, 10037, 10039, 10061, 10067, 10069, 10079, 10091, 10093)
 
@@ -65,14 +65,19 @@ def _frozen(value: Any) -> Any:
 def _infer_uncached(opdef: OpDef, attrs: dict[str, Any], input_types: Sequence[TensorType]) -> list[TensorType]:
     if opdef.infer is not None:
         return opdef.infer(attrs, list(input_types))
-    symbols = sorted({s for t in input_types for s in t.symbols})
+    return meta_infer(opdef, attrs, input_types)
+
+
+def meta_infer(opdef: OpDef, attrs: dict[str, Any], input_types: Sequence[TensorType]) -> list[TensorType]:
+    """Output types from the op's kernel run on meta tensors, symbols stood in for by sentinel primes."""
+    symbols = sorted({s for t in input_types for s in t.symbols} | attr_symbols(attrs))
     if len(symbols) > len(SENTINELS):
         raise ShapeError(f"{opdef.name}: more than {len(SENTINELS)} symbolic dims are not supported")
     sentinel = dict(zip(symbols, SENTINELS))
     meta_inputs = [_meta_tensor(t, sentinel) for t in input_types]
     try:
         with torch.device("meta"):
-            outputs = opdef.run(meta_inputs, attrs)
+            outputs = opdef.run(meta_inputs, attrs, sentinel)
     except Exception as e:
         if _data_dependent(e):
             raise InferenceUnavailable(f"{opdef.name}: no shape inference on meta tensors ({e})") from e

@@ -11,7 +11,7 @@ from ..errors import CarveError, ParseError, VerifyError
 from .graph import Graph
 from .ops import get_op
 from .params import ParamStore
-from .types import DIM_RE, DTYPES, TensorType
+from .types import DIM_RE, DTYPES, SymSize, TensorType, size_attr
 
 TOKEN_RE = re.compile(r"""
     (?P<ws>[ \t\r\n]+|//[^\n]*)
@@ -259,7 +259,13 @@ class Parser:
             return DTYPES[token.text]
         if self.accept("punct", "["):
             return self.separated(self.parse_attr_value, "]")
-        raise self.error("an attribute value (number, string, true/false/none, dtype or [list])")
+        if token.kind == "ident" and "." not in token.text:
+            return self.parse_sym_size()
+        raise self.error("an attribute value (number, string, true/false/none, dtype, symbolic size or [list])")
+
+    def parse_sym_size(self) -> SymSize | int:
+        """A symbolic size attribute: a product of symbols and ints (`batch*12`)."""
+        return size_attr(self.parse_dim())
 
     def parse_string(self) -> str:
         token = self.take("string", expected="a string")

@@ -10,7 +10,7 @@ import torch
 from ..errors import CarveError
 from .graph import Graph
 from .node import Node
-from .types import DTYPE_NAMES
+from .types import DTYPE_NAMES, DTYPES, SymSize, dim_symbols
 
 
 def print_graph(graph: Graph) -> str:
@@ -40,7 +40,7 @@ def print_attrs(attrs: dict[str, Any]) -> str:
 
 
 def print_attr(value: Any) -> str:
-    """One attribute literal: none, true/false, ints, floats, "strings", dtypes, [lists]."""
+    """One attribute literal: none, true/false, ints, floats, "strings", dtypes, symbolic sizes, [lists]."""
     if value is None:
         return "none"
     if isinstance(value, bool):
@@ -51,6 +51,8 @@ def print_attr(value: Any) -> str:
         return _print_float(value)
     if isinstance(value, str):
         return json.dumps(value)
+    if isinstance(value, SymSize):
+        return _print_sym_size(value)
     if isinstance(value, torch.dtype):
         return DTYPE_NAMES[value]
     if isinstance(value, (list, tuple)):
@@ -65,3 +67,14 @@ def _print_float(value: float) -> str:
         return "inf" if value > 0 else "-inf"
     text = repr(value)
     return text if any(c in text for c in ".e") else f"{text}.0"
+
+
+def _print_sym_size(size: SymSize) -> str:
+    """A symbolic size prints as its dim (`batch*12`); symbols that read as other literals have no text form."""
+    from .parser import KEYWORDS
+
+    clash = [s for s in dim_symbols(size.dim) if s in KEYWORDS or s in DTYPES]
+    if clash:
+        raise CarveError(f"symbol '{clash[0]}' in a size attribute reads as a keyword or dtype in the text form",
+                         hint="rename the symbolic dim")
+    return size.dim

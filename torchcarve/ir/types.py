@@ -1,10 +1,14 @@
-"""TensorType: a shape (ints or symbolic dims such as "batch" or "batch*12") and a dtype."""
+"""TensorType: a shape (ints or symbolic dims such as "batch" or "batch*12") and a dtype.
+
+A size attribute may be symbolic too (`view{size=[batch, -1]}`): a `SymSize`, bound at run time
+to the sizes of the graph's inputs (`bind_sizes`).
+"""
 from __future__ import annotations
 
 import math
 import re
 from dataclasses import dataclass
-from typing import Union
+from typing import Any, Union
 
 import torch
 
@@ -100,3 +104,55 @@ def concrete_dim(dim: Dim, sizes: dict[str, int]) -> int:
     if isinstance(dim, int):
         return dim
     return math.prod(int(p) if p.isdigit() else sizes.get(p, 1) for p in dim.split("*"))
+
+
+@dataclass(frozen=True)
+class SymSize:
+    """An int attribute given by a symbolic dim ("batch", "batch*12"): known only at run time."""
+
+    dim: str
+
+    def __post_init__(self) -> None:
+        dim = normalize_dim(self.dim) if isinstance(self.dim, str) and DIM_RE.fullmatch(self.dim) else None
+        if not isinstance(dim, str):
+            raise ValueError(f"a symbolic size needs a product of symbols, got {self.dim!r}")
+        object.__setattr__(self, "dim", dim)
+
+    def __str__(self) -> str:
+        return self.dim
+
+
+def size_attr(dim: Dim) -> int | SymSize:
+    """A dim as a size attribute: ints stay ints, symbolic dims become SymSize."""
+    dim = normalize_dim(dim)
+    return dim if isinstance(dim, int) else SymSize(dim)
+
+
+def attr_symbols(value: Any) -> set[str]:
+    """The symbols the SymSizes inside an attribute value (or a dict of them) refer to."""
+    if isinstance(value, SymSize):
+        return set(dim_symbols(value.dim))
+    if isinstance(value, dict):
+        value = list(value.values())
+    if isinstance(value, (list, tuple)):
+        return {s for item in value for s in attr_symbols(item)}
+    return set()
+
+
+def bind_sizes(value: Any, sizes: dict[str, int]) -> Any:
+    """An attribute value (or dict of them) with every SymSize replaced by its int under `sizes`."""
+    if isinstance(value, SymSize):
+        missing = [s for s in dim_symbols(value.dim) if s not in sizes]
+        if missing:
+            from ..errors import ShapeError
+
+            raise ShapeError(f"the size of symbol '{missing[0]}' is not known here",
+                             hint="run the graph on inputs that fix every symbolic dim")
+        return concrete_dim(value.dim, sizes)
+    if isinstance(value, dict):
+        return {k: bind_sizes(v, sizes) for k, v in value.items()}
+    if isinstance(value, list):
+        return [bind_sizes(v, sizes) for v in value]
+    if isinstance(value, tuple):
+        return tuple(bind_sizes(v, sizes) for v in value)
+    return value

@@ -15,6 +15,7 @@ import torch
 from ..analysis.cost import Cost, graph_cost
 from ..errors import CarveError, VerifyError
 from ..ir import Graph, verify
+from ..ir.signature import check_batches
 from ..progress import track
 from .base import Pass, PassContext
 from .pipeline import parse_pipeline
@@ -168,6 +169,7 @@ def optimize(graph: Graph, pipeline: str | Sequence[Pass], calibration: Any = No
              print_ir: Callable[[str], None] | None = None, seed: int = 0) -> OptimizeResult:
     """Run `pipeline` (a pipeline string or passes) on a copy of `graph`; the input is untouched."""
     passes = parse_pipeline(pipeline) if isinstance(pipeline, str) else list(pipeline)
-    context = PassContext(calibration=list(calibration) if calibration is not None else None, seed=seed)
+    batches = check_batches(graph.inputs, calibration) if calibration is not None else None
+    context = PassContext(calibration=batches, seed=seed)
     manager = PassManager(passes, context, print_ir=print_ir, check_numerics=check_numerics)
     return manager.run(graph)

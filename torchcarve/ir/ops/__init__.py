@@ -43,8 +43,15 @@ class OpDef:
     known: bool = False
     extra: dict[str, Any] = field(default_factory=dict)
 
-    def run(self, inputs: Sequence[Any], attrs: dict[str, Any]) -> list[Any]:
-        """Call the kernel with concrete inputs; always returns a list of outputs."""
+    def run(self, inputs: Sequence[Any], attrs: dict[str, Any], sizes: dict[str, int] | None = None) -> list[Any]:
+        """Call the kernel with concrete inputs; always returns a list of outputs.
+
+        `sizes` binds the symbols of symbolic size attributes (`view{size=[batch, -1]}`).
+        """
+        from ..types import attr_symbols, bind_sizes
+
+        if attr_symbols(attrs):
+            attrs = bind_sizes(attrs, sizes or {})
         args, kwargs = self.bind(inputs, attrs)
         result = self.fn(*args, **kwargs)
         return list(result) if isinstance(result, (tuple, list)) else [result]

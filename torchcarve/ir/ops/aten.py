@@ -226,6 +226,23 @@ def _dim(dim: Any, sizes: dict[str, int]) -> int:
     return concrete_dim(dim, sizes)
 
 
+# ---- shape rules the meta kernels cannot give --------------------------------------------
+
+def slice_infer(attrs: dict[str, Any], input_types: list) -> list:
+    """x[:seq] on a static dim: the kernel clamps the (huge) sentinel of `seq` to the dim, but torch.export
+    captured the slice assuming seq fits, so the result has `seq` entries (start 0, step 1)."""
+    from ..infer import meta_infer
+    from ..types import SymSize, TensorType
+
+    types = meta_infer(schema_opdef("aten.slice.Tensor"), attrs, input_types)
+    end = attrs.get("end")
+    if not isinstance(end, SymSize) or attrs.get("start", 0) not in (0, None) or attrs.get("step", 1) != 1:
+        return types
+    shape = list(types[0].shape)
+    shape[attrs.get("dim", 0) % len(shape)] = end.dim
+    return [TensorType(tuple(shape), types[0].dtype)]
+
+
 # ---- the table of known aten ops ---------------------------------------------------------
 # name -> rules. Every op named here is "known": passes may reason about it. Later issues add
 # columns (pruning dim rules, ONNX lowering) to the same table.
@@ -238,7 +255,7 @@ KNOWN_ATEN: dict[str, dict[str, Any]] = {
     "aten.matmul": {"macs": matmul_macs}, "aten.bmm": {"macs": matmul_macs}, "aten.mm": {"macs": matmul_macs},
     "aten.addmm": {"macs": addmm_macs}, "aten.baddbmm": {"macs": matmul_macs},
     "aten.scaled_dot_product_attention": {"macs": attention_macs},
-    "aten.embedding": {},
+    "aten.embedding": {}, "aten.slice.Tensor": {"infer": slice_infer},
     **{f"aten.{op}": {} for op in (
         "relu", "relu_", "gelu", "silu", "sigmoid", "tanh", "hardswish", "hardsigmoid", "hardtanh", "leaky_relu",
         "elu", "mish", "softplus", "erf", "exp", "log", "sqrt", "rsqrt", "neg", "abs", "reciprocal", "sin", "cos",
@@ -249,7 +266,7 @@ KNOWN_ATEN: dict[str, dict[str, Any]] = {
         "max_pool2d_with_indices", "adaptive_max_pool2d",
         "flatten.using_ints", "view", "reshape", "_unsafe_view", "permute", "transpose.int", "t", "contiguous",
         "clone", "unsqueeze", "squeeze", "squeeze.dim", "squeeze.dims", "expand", "expand_as", "repeat",
-        "cat", "stack", "split.Tensor", "split_with_sizes", "chunk", "unbind.int", "slice.Tensor", "select.int",
+        "cat", "stack", "split.Tensor", "split_with_sizes", "chunk", "unbind.int", "select.int",
         "index.Tensor", "narrow", "gather", "mean.dim", "mean", "sum.dim_IntList", "sum", "amax", "max.dim",
         "dropout", "alias", "detach", "_to_copy", "to.dtype", "type_as", "masked_fill.Scalar", "where.self",
         "pad", "constant_pad_nd", "upsample_nearest2d.vec", "upsample_bilinear2d.vec", "pixel_shuffle",
@@ -273,5 +290,5 @@ def schema_opdef(name: str) -> OpDef | None:
     signature = Signature(overload)
     rules = KNOWN_ATEN.get(name)
     return OpDef(name=name, fn=overload, bind=signature.bind, attrs=signature.attr_names,
-                 macs=(rules or {}).get("macs"), known=rules is not None,
+                 infer=(rules or {}).get("infer"), macs=(rules or {}).get("macs"), known=rules is not None,
                  extra={"signature": signature})

@@ -16,6 +16,7 @@ import torch
 
 from ...ir.node import Node
 from ...ir.ops.aten import attr_with_default
+from ...ir.types import size_attr
 
 Port = tuple[str, int]
 Link = tuple[Port, int, torch.Tensor]
@@ -459,7 +460,8 @@ def _full_slice(node: Node, size: Any) -> bool:
     if node.op != "aten.slice.Tensor" or not isinstance(size, int):
         return False
     start, end, step = (_arg(node, n) for n in ("start", "end", "step"))
-    return (start or 0) == 0 and (end is None or end >= size) and step == 1
+    ends_past = end is None or (isinstance(end, int) and end >= size)  # a symbolic end may stop short
+    return (start or 0) == 0 and ends_past and step == 1
 
 
 def expand(node: Node, port: Port, axis: int, idx: torch.Tensor) -> list[Link]:
@@ -556,7 +558,7 @@ def fix_sizes(name: str) -> Callable[[Node, list], dict]:
     """view/reshape/expand: the size list becomes the new output shape (-1 entries stay -1)."""
     def fix(node: Node, out_types: list) -> dict:
         old = node.attrs[name]
-        new = [-1 if o == -1 else d for o, d in zip(old, out_types[0].shape)]
+        new = [-1 if o == -1 else size_attr(d) for o, d in zip(old, out_types[0].shape)]
         return {**node.attrs, name: new}
     return fix
 

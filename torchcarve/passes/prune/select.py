@@ -20,6 +20,7 @@ from ...analysis.cost import node_cost
 from ...ir import Graph, Value
 from ...ir.node import Node
 from ...ir.ops import get_op
+from ...ir.types import attr_symbols
 from ...progress import track
 from .groups import Group
 from .rewrite import Removal, kept_indices
@@ -141,12 +142,13 @@ def measure_latency(graph: Graph, repeats: int = 5) -> dict[Node, float]:
     """Seconds per node, each run alone by its torch kernel on random inputs of its input types."""
     times = {}
     values: dict[Value, torch.Tensor] = {}
+    sizes = {s: 1 for node in graph.nodes for s in attr_symbols(node.attrs)}  # as _random sizes symbolic dims
     for node in track(list(graph.nodes), "timing each op (target=latency)"):
         if node.op == "param":
             values[node.output] = graph.params[node.attrs["name"]]
             continue
         inputs = [values.get(v) if v in values else _random(v) for v in node.inputs]
-        times[node] = _time(lambda: get_op(node.op).run(inputs, node.attrs), repeats)
+        times[node] = _time(lambda: get_op(node.op).run(inputs, node.attrs, sizes), repeats)
     return times
 
 
