@@ -9,7 +9,7 @@ from pathlib import Path
 import torch
 
 from ..errors import CaptureError, CarveError
-from .common import parse_shape
+from .common import parse_shape, printable
 
 INPUT_DTYPES = {"f32": torch.float32, "f16": torch.float16, "i64": torch.int64, "i32": torch.int32}
 
@@ -35,7 +35,7 @@ def run(args: argparse.Namespace) -> int:
     inputs = tuple(example_input(spec) for spec in args.input)
     graph = capture(model, inputs, method=args.method, dynamic_batch=args.dynamic_batch)
     save(graph, args.output)
-    print(f"captured {len(graph)} nodes ({len(graph.params)} weights) -> {args.output}")
+    print(printable(f"captured {len(graph)} nodes ({len(graph.params)} weights) -> {args.output}"))
     return 0
 
 

@@ -50,8 +50,6 @@ def disallowed_reason(overload: torch._ops.OpOverload) -> str | None:
     namespace, name = schema.name.split("::")
     if namespace not in ALLOWED_NAMESPACES:
         return f"namespace '{namespace}' is not allowed (only {', '.join(sorted(ALLOWED_NAMESPACES))})"
-    if DENIED_OPS.fullmatch(name):
-        return "it is on the deny list of side-effecting or unchecked ops"
     for arg in schema.arguments:
         reason = _argument_problem(arg)
         if reason:
@@ -61,6 +59,8 @@ def disallowed_reason(overload: torch._ops.OpOverload) -> str | None:
     for ret in schema.returns:
         if str(ret.type) not in ALLOWED_RETURN_TYPES or (ret.alias_info is not None and ret.alias_info.is_write):
             return f"it returns {ret.type}, not a fresh tensor"
+    if DENIED_OPS.fullmatch(name):
+        return "it is on the deny list of side-effecting or unchecked ops"
     return None
 
 
