@@ -9,6 +9,7 @@ from typing import Any, Iterator, NamedTuple
 
 from ..errors import CarveError, ParseError, VerifyError
 from .graph import Graph
+from .node import Node
 from .ops import get_op
 from .params import ParamStore
 from .types import DIM_RE, DTYPES, TensorType
@@ -206,7 +207,9 @@ class Parser:
             raise ParseError(f"{token.line}:{token.col}: {len(names)} results but {len(types)} types")
         for name in names:
             self.check_new(name, token)
-        node = graph.add_node(op, inputs, attrs, output_types=types, names=names, scope=scope)
+        node = Node(op, inputs, attrs, types, names, scope)  # names exactly as written: no renaming
+        graph._insert(node, None, None)
+        graph._names.update(names)
         self.locations[node] = token
         for value in node.outputs:
             self.values[value.name] = value
