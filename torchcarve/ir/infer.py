@@ -109,9 +109,14 @@ def _require_meta(func: Any, tree: Any) -> None:
 DATA_DEPENDENT_ERRORS = {"GuardOnDataDependentSymNode", "DataDependentOutputException", "DynamicOutputShapeException"}
 
 
+# what `tensor.tolist()` on a meta tensor raises inside a dispatch mode (outside one: NotImplementedError)
+DATA_READ_MESSAGES = ("shouldn't be called on a tensor with unallocated storage",)
+
+
 def _data_dependent(error: Exception) -> bool:
     return isinstance(error, NotImplementedError) or any(
-        cls.__name__ in DATA_DEPENDENT_ERRORS for cls in type(error).__mro__)
+        cls.__name__ in DATA_DEPENDENT_ERRORS for cls in type(error).__mro__) or any(
+        message in str(error) for message in DATA_READ_MESSAGES)
 
 
 def _meta_tensor(t: TensorType, sentinel: dict[str, int]) -> torch.Tensor:
