@@ -73,8 +73,3 @@ def _argument_problem(arg: torch._C.Argument) -> str | None:
     if type_name not in ALLOWED_ARG_TYPES:
         return f"has type {type_name}"
     return None
-
-
-def namespace_allowed(name: str) -> bool:
-    """Whether an op name's namespace may be looked up in torch.ops at all."""
-    return name.split(".", 1)[0] in ALLOWED_NAMESPACES
