@@ -193,6 +193,10 @@ def _static(dim: Any, node: Node) -> int:
     return dim
 
 
+def _static_shape(value: Any, node: Node) -> list[int]:
+    return [_static(d, node) for d in value.type.shape]
+
+
 # ---- normalization, pooling ---------------------------------------------------------------
 
 def _param_or(ctx: "LoweringContext", value: Any, fill: float, shape: list[int], dtype: str) -> str:

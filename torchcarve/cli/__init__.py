@@ -14,6 +14,7 @@ import torch
 from .. import __version__
 from ..errors import CarveError
 from ..progress import show_progress
+from .common import printable
 
 # subcommand modules, in the order `carve --help` lists them
 COMMANDS = ["capture", "show", "opt", "passes", "export", "demo"]
@@ -39,9 +40,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.debug:
             raise
         message, _, hint = str(e).partition("\n  hint: ")
-        print(f"carve {args.command}: error: {message.splitlines()[0]}", file=sys.stderr)
+        print(f"carve {args.command}: error: {printable(message.splitlines()[0])}", file=sys.stderr)
         if hint:
-            print(f"  hint: {hint}", file=sys.stderr)
+            print(f"  hint: {printable(hint)}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         print(f"carve {args.command}: interrupted", file=sys.stderr)

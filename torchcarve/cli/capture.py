@@ -10,7 +10,7 @@ import torch
 
 from ..errors import CaptureError, CarveError
 from ..progress import step
-from .common import parse_shape
+from .common import parse_shape, printable
 
 INPUT_DTYPES = {"f32": torch.float32, "f16": torch.float16, "i64": torch.int64, "i32": torch.int32}
 
@@ -41,7 +41,7 @@ def run(args: argparse.Namespace) -> int:
         graph = capture(model, inputs, method=args.method, dynamic_batch=args.dynamic_batch,
                         dynamic=dynamic_spec(args.dynamic, inputs))
     save(graph, args.output)
-    print(f"captured {len(graph)} nodes ({len(graph.params)} weights) -> {args.output}")
+    print(printable(f"captured {len(graph)} nodes ({len(graph.params)} weights) -> {args.output}"))
     return 0
 
 

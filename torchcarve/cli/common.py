@@ -1,7 +1,10 @@
-"""Helpers shared by the subcommands: reading a GRAPH argument, parsing shapes."""
+"""Helpers shared by the subcommands: reading a GRAPH argument, parsing shapes, printing names safely."""
 from __future__ import annotations
 
+import re
 from pathlib import Path
+
+from rich.markup import escape
 
 from ..errors import CarveError, FileFormatError
 from ..ir import Graph
@@ -24,6 +27,28 @@ def read_graph(path: str) -> Graph:
         return load(file)
     module, _, function = reader.partition(":")
     return getattr(importlib.import_module(module), function)(file)
+
+
+# C0 controls but newline, DEL, C1 controls (ESC starts terminal sequences), and the invisible
+# format characters that reorder or hide text (bidi overrides, zero-width)
+UNPRINTABLE_RE = re.compile("[\x00-\x09\x0b-\x1f\x7f-\x9f\u200b-\u200f\u2028-\u202e\u2060-\u2069\ufeff]")
+
+
+def printable(text: object) -> str:
+    """`text` safe to write to a terminal: unprintable characters shown as \\xNN or \\uNNNN, newlines kept.
+
+    Every name from a model file passes through here on its way to the terminal."""
+    return UNPRINTABLE_RE.sub(_escape_char, str(text))
+
+
+def _escape_char(match: re.Match[str]) -> str:
+    code = ord(match.group())
+    return f"\\x{code:02x}" if code < 0x100 else f"\\u{code:04x}"
+
+
+def cell(text: object) -> str:
+    """`printable(text)` for a rich table cell or markup string: rich markup escaped too."""
+    return escape(printable(text))
 
 
 def parse_shape(text: str) -> tuple[int, ...]:

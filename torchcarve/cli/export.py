@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import argparse
 
-from .common import read_graph
+from .common import printable, read_graph
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -21,10 +21,10 @@ def run(args: argparse.Namespace) -> int:
         from ..backends.torch import export_torch
 
         export_torch(graph, args.output)
-        print(f"wrote {args.output}/model.py and {args.output}/weights.safetensors")
+        print(printable(f"wrote {args.output}/model.py and {args.output}/weights.safetensors"))
         return 0
     from ..backends.onnx import to_onnx
 
     to_onnx(graph, args.output)
-    print(f"wrote {args.output}")
+    print(printable(f"wrote {args.output}"))
     return 0

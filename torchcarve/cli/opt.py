@@ -10,7 +10,7 @@ from rich.table import Table
 
 from ..api import save
 from ..passes import PassReport, optimize
-from .common import load_calibration, read_graph
+from .common import cell, load_calibration, printable, read_graph
 
 
 WIDTH_WHEN_PIPED = 160  # logs and pipes get whole layer names, not rich's 80-column default
@@ -37,7 +37,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     console = Console(width=None if sys.stdout.isatty() else WIDTH_WHEN_PIPED)
     graph = read_graph(args.graph)
-    print_ir = (lambda text: console.print(text, markup=False, highlight=False, soft_wrap=True)) \
+    print_ir = (lambda text: console.print(printable(text), markup=False, highlight=False, soft_wrap=True)) \
         if args.print_ir_after_all else None
     calibration = load_calibration(args.calibration, graph, args.calibration_batch)
     result = optimize(graph, args.pipeline, calibration=calibration, check_numerics=args.check_numerics,
@@ -47,7 +47,7 @@ def run(args: argparse.Namespace) -> int:
     for line in result.report:
         if line.stats.get("layers"):
             console.print(layers_table(line.spec, line.stats["layers"]))
-    console.print(f"wrote {args.output}")
+    console.print(f"wrote {cell(args.output)}")
     return 0
 
 
@@ -63,8 +63,8 @@ def report_table(report: Sequence[PassReport], timings: bool = False, title: str
     if timings:
         table.add_column("ms", justify="right")
     for line in report:
-        row = [line.spec, "yes" if line.changed else "-", _arrow(line.nodes), _arrow(line.params), _arrow(line.macs),
-               stats_text(line.stats)]
+        row = [cell(line.spec), "yes" if line.changed else "-", _arrow(line.nodes), _arrow(line.params),
+               _arrow(line.macs), cell(stats_text(line.stats))]
         row += [f"{line.max_error:.2g}"] if checked else []
         row += [f"{line.seconds * 1e3:.1f}"] if timings else []
         table.add_row(*row)
@@ -78,9 +78,9 @@ def layers_table(spec: str, layers: Sequence[dict] | dict[str, dict]) -> Table:
     [before, after] pairs shown as arrows."""
     rows = [{"layer": name, **row} for name, row in layers.items()] if isinstance(layers, dict) else list(layers)
     columns = list(dict.fromkeys(key for row in rows for key in row))
-    table = Table(title=f"{spec}: per layer")
+    table = Table(title=f"{cell(spec)}: per layer")
     for column in columns:
-        table.add_column(column, justify="left" if column in ("layer", "kind") else "right")
+        table.add_column(cell(column), justify="left" if column in ("layer", "kind") else "right")
     for row in rows:
         table.add_row(*(_cell(row.get(column, "")) for column in columns))
     return table
@@ -106,7 +106,7 @@ def _stat(value: object) -> str:
 def _cell(value: object) -> str:
     if isinstance(value, (tuple, list)) and len(value) == 2 and all(isinstance(v, int) for v in value):
         return _arrow(tuple(value))
-    return f"{value:.3g}" if isinstance(value, float) else str(value)
+    return f"{value:.3g}" if isinstance(value, float) else cell(value)
 
 
 def _arrow(pair: tuple[int, int]) -> str:

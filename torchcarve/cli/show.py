@@ -4,12 +4,11 @@ from __future__ import annotations
 import argparse
 
 from rich.console import Console
-from rich.markup import escape
 from rich.table import Table
 
 from ..analysis.cost import graph_cost
 from ..ir import Graph
-from .common import read_graph
+from .common import cell, printable, read_graph
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -23,7 +22,7 @@ def run(args: argparse.Namespace) -> int:
     graph = read_graph(args.graph)
     console = Console()
     if not args.summary_only:
-        console.print(graph.to_text(), markup=False, highlight=False, soft_wrap=True)
+        console.print(printable(graph.to_text()), markup=False, highlight=False, soft_wrap=True)
     console.print(summary_table(graph))
     return 0
 
@@ -31,14 +30,14 @@ def run(args: argparse.Namespace) -> int:
 def summary_table(graph: Graph, title: str | None = None) -> Table:
     """Signature, node count, params, MACs (per batch item) and the op histogram, as a rich table."""
     cost = graph_cost(graph)
-    table = Table(title=title or f"@{graph.name}", show_header=False)
+    table = Table(title=cell(title or f"@{graph.name}"), show_header=False)
     table.add_column("what", style="bold")
     table.add_column("value")
-    table.add_row("inputs", escape(", ".join(f"%{v.name}: {v.type}" for v in graph.inputs)))
-    table.add_row("outputs", escape(", ".join(str(v.type) for v in graph.outputs)))
+    table.add_row("inputs", cell(", ".join(f"%{v.name}: {v.type}" for v in graph.inputs)))
+    table.add_row("outputs", cell(", ".join(str(v.type) for v in graph.outputs)))
     table.add_row("nodes", f"{len(graph) - len(graph.param_nodes())} ops + {len(graph.param_nodes())} params")
     table.add_row("parameters", f"{cost.params:,}")
     table.add_row("MACs", f"{cost.macs:,}")
     table.add_row("bytes moved", f"{cost.bytes:,}")
-    table.add_row("ops", ", ".join(f"{op} x{n}" for op, n in graph.op_histogram().most_common()))
+    table.add_row("ops", cell(", ".join(f"{op} x{n}" for op, n in graph.op_histogram().most_common())))
     return table

@@ -1,7 +1,9 @@
-"""Shape inference: run an op's torch kernel on meta tensors.
+"""Shape inference: run an op's torch kernel on meta tensors, and only on meta tensors.
 
 Symbolic dims are stood in for by distinct large primes, and output sizes are factored back
 into symbols, so `view`, `flatten`, `cat`, ... infer "batch*12"-style dims with no per-op code.
+Graphs come from untrusted files, so no real kernel may run here: `MetaOnly` puts factory calls
+(`aten.full`, whose device the IR leaves unset) on meta and refuses any call touching a real tensor.
 """
 from __future__ import annotations
 
@@ -9,6 +11,8 @@ from collections import OrderedDict
 from typing import Any, Sequence
 
 import torch
+from torch.utils._python_dispatch import TorchDispatchMode
+from torch.utils._pytree import tree_leaves
 
 from ..errors import ShapeError
 from .ops import OpDef, get_op
@@ -74,9 +78,9 @@ def meta_infer(opdef: OpDef, attrs: dict[str, Any], input_types: Sequence[Tensor
     if len(symbols) > len(SENTINELS):
         raise ShapeError(f"{opdef.name}: more than {len(SENTINELS)} symbolic dims are not supported")
     sentinel = dict(zip(symbols, SENTINELS))
-    meta_inputs = [_meta_tensor(t, sentinel) for t in input_types]
     try:
-        with torch.device("meta"):
+        meta_inputs = [_meta_tensor(t, sentinel) for t in input_types]
+        with torch.device("meta"), MetaOnly():
             outputs = opdef.run(meta_inputs, attrs, sentinel)
     except Exception as e:
         if _data_dependent(e):
@@ -87,13 +91,37 @@ def meta_infer(opdef: OpDef, attrs: dict[str, Any], input_types: Sequence[Tensor
     return [_type_of(out, names, opdef.name) for out in outputs]
 
 
+class MetaOnly(TorchDispatchMode):
+    """Every aten call runs on meta: factory calls are given device=meta (the `torch.device`
+    context does not reach `torch.ops` calls), and a call on or to a real tensor is an error."""
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):  # type: ignore[override]
+        kwargs = dict(kwargs or {})
+        if any(a.name == "device" and a.kwarg_only for a in func._schema.arguments):
+            kwargs["device"] = torch.device("meta")
+        _require_meta(func, (args, kwargs))
+        result = func(*args, **kwargs)
+        _require_meta(func, result)
+        return result
+
+
+def _require_meta(func: Any, tree: Any) -> None:
+    if any(isinstance(t, torch.Tensor) and not t.is_meta for t in tree_leaves(tree)):
+        raise ShapeError(f"{func} would run on a real tensor during shape inference; only meta tensors are allowed")
+
+
 # torch's exceptions for "the output size depends on tensor values" (named, so ir/ needs no torch.fx import)
 DATA_DEPENDENT_ERRORS = {"GuardOnDataDependentSymNode", "DataDependentOutputException", "DynamicOutputShapeException"}
 
 
+# what `tensor.tolist()` on a meta tensor raises inside a dispatch mode (outside one: NotImplementedError)
+DATA_READ_MESSAGES = ("shouldn't be called on a tensor with unallocated storage",)
+
+
 def _data_dependent(error: Exception) -> bool:
     return isinstance(error, NotImplementedError) or any(
-        cls.__name__ in DATA_DEPENDENT_ERRORS for cls in type(error).__mro__)
+        cls.__name__ in DATA_DEPENDENT_ERRORS for cls in type(error).__mro__) or any(
+        message in str(error) for message in DATA_READ_MESSAGES)
 
 
 def _meta_tensor(t: TensorType, sentinel: dict[str, int]) -> torch.Tensor:

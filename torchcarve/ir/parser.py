@@ -9,14 +9,15 @@ from typing import Any, Iterator, NamedTuple
 
 from ..errors import CarveError, ParseError, VerifyError
 from .graph import Graph
+from .node import Node
 from .ops import get_op
 from .params import ParamStore
 from .types import DIM_RE, DTYPES, SymSize, TensorType, size_attr
 
 TOKEN_RE = re.compile(r"""
     (?P<ws>[ \t\r\n]+|//[^\n]*)
-  | (?P<value>%[A-Za-z_][A-Za-z0-9_]*)
-  | (?P<symbol>@[A-Za-z_][A-Za-z0-9_]*)
+  | (?P<value>%(?:[A-Za-z_][A-Za-z0-9_]*|"(?:[^"\\\n]|\\.)*"))
+  | (?P<symbol>@(?:[A-Za-z_][A-Za-z0-9_]*|"(?:[^"\\\n]|\\.)*"))
   | (?P<string>"(?:[^"\\\n]|\\.)*")
   | (?P<number>-?(?:\d+\.\d*(?:[eE][-+]?\d+)?|\d+[eE][-+]?\d+|\d+)|-inf)
   | (?P<ident>[A-Za-z_][A-Za-z0-9_]*(?:\.[A-Za-z_][A-Za-z0-9_]*)*)
@@ -98,7 +99,7 @@ class Parser:
     # ---- grammar -----------------------------------------------------------------------
     def parse_graph(self) -> Graph:
         self.take("ident", "graph", expected="'graph'")
-        name = self.take("symbol", expected="graph name '@name'").text[1:]
+        name = self.name_of(self.take("symbol", expected="graph name '@name'"))
         graph = Graph(name, self.params if self.params is not None else ParamStore())
         graph.name = name
         self.values: dict[str, Any] = {}
@@ -128,7 +129,7 @@ class Parser:
         return values
 
     def parse_argument(self) -> tuple[str, TensorType]:
-        name = self.take("value", expected="argument '%name'").text[1:]
+        name = self.name_of(self.take("value", expected="argument '%name'"))
         self.take("punct", ":")
         return name, self.parse_type()
 
@@ -160,18 +161,19 @@ class Parser:
         raise self.error("a dim (a non-negative integer or a symbol)")
 
     def parse_statement(self, graph: Graph) -> None:
-        names = [self.take("value", expected="'%name =' or 'return'").text[1:]]
+        names = [self.name_of(self.take("value", expected="'%name =' or 'return'"))]
         while self.accept("punct", ","):
-            names.append(self.take("value", expected="'%name'").text[1:])
+            names.append(self.name_of(self.take("value", expected="'%name'")))
         self.take("punct", "=")
-        op_token = self.take("ident", expected="an op name")
-        if op_token.text == "param":
+        op_token = self.peek
+        op = self.parse_name("an op name")
+        if op == "param":
             self.parse_param(graph, names, op_token)
             return
         try:
-            opdef = get_op(op_token.text)
-        except CarveError:
-            raise ParseError(f"{op_token.line}:{op_token.col}: unknown op '{op_token.text}'") from None
+            opdef = get_op(op)
+        except CarveError as e:
+            raise ParseError(f"{op_token.line}:{op_token.col}: {e.args[0]}", hint=e.hint) from None
         self.take("punct", "(")
         inputs = self.separated(self.use_value, ")")
         attrs = self.parse_attrs() if self.peek.text == "{" else {}
@@ -205,7 +207,9 @@ class Parser:
             raise ParseError(f"{token.line}:{token.col}: {len(names)} results but {len(types)} types")
         for name in names:
             self.check_new(name, token)
-        node = graph.add_node(op, inputs, attrs, output_types=types, names=names, scope=scope)
+        node = Node(op, inputs, attrs, types, names, scope)  # names exactly as written: no renaming
+        graph._insert(node, None, None)
+        graph._names.update(names)
         self.locations[node] = token
         for value in node.outputs:
             self.values[value.name] = value
@@ -226,9 +230,10 @@ class Parser:
 
     def use_value(self) -> Any:
         token = self.take("value", expected="a value '%name'")
-        if token.text[1:] not in self.values:
-            raise ParseError(f"{token.line}:{token.col}: %{token.text[1:]} is used before it is defined")
-        return self.values[token.text[1:]]
+        name = self.name_of(token)
+        if name not in self.values:
+            raise ParseError(f"{token.line}:{token.col}: {token.text} is used before it is defined")
+        return self.values[name]
 
     def parse_attrs(self) -> dict[str, Any]:
         self.take("punct", "{")
@@ -240,7 +245,7 @@ class Parser:
         return attrs
 
     def parse_attr_entry(self) -> tuple[str, Any]:
-        key = self.take("ident", expected="an attribute name").text
+        key = self.parse_name("an attribute name")
         self.take("punct", "=")
         return key, self.parse_attr_value()
 
@@ -269,10 +274,30 @@ class Parser:
 
     def parse_string(self) -> str:
         token = self.take("string", expected="a string")
-        try:
-            return json.loads(token.text)
-        except ValueError:
-            raise ParseError(f"{token.line}:{token.col}: bad string escape in {token.text}") from None
+        return _unquote(token, token.text)
+
+    def parse_name(self, expected: str) -> str:
+        """An op name or attribute key: a plain dotted identifier or a quoted string."""
+        if self.peek.kind == "string":
+            return self.parse_string()
+        return self.take("ident", expected=expected).text
+
+    def name_of(self, token: Token) -> str:
+        """The name in a `%name` / `@name` token; quoted names are unescaped and must not be empty."""
+        text = token.text[1:]
+        if not text.startswith('"'):
+            return text
+        name = _unquote(token, text)
+        if not name:
+            raise ParseError(f"{token.line}:{token.col}: empty name {token.text}")
+        return name
+
+
+def _unquote(token: Token, literal: str) -> str:
+    try:
+        return json.loads(literal)
+    except ValueError:
+        raise ParseError(f"{token.line}:{token.col}: bad string escape in {literal}") from None
 
 
 def _number(token: Token) -> int | float:

@@ -1,8 +1,15 @@
-"""The text form: MLIR-like, one node a line, weights referenced by name (never inlined)."""
+"""The text form: MLIR-like, one node a line, weights referenced by name (never inlined).
+
+Names come from untrusted files (ONNX op types, attribute names, ...): any name that is not a plain
+token is printed as a quoted, escaped string (`%"a b"`, `"onnx.My Op"(...)`, `{"k\\n"=1}`), and
+every string escapes quotes, backslashes, control and non-ASCII characters, so the printed text is
+ASCII, one node a line, and `parse` reads back exactly the graph that was printed.
+"""
 from __future__ import annotations
 
 import json
 import math
+import re
 from typing import Any
 
 import torch
@@ -11,32 +18,51 @@ from ..errors import CarveError
 from .graph import Graph
 from .node import Node
 from .types import DTYPE_NAMES, DTYPES, SymSize, dim_symbols
+from .value import Value
+
+
+IDENT_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")  # a plain value or graph name
+DOTTED_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_]*(?:\.[A-Za-z_][A-Za-z0-9_]*)*")  # a plain op name or attribute key
+
+
+def quote(text: str) -> str:
+    """A string literal: JSON escapes (quotes, backslash, control and non-ASCII characters), plus DEL."""
+    return json.dumps(text).replace("\x7f", "\\u007f")
+
+
+def print_name(name: str, plain: re.Pattern[str] = IDENT_RE) -> str:
+    """`name` itself when it is a plain token, else quoted and escaped."""
+    return name if plain.fullmatch(name) else quote(name)
+
+
+def print_value(value: Value) -> str:
+    return "%" + print_name(value.name)
 
 
 def print_graph(graph: Graph) -> str:
     """The whole graph as text; `parse` reads it back to an identical graph."""
-    args = ", ".join(f"%{v.name}: {v.type}" for v in graph.inputs)
+    args = ", ".join(f"{print_value(v)}: {v.type}" for v in graph.inputs)
     results = ", ".join(str(v.type) for v in graph.outputs)
-    lines = [f"graph @{graph.name}({args}) -> ({results}) {{"]
+    lines = [f"graph @{print_name(graph.name)}({args}) -> ({results}) {{"]
     lines += [f"  {print_node(node)}" for node in graph.nodes]
-    lines.append(f"  return {', '.join('%' + v.name for v in graph.outputs)}".rstrip())
+    lines.append(f"  return {', '.join(print_value(v) for v in graph.outputs)}".rstrip())
     lines.append("}")
     return "\n".join(lines) + "\n"
 
 
 def print_node(node: Node) -> str:
-    outs = ", ".join(f"%{v.name}" for v in node.outputs)
+    outs = ", ".join(print_value(v) for v in node.outputs)
     types = ", ".join(str(v.type) for v in node.outputs)
     if node.op == "param":
-        return f"{outs} = param {json.dumps(node.attrs['name'])} : {types}"
-    ins = ", ".join(f"%{v.name}" for v in node.inputs)
+        return f"{outs} = param {quote(node.attrs['name'])} : {types}"
+    ins = ", ".join(print_value(v) for v in node.inputs)
     attrs = f" {{{print_attrs(node.attrs)}}}" if node.attrs else ""
-    loc = f" loc({json.dumps(node.scope)})" if node.scope else ""
-    return f"{outs} = {node.op}({ins}){attrs} : {types}{loc}"
+    loc = f" loc({quote(node.scope)})" if node.scope else ""
+    return f"{outs} = {print_name(node.op, DOTTED_RE)}({ins}){attrs} : {types}{loc}"
 
 
 def print_attrs(attrs: dict[str, Any]) -> str:
-    return ", ".join(f"{key}={print_attr(value)}" for key, value in attrs.items())
+    return ", ".join(f"{print_name(key, DOTTED_RE)}={print_attr(value)}" for key, value in attrs.items())
 
 
 def print_attr(value: Any) -> str:
@@ -50,7 +76,7 @@ def print_attr(value: Any) -> str:
     if isinstance(value, float):
         return _print_float(value)
     if isinstance(value, str):
-        return json.dumps(value)
+        return quote(value)
     if isinstance(value, SymSize):
         return _print_sym_size(value)
     if isinstance(value, torch.dtype):

@@ -12,6 +12,8 @@ from typing import Any, Union
 
 import torch
 
+from ..errors import ShapeError
+
 Dim = Union[int, str]
 
 # short name <-> torch dtype; the short names are what the text form prints.
@@ -65,6 +67,11 @@ class TensorType:
     dtype: str = "f32"
 
     def __post_init__(self) -> None:
+        if self.dtype not in DTYPES:
+            raise ShapeError(f"unknown dtype {self.dtype!r}", hint=f"supported: {', '.join(DTYPES)}")
+        bad = [d for d in self.shape if not isinstance(d, int) and not (isinstance(d, str) and DIM_RE.fullmatch(d))]
+        if bad:  # a dim is an int or a product of symbols and ints: nothing else reaches the text form
+            raise ShapeError(f"bad dim {bad[0]!r}", hint="dims are ints or symbols like batch or batch*12")
         object.__setattr__(self, "shape", tuple(normalize_dim(d) for d in self.shape))
 
     def __str__(self) -> str:

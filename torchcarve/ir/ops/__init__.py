@@ -1,8 +1,9 @@
 """The op registry: one OpDef per op name, holding everything the compiler knows about it.
 
-Ops from any `torch.ops` namespace are described by their schema on demand (`aten.conv2d`,
-`aten.add.Scalar`, `mylib.custom`), so every captured op runs and infers shapes. An op is
-*known* when a table here gives it rules (cost, ...); unknown ops are barriers to passes.
+Ops of the allowed `torch.ops` namespaces are described by their schema on demand (`aten.conv2d`,
+`aten.add.Scalar`), so every captured op runs and infers shapes; only pure tensor ops pass the
+allow-list (allow.py), since IR text is untrusted input. An op is *known* when a table here gives it
+rules (cost, ...); unknown ops are barriers to passes.
 """
 from __future__ import annotations
 
@@ -76,12 +77,20 @@ def get_op(name: str) -> OpDef:
         from .onnx_ops import opaque_opdef
 
         return opaque_opdef(name)
-    from .aten import schema_opdef
+    from .allow import ALLOWED_NAMESPACES, disallowed_reason
+    from .aten import resolve_overload, schema_opdef
 
-    opdef = schema_opdef(name)
-    if opdef is None:
-        raise UnsupportedOpError(f"unknown op '{name}'", hint="ops are torch.ops overloads (aten.conv2d) or registered ops")
-    return opdef
+    hint = "ops are pure torch.ops overloads (aten.conv2d), onnx.* ops or registered ops; see docs/safety-ir.md"
+    namespace = name.split(".", 1)[0]
+    if namespace not in ALLOWED_NAMESPACES:  # checked before torch.ops is touched
+        raise UnsupportedOpError(f"unknown op '{name}': namespace '{namespace}' is not allowed", hint=hint)
+    overload = resolve_overload(name)
+    if overload is None:
+        raise UnsupportedOpError(f"unknown op '{name}'", hint=hint)
+    reason = disallowed_reason(overload)
+    if reason is not None:
+        raise UnsupportedOpError(f"op '{name}' is not allowed: {reason}", hint=hint)
+    return schema_opdef(name)
 
 
 def op_name(overload: torch._ops.OpOverload) -> str:

@@ -257,7 +257,7 @@ KNOWN_ATEN: dict[str, dict[str, Any]] = {
     "aten.scaled_dot_product_attention": {"macs": attention_macs},
     "aten.embedding": {}, "aten.slice.Tensor": {"infer": slice_infer},
     **{f"aten.{op}": {} for op in (
-        "relu", "relu_", "gelu", "silu", "sigmoid", "tanh", "hardswish", "hardsigmoid", "hardtanh", "leaky_relu",
+        "relu", "gelu", "silu", "sigmoid", "tanh", "hardswish", "hardsigmoid", "hardtanh", "leaky_relu",
         "elu", "mish", "softplus", "erf", "exp", "log", "sqrt", "rsqrt", "neg", "abs", "reciprocal", "sin", "cos",
         "softmax.int", "log_softmax.int", "_softmax", "_log_softmax",
         "batch_norm", "_native_batch_norm_legit_no_training", "layer_norm", "group_norm", "native_layer_norm",
