@@ -132,9 +132,10 @@ def _manifest(folder: Path) -> list[str]:
 
 
 def _legacy_output(target: Path, names: Sequence[str]) -> set[str]:
-    """A directory without a manifest holding nothing but our file names was written by an older torchcarve."""
-    present = {p.name for p in target.iterdir() if not p.name.startswith((".carve", f".{STAGING}"))}
-    return set(names) if present <= set(names) else set()
+    """A directory without a manifest holding exactly our files and nothing else was written by an older
+    torchcarve (which replaced the whole directory)."""
+    present = {p.name for p in target.iterdir() if not p.name.startswith(".carve")}
+    return set(names) if present == set(names) else set()
 
 
 def _plain_name(name: str) -> bool:
