@@ -152,8 +152,9 @@ def _make_folder(folder: Path) -> None:
 
 
 def _remove_leftovers(folder: Path, prefix: str) -> None:
-    for leftover in folder.glob(f"{prefix}*"):
-        if leftover.is_dir() and not leftover.is_symlink():
+    """Remove the staging folders (named `prefix*`) of writes to this target that were killed."""
+    for leftover in folder.iterdir():
+        if leftover.name.startswith(prefix) and leftover.is_dir() and not leftover.is_symlink():
             shutil.rmtree(leftover)
 
 
