@@ -17,7 +17,7 @@ def residual():
 def test_round_trip_keeps_text_weights_and_outputs(tmp_path, residual):
     model, inputs, graph = residual
     path = tc.save(graph, tmp_path / "model.carve")
-    assert sorted(p.name for p in path.iterdir()) == ["graph.ir", "weights.safetensors"]
+    assert sorted(p.name for p in path.iterdir()) == [".carve-manifest", "graph.ir", "weights.safetensors"]
     assert (path / "graph.ir").read_text() == graph.to_text()
     assert b"pickle" not in (path / "weights.safetensors").read_bytes()[:64]
     loaded = tc.load(path)
@@ -29,13 +29,14 @@ def test_round_trip_keeps_text_weights_and_outputs(tmp_path, residual):
         torch.testing.assert_close(tc.to_torch(loaded)(*inputs), model(*inputs), rtol=1e-5, atol=1e-5)
 
 
-def test_saving_over_an_existing_directory_replaces_it(tmp_path, residual):
+def test_saving_over_an_existing_directory_replaces_our_files_only(tmp_path, residual):
     _, _, graph = residual
     target = tmp_path / "m"
     tc.save(graph, target)
-    (target / "stale.txt").write_text("x")
+    (target / "notes.txt").write_text("x")
     tc.save(graph, target)
-    assert sorted(p.name for p in target.iterdir()) == ["graph.ir", "weights.safetensors"]
+    assert sorted(p.name for p in target.iterdir()) == [".carve-manifest", "graph.ir", "notes.txt",
+                                                        "weights.safetensors"]
     assert [p.name for p in tmp_path.iterdir()] == ["m"]  # no staging folders left behind
 
 
@@ -47,7 +48,7 @@ def test_a_failed_save_leaves_the_old_directory_untouched(tmp_path, residual, mo
         raise OSError("disk full")
 
     monkeypatch.setattr(tc.ParamStore, "save", disk_full)
-    with pytest.raises(OSError, match="disk full"):
+    with pytest.raises(tc.CarveError, match="disk full"):
         tc.save(graph, target)
     monkeypatch.undo()
     assert tc.load(target).to_text() == graph.to_text()

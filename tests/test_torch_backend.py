@@ -107,7 +107,7 @@ def test_exported_modules_run_without_torchcarve(tmp_path):
     for name in ("cnn_bn", "transformer_encoder"):
         model, inputs, graph = captured(name)
         out_dir = tc.export_torch(graph, tmp_path / name)
-        assert sorted(p.name for p in out_dir.iterdir()) == ["model.py", "weights.safetensors"]
+        assert sorted(p.name for p in out_dir.iterdir()) == [".carve-manifest", "model.py", "weights.safetensors"]
         assert "torchcarve" not in "\n".join(
             line for line in (out_dir / "model.py").read_text().splitlines() if "import" in line)
         torch.save(inputs[0], out_dir / "input.pt")
@@ -123,11 +123,11 @@ def test_exported_modules_run_without_torchcarve(tmp_path):
         torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
 
 
-def test_export_replaces_the_target_atomically(tmp_path, cnn):
+def test_export_replaces_its_own_files_and_keeps_others(tmp_path, cnn):
     _, _, graph = cnn
     target = tmp_path / "out"
     tc.export_torch(graph, target)
     (target / "old.txt").write_text("x")
     tc.export_torch(graph, target)
-    assert sorted(p.name for p in target.iterdir()) == ["model.py", "weights.safetensors"]
+    assert sorted(p.name for p in target.iterdir()) == [".carve-manifest", "model.py", "old.txt", "weights.safetensors"]
     assert [p.name for p in tmp_path.iterdir()] == ["out"]

@@ -9,18 +9,20 @@ import torch
 
 from .backends.torch import to_torch
 from .errors import FileFormatError
-from .fileio import atomic_directory
+from .fileio import atomic_directory, committed_file
 from .frontends import capture
 from .ir import Graph, ParamStore, parse, verify
 
 GRAPH_FILE = "graph.ir"
 WEIGHTS_FILE = "weights.safetensors"
+SAVE_FILES = (GRAPH_FILE, WEIGHTS_FILE)   # what `save` writes; the first names the rest (see fileio)
 
 
 def save(graph: Graph, path: str | Path) -> Path:
-    """Write `graph` to a directory: graph.ir (text form) + weights.safetensors (atomically)."""
+    """Write `graph` to a directory: graph.ir (text form) + weights.safetensors, each replaced atomically;
+    other files in the directory are left alone (docs/safety-outputs.md)."""
     path = Path(path)
-    with atomic_directory(path) as staging:
+    with atomic_directory(path, SAVE_FILES) as staging:
         (staging / GRAPH_FILE).write_text(graph.to_text())
         graph.params.save(staging / WEIGHTS_FILE)
     return path
@@ -32,7 +34,7 @@ def load(path: str | Path) -> Graph:
     if not path.exists():
         raise FileFormatError(f"{path}: no such file or directory")
     text_path = path / GRAPH_FILE if path.is_dir() else path
-    weights_path = path / WEIGHTS_FILE if path.is_dir() else path.with_name(WEIGHTS_FILE)
+    weights_path = committed_file(path, WEIGHTS_FILE, GRAPH_FILE) if path.is_dir() else path.with_name(WEIGHTS_FILE)
     if not text_path.is_file():
         raise FileFormatError(f"{path}: no {GRAPH_FILE} inside", hint="expected a directory written by tc.save")
     try:

@@ -39,3 +39,7 @@ class ShapeError(CarveError):
 
 class FileFormatError(CarveError):
     """A file is missing, unreadable or not what it claims to be."""
+
+
+class OutputPathError(CarveError):
+    """An output path cannot be written as asked (an OS error, a file of another kind, a file we did not write)."""

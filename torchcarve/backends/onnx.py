@@ -288,14 +288,16 @@ def _check(model: onnx.ModelProto) -> None:
 
 
 def _save(model: onnx.ModelProto, path: Path) -> None:
-    """Write atomically; beyond 2 GB the weights go to `<name>.data` beside the model."""
+    """Write atomically; beyond 2 GB the weights go to `<name>.data` beside the model, written afresh
+    in the staging folder (never appended to an old one) and renamed into place before the model."""
     large = model.ByteSize() > TWO_GB if _size_known(model) else True
     if not large:
         _check(model)
-    with atomic_file(path) as temp:
+    data = f"{path.name}.data"
+    with atomic_file(path, siblings=[data] if large else []) as temp:
         if large:
             onnx.save_model(model, str(temp), save_as_external_data=True, all_tensors_to_one_file=True,
-                            location=f"{path.name}.data", size_threshold=1024)
+                            location=data, size_threshold=1024)
             onnx.checker.check_model(str(temp))
         else:
             onnx.save_model(model, str(temp))

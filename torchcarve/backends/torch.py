@@ -219,23 +219,31 @@ def load(directory=None):
     from safetensors.torch import load_file
 
     directory = directory or os.path.dirname(os.path.abspath(__file__))
+    weights = os.path.join(directory, "weights.safetensors")
+    pending = os.path.join(directory, ".carve-pending")  # an export cut short after it replaced model.py
+    if os.path.isfile(os.path.join(pending, "weights.safetensors")) and not os.path.isfile(
+            os.path.join(pending, "model.py")):
+        weights = os.path.join(pending, "weights.safetensors")
     module = {cls}()
-    module.load_state_dict(load_file(os.path.join(directory, "weights.safetensors")))
+    module.load_state_dict(load_file(weights))
     return module.eval()
 '''
 
 
-def export_torch(graph: Graph, directory: str | Path) -> Path:
-    """Write `model.py` (depends only on torch and safetensors) and `weights.safetensors`.
+EXPORT_FILES = ("model.py", "weights.safetensors")   # what `export_torch` writes; model.py first (see fileio)
 
-    Written into a temporary folder first and renamed, so a failure leaves nothing half-done.
+
+def export_torch(graph: Graph, directory: str | Path) -> Path:
+    """Write `model.py` (depends only on torch and safetensors) and `weights.safetensors` into `directory`.
+
+    Each file is replaced atomically; other files there are left alone (docs/safety-outputs.md).
     """
     from safetensors.torch import save_file
 
     directory = Path(directory)
     code = generate(graph)
     tensors = {attr: graph.params[name].contiguous() for attr, name in code.weights.items()}
-    with atomic_directory(directory) as staging:
+    with atomic_directory(directory, EXPORT_FILES) as staging:
         (staging / "model.py").write_text(code.source + LOADER.format(cls=code.class_name))
         save_file(tensors, str(staging / "weights.safetensors"))
     return directory

@@ -3,10 +3,11 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
+from typing import Sequence
 
 from rich.markup import escape
 
-from ..errors import CarveError, FileFormatError
+from ..errors import CarveError, FileFormatError, OutputPathError
 from ..ir import Graph
 
 # file suffix -> reader; the ONNX frontend adds ".onnx"
@@ -49,6 +50,20 @@ def _escape_char(match: re.Match[str]) -> str:
 def cell(text: object) -> str:
     """`printable(text)` for a rich table cell or markup string: rich markup escaped too."""
     return escape(printable(text))
+
+
+def refuse_overwriting_input(graph: str, output: str, files: Sequence[str] = ()) -> None:
+    """An output that would write the input graph (its path, or one of `files` of a directory output
+    landing on or inside it) is an error: inputs are never modified."""
+    from ..api import WEIGHTS_FILE
+
+    source = Path(graph).resolve()
+    read = [source, source.with_name(WEIGHTS_FILE)] if source.suffix == ".ir" else [source]
+    target = Path(output).resolve()
+    for path in [target, *(target / name for name in files)]:
+        if any(path == r or r in path.parents for r in read):
+            raise OutputPathError(f"{output} would write over the input graph {graph}",
+                                  hint="write the output to another path; inputs are never modified")
 
 
 def parse_shape(text: str) -> tuple[int, ...]:

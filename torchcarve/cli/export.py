@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import argparse
 
-from .common import printable, read_graph
+from .common import printable, read_graph, refuse_overwriting_input
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -16,6 +16,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from ..backends.torch import EXPORT_FILES
+
+    refuse_overwriting_input(args.graph, args.output, EXPORT_FILES if args.to == "torch" else ())
     graph = read_graph(args.graph)
     if args.to == "torch":
         from ..backends.torch import export_torch

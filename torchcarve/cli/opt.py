@@ -8,9 +8,9 @@ from typing import Sequence
 from rich.console import Console
 from rich.table import Table
 
-from ..api import save
+from ..api import SAVE_FILES, save
 from ..passes import PassReport, optimize
-from .common import cell, load_calibration, printable, read_graph
+from .common import cell, load_calibration, printable, read_graph, refuse_overwriting_input
 
 
 WIDTH_WHEN_PIPED = 160  # logs and pipes get whole layer names, not rich's 80-column default
@@ -36,6 +36,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     console = Console(width=None if sys.stdout.isatty() else WIDTH_WHEN_PIPED)
+    refuse_overwriting_input(args.graph, args.output, SAVE_FILES)
     graph = read_graph(args.graph)
     print_ir = (lambda text: console.print(printable(text), markup=False, highlight=False, soft_wrap=True)) \
         if args.print_ir_after_all else None
