@@ -74,7 +74,8 @@ def test_string_attribute_values_are_literals(tmp_path):
 
 def test_hostile_graph_and_param_names_stay_in_literals(tmp_path):
     marker = tmp_path / "PWNED"
-    graph = tc.Graph(f'Evil"""\nimport os; os.system("touch {marker}")\n"""')
+    graph = tc.Graph("evil")
+    graph.name = f'Evil"""\nimport os; os.system("touch {marker}")\n"""'  # past Graph's own sanitizing
     x = graph.add_input(f"x'); import os #\n{marker}", tc.TensorType((3,)))
     w = graph.add_param(f"w\n__import__('os').system('touch {marker}')", torch.tensor([1.0, 2.0, 3.0]))
     graph.set_outputs([graph.add_node("aten.mul.Tensor", [x, w], names=["out\nimport os"]).output])
