@@ -92,6 +92,9 @@ def _check_statement(statement: ast.stmt, readable: set[str], helpers: set[str],
         _check_call(statement.value, readable, helpers)
         readable.update(_targets(statement.targets[0], helpers, in_init))
         return
+    if isinstance(statement, ast.Assign) and len(statement.targets) == 1 and _is_shape_read(statement.value, readable):
+        readable.update(_targets(statement.targets[0], helpers, in_init))  # `batch = x.shape[0]`: a symbol's size
+        return
     raise _refuse(statement, f"a {type(statement).__name__} statement")
 
 
@@ -148,7 +151,24 @@ def _check_expr(node: ast.expr, readable: set[str], helpers: set[str]) -> None:
         return
     if isinstance(node, ast.Call):
         return _check_call(node, readable, helpers)
+    if isinstance(node, ast.BinOp) and isinstance(node.op, ast.Mult) and _is_size_factor(node.left, readable) \
+            and _is_size_factor(node.right, readable):
+        return  # a symbolic size such as `batch * 12`
     raise _refuse(node, f"an expression {ast.unparse(node)[:60]!r}")
+
+
+def _is_shape_read(node: ast.expr, readable: set[str]) -> bool:
+    """`<readable name>.shape[<int>]`."""
+    return (isinstance(node, ast.Subscript) and isinstance(node.value, ast.Attribute) and node.value.attr == "shape"
+            and isinstance(node.value.value, ast.Name) and node.value.value.id in readable
+            and isinstance(node.slice, ast.Constant) and type(node.slice.value) is int)
+
+
+def _is_size_factor(node: ast.expr, readable: set[str]) -> bool:
+    if isinstance(node, ast.BinOp) and isinstance(node.op, ast.Mult):
+        return _is_size_factor(node.left, readable) and _is_size_factor(node.right, readable)
+    return (isinstance(node, ast.Name) and node.id in readable) or (
+        isinstance(node, ast.Constant) and type(node.value) is int)
 
 
 def _is_weight_or_dtype(node: ast.Attribute) -> bool:
