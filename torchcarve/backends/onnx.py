@@ -134,12 +134,13 @@ def to_onnx(graph: Graph, path: str | Path | None = None, opset: int = DEFAULT_O
                                  hint="add a rule to LOWERINGS in torchcarve/backends/onnx_lowering.py")
     ctx = LoweringContext(graph, max([opset] + [n.attrs.get("domain_version", 0) for n in graph.nodes
                                                 if n.op.startswith("onnx.") and not n.attrs.get("domain")]))
-    inputs = [_graph_input(ctx, v) for v in graph.inputs]
+    input_names, output_names = graph.signature_names()
+    ctx.used.update(input_names + output_names)  # the external names are kept exactly
+    inputs = [_graph_input(ctx, v, name) for v, name in zip(graph.inputs, input_names)]
+    _name_outputs(ctx, output_names)
     for node in graph.nodes:
         _lower_node(ctx, node)
-    outputs: list[onnx.ValueInfoProto] = []
-    for value in graph.outputs:
-        outputs.append(_graph_output(ctx, value, {o.name for o in outputs}))
+    outputs = [_graph_output(ctx, v, name) for v, name in zip(graph.outputs, output_names)]
     model = _assemble(ctx, inputs, outputs)
     if path is not None:
         _save(model, Path(path))
@@ -214,17 +215,23 @@ def _lower_node(ctx: LoweringContext, node: Node) -> None:
     ctx.node = None
 
 
-def _graph_input(ctx: LoweringContext, value: Value) -> onnx.ValueInfoProto:
-    ctx.names[value] = ctx.fresh(value.name)
-    return value_info(ctx.names[value], value.type)
+def _graph_input(ctx: LoweringContext, value: Value, name: str) -> onnx.ValueInfoProto:
+    ctx.names[value] = name
+    return value_info(name, value.type)
 
 
-def _graph_output(ctx: LoweringContext, value: Value, taken: set[str]) -> onnx.ValueInfoProto:
-    """Outputs need their own name: an alias of an input, an initializer or another output gets an Identity."""
-    name = ctx.name(value)
-    produced = {out for n in ctx.nodes for out in n.output}
-    if name not in produced or name in taken:
-        name = ctx.emit("Identity", [name], [ctx.fresh(value.name)])[0]
+def _name_outputs(ctx: LoweringContext, output_names: list[str]) -> None:
+    """A computed node result that is one graph output is written under that output's name."""
+    constant = _constant_values(ctx.graph)
+    for value, name in zip(ctx.graph.outputs, output_names):
+        if value.producer is not None and value not in constant and ctx.graph.outputs.count(value) == 1:
+            ctx.names[value] = name
+
+
+def _graph_output(ctx: LoweringContext, value: Value, name: str) -> onnx.ValueInfoProto:
+    """An output under its external name; anything else (an input, a constant, an alias) gets an Identity."""
+    if ctx.name(value) != name:
+        ctx.emit("Identity", [ctx.name(value)], [name])
     return value_info(name, value.type)
 
 

@@ -53,8 +53,8 @@ def generate(graph: Graph) -> GeneratedCode:
     names = Namespace()
     class_name = names.name(graph.name if graph.name[0].isupper() else f"Carved_{graph.name}")
     expr: dict[Value, str] = {}
-    weights = _weight_attributes(graph, names, expr)
     signature = _signature(graph, names, expr)
+    weights = _weight_attributes(graph, names, expr)
     helpers: dict[str, str] = {}
     body = [_node_line(node, names, expr, helpers) for node in graph.nodes if node.op != "param"]
     outputs = [expr[v] for v in graph.outputs]
@@ -109,8 +109,8 @@ def _param_tensor(graph: Graph, name: str) -> torch.Tensor:
 
 
 def _signature(graph: Graph, names: Namespace, expr: dict[Value, str]) -> str:
-    for value in graph.inputs:
-        expr[value] = names.name(value.name)
+    for value, name in zip(graph.inputs, graph.signature_names()[0]):  # forward takes the model's input names
+        expr[value] = names.name(name)
     return ", ".join(expr[v] for v in graph.inputs)
 
 

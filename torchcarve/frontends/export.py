@@ -18,14 +18,15 @@ def capture_export(model: torch.nn.Module, example_inputs: tuple, dynamic_batch:
         batch = torch.export.Dim("batch")
         # one entry per positional argument; the capture wrapper takes them as *inputs
         dynamic_shapes = (tuple({0: batch} if isinstance(x, torch.Tensor) else None for x in example_inputs),)
+    wrapper = TensorOutputs(model)
     try:
-        program = torch.export.export(TensorOutputs(model), example_inputs, dynamic_shapes=dynamic_shapes, strict=False)
+        program = torch.export.export(wrapper, example_inputs, dynamic_shapes=dynamic_shapes, strict=False)
     except Exception as e:
         raise CaptureError(f"torch.export failed: {_first_line(e)}") from e
     if any(node.op == "get_attr" for node in program.graph.nodes) or writes_through_an_alias(program.graph):
         # inlines autocast/no_grad regions and functionalizes writes through views; keeps conv2d/linear
         program = program.run_decompositions({})
-    return convert(program.graph, _param_sources(program), name, input_names)
+    return convert(program.graph, _param_sources(program), name, input_names, wrapper.output_names.names)
 
 
 def _param_sources(program: Any) -> dict[str, ParamSource]:
