@@ -39,3 +39,11 @@ class ShapeError(CarveError):
 
 class FileFormatError(CarveError):
     """A file is missing, unreadable or not what it claims to be."""
+
+
+class OpsetError(UnsupportedOpError):
+    """A lowering needs a newer ONNX opset than the one asked for; `needed` is the lowest that works."""
+
+    def __init__(self, message: str, needed: int, hint: str = "") -> None:
+        super().__init__(message, hint)
+        self.needed = needed
