@@ -148,3 +148,17 @@ def test_cli_export_writes_the_asked_opset(tmp_path: Path, capsys: pytest.Captur
     code = main(["export", str(tmp_path / "m.carve"), "--to", "onnx", "-o", str(tmp_path / "bad.onnx"), "--opset", "9"])
     assert code != 0 and "opset 9 is not supported" in capsys.readouterr().err
     assert not (tmp_path / "bad.onnx").exists()
+
+
+def test_an_attribute_value_newer_than_the_opset_is_a_carve_error_and_the_default_rises_to_it() -> None:
+    class Circular(torch.nn.Module):
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return torch.nn.functional.pad(x, (1, 2), mode="circular")
+
+    x = torch.randn(1, 2, 5)
+    graph = tc.capture(Circular(), (x,))
+    with pytest.raises(OpsetError, match="Pad with mode='wrap', which needs opset 19; opset 18 was asked"):
+        tc.to_onnx(graph, opset=18)
+    proto = tc.to_onnx(graph)
+    assert proto.opset_import[0].version == 19
+    np.testing.assert_allclose(run_ort(proto, (x,))[0], Circular()(x).numpy())

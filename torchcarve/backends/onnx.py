@@ -22,7 +22,7 @@ from ..ir.ops import get_op
 from ..ir.types import TensorType
 from ..ir.value import Value
 from .onnx_lowering import LOWERINGS, SHAPE_ONLY_OPS, lower_onnx_op
-from .onnx_opset import first_opset_with, schema_at
+from .onnx_opset import first_opset_with, first_opset_with_value, schema_at
 
 TWO_GB = 2**31 - 2**20                      # protobuf's limit, less headroom for the graph itself
 FOLD_LIMIT = 1 << 16                        # fold a constant node when its result is at most this many elements ...
@@ -114,16 +114,23 @@ class LoweringContext:
         return outputs
 
     def append(self, proto: onnx.NodeProto) -> None:
-        """Add one ONNX node, in the target opset's form (static operands that became inputs in a later
-        opset go back to attributes); an op or attribute the opset lacks is an OpsetError."""
+        """Add one ONNX node, in the target opset's form."""
         if not proto.domain and first_opset_with(proto.op_type):  # ops onnx does not know are left to the checker
-            self._require(proto.op_type, first_opset_with(proto.op_type))
-            self._to_attributes(proto)
-            schema = schema_at(proto.op_type, self.opset)
-            for attr in proto.attribute:
-                if attr.name not in schema.attributes:
-                    self._require(f"{proto.op_type}'s attribute {attr.name}", first_opset_with(proto.op_type, attr.name))
+            self._to_opset_form(proto)
         self.nodes.append(proto)
+
+    def _to_opset_form(self, proto: onnx.NodeProto) -> None:
+        """Static operands that became inputs in a later opset go back to attributes; an op, attribute or
+        attribute value the opset lacks is an OpsetError."""
+        self._require(proto.op_type, first_opset_with(proto.op_type))
+        self._to_attributes(proto)
+        schema = schema_at(proto.op_type, self.opset)
+        for attr in proto.attribute:
+            if attr.name not in schema.attributes:
+                self._require(f"{proto.op_type}'s attribute {attr.name}", first_opset_with(proto.op_type, attr.name))
+            if first_opset_with_value(proto.op_type, attr) > self.opset:
+                self._require(f"{proto.op_type} with {attr.name}={attr.s.decode(errors='replace')!r}",
+                              first_opset_with_value(proto.op_type, attr))
 
     def _to_attributes(self, proto: onnx.NodeProto) -> None:
         for position, name, since, _ in sorted(STATIC_INPUTS.get(proto.op_type, []), reverse=True):

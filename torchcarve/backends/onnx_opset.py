@@ -1,10 +1,17 @@
 """What each ONNX opset holds, read from onnx's own schemas: the first opset of an op (or of one of its
-attributes) and the op's schema in force at an opset."""
+attributes) and the op's schema in force at an opset; attribute values the schemas cannot say, as a table."""
 from __future__ import annotations
 
 from functools import lru_cache
 
 import onnx
+
+
+# (op type, attribute, value) -> the first opset that accepts that value
+VALUE_SINCE: dict[tuple[str, str, bytes], int] = {
+    ("Pad", "mode", b"wrap"): 19,
+    ("Resize", "coordinate_transformation_mode", b"half_pixel_symmetric"): 19,
+}
 
 
 @lru_cache(maxsize=None)
@@ -29,3 +36,8 @@ def first_opset_with(op_type: str, attribute: str = "") -> int:
 def schema_at(op_type: str, opset: int) -> onnx.defs.OpSchema:
     """The schema of `op_type` in force at `opset` (the caller checked that the op exists there)."""
     return onnx.defs.get_schema(op_type, opset, "")
+
+
+def first_opset_with_value(op_type: str, attribute: onnx.AttributeProto) -> int:
+    """The first opset that accepts this attribute value (0: any opset that has the attribute)."""
+    return VALUE_SINCE.get((op_type, attribute.name, attribute.s), 0) if attribute.type == attribute.STRING else 0
