@@ -162,3 +162,18 @@ def test_an_attribute_value_newer_than_the_opset_is_a_carve_error_and_the_defaul
     proto = tc.to_onnx(graph)
     assert proto.opset_import[0].version == 19
     np.testing.assert_allclose(run_ort(proto, (x,))[0], Circular()(x).numpy())
+
+
+@pytest.mark.parametrize("module, x, native, since", [
+    (torch.nn.GroupNorm(2, 4), torch.randn(2, 4, 3, 3), "GroupNormalization", 21),
+    (torch.nn.RMSNorm(8), torch.randn(2, 3, 8), "RMSNormalization", 23),
+])
+def test_norms_use_the_native_op_from_its_opset_and_decompose_before(module, x, native: str, since: int) -> None:
+    with torch.no_grad():
+        for p in module.parameters():
+            p.uniform_(0.5, 1.5)
+    graph = tc.capture(module.eval(), (x,))
+    for opset in (since - 1, since):
+        proto = tc.to_onnx(graph, opset=opset)
+        assert (native in op_types(proto)) == (opset >= since)
+        np.testing.assert_allclose(run_ort(proto, (x,))[0], module(x).detach().numpy(), rtol=1e-5, atol=1e-5)
