@@ -136,3 +136,19 @@ def test_hf_bert_exports_with_its_argument_and_output_names() -> None:
     with torch.no_grad():
         expected = model(input_ids=ids, attention_mask=mask).last_hidden_state
     np.testing.assert_allclose(actual["last_hidden_state"], expected.numpy(), rtol=1e-4, atol=1e-4)
+
+
+def test_an_output_named_like_an_input_gets_a_suffix() -> None:
+    class Clash(nn.Module):
+        def forward(self, output: torch.Tensor) -> torch.Tensor:
+            return output * 2
+
+    graph = tc.capture(Clash(), (torch.randn(2),))
+    assert graph.signature_names() == (["output"], ["output_1"])
+    assert io_names(tc.to_onnx(graph)) == (["output"], ["output_1"])
+
+
+def test_an_output_with_an_inputs_name_that_is_another_value_is_a_verify_error() -> None:
+    text = 'graph @g(%x: f32[2] "a") -> (f32[2] "a") {\n  %y = aten.relu(%x) : f32[2]\n  return %y\n}\n'
+    with pytest.raises(VerifyError, match="output 'a' has an input's name"):
+        tc.parse(text)

@@ -70,6 +70,18 @@ def named_tensor_leaves(output: Any) -> dict[str, torch.Tensor]:
     return named
 
 
+def _distinct_from_inputs(output_names: Sequence[str], input_names: list[str]) -> list[str]:
+    """Output names, suffixed where one equals an input's name (`forward(self, output)`)."""
+    taken = set(input_names) | set(output_names)
+    renamed = []
+    for name in output_names:
+        if name in input_names:
+            name = first_free(name, taken)
+            taken.add(name)
+        renamed.append(name)
+    return renamed
+
+
 def _path_name(path: tuple) -> str:
     parts = [str(getattr(key, "key", getattr(key, "idx", getattr(key, "name", key)))) for key in path]
     if not parts or isinstance(path[0], torch.utils._pytree.SequenceKey):
@@ -111,7 +123,7 @@ def convert(fx_graph: torch.fx.Graph, params: dict[str, ParamSource], name: str,
         except Exception as e:
             raise CaptureError(f"could not convert fx node '{node.name}' ({node.target}): {e}") from e
     if len(output_names) == len(graph.outputs):
-        graph.output_names = list(output_names)
+        graph.output_names = _distinct_from_inputs(output_names, graph.signature_names()[0])
     verify(graph)
     return graph
 
