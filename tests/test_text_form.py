@@ -33,7 +33,7 @@ class TinyCNN(torch.nn.Module):
 
 
 GOLDEN_TINY_CNN = '''\
-graph @TinyCNN(%x: f32[1,3,8,8]) -> (f32[1,2]) {
+graph @TinyCNN(%x: f32[1,3,8,8]) -> (f32[1,2] "output") {
   %conv_weight = param "conv.weight" : f32[4,3,3,3]
   %conv_bias = param "conv.bias" : f32[4]
   %fc_weight = param "fc.weight" : f32[2,4]

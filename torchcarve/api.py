@@ -55,11 +55,11 @@ class Compiled:
     module: torch.nn.Module
     report: list[Any] = field(default_factory=list)
 
-    def to_onnx(self, path: str | Path | None = None) -> Any:
+    def to_onnx(self, path: str | Path | None = None, opset: int | None = None) -> Any:
         """Write the compiled graph as ONNX (see `torchcarve.backends.onnx.to_onnx`); returns the ModelProto."""
         from .backends.onnx import to_onnx
 
-        return to_onnx(self.graph, path)
+        return to_onnx(self.graph, path, opset=opset)
 
 
 def compile(model: torch.nn.Module, example_inputs: Any, pipeline: str = "", *, method: str = "auto",

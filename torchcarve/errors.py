@@ -43,3 +43,11 @@ class FileFormatError(CarveError):
 
 class OutputPathError(CarveError):
     """An output path cannot be written as asked (an OS error, a file of another kind, a file we did not write)."""
+
+
+class OpsetError(UnsupportedOpError):
+    """A lowering needs a newer ONNX opset than the one asked for; `needed` is the lowest that works."""
+
+    def __init__(self, message: str, needed: int, hint: str = "") -> None:
+        super().__init__(message, hint)
+        self.needed = needed

@@ -171,15 +171,16 @@ def test_onnx_op_becomes_aten(case: str) -> None:
 
 def test_blocked_dequantize_becomes_carve_dequantize_and_exports_at_opset_21() -> None:
     """The IR keeps no opset: like the quantize pass's own int4 graphs, the graph is written at opset 21
-    when asked (the default opset raises, naming the one it needs)."""
+    when asked or by default (a lower opset raises, naming the one it needs)."""
     proto = model("DequantizeLinear", {}, {"q": i8(4, 6), "s": w(4, 3, positive=True), "z": i8(4, 3)}, axis=1,
                   block_size=2, opset=21)
     graph = tc.from_onnx(proto)
     assert ops(graph) == ["carve.dequantize"]
     assert_matches_ort(graph, proto, export=False)
     np.testing.assert_allclose(run_ort(tc.to_onnx(graph, opset=21), {})[0], run_ort(proto, {})[0])
-    with pytest.raises(tc.CarveError, match="needs ONNX opset 21"):
-        tc.to_onnx(graph)
+    assert tc.to_onnx(graph).opset_import[0].version == 21  # the default: the lowest opset the graph needs
+    with pytest.raises(tc.CarveError, match="needs opset 21; opset 18 was asked"):
+        tc.to_onnx(graph, opset=18)
 
 
 def test_canonicalize_off_keeps_onnx_ops() -> None:

@@ -33,7 +33,7 @@ def mlp() -> nn.Module:
 
 
 GOLDEN_MLP = """\
-graph @Sequential(%input: f32[2,16]) -> (f32[2,8]) {
+graph @Sequential(%input: f32[2,16]) -> (f32[2,8] "output") {
   %v0_bias = param "0.bias" : f32[32]
   %v2_bias = param "2.bias" : f32[8]
   %v0_lowrank_in_weight = param "0.lowrank_in.weight" : f32[4,16]
@@ -347,7 +347,7 @@ def dense_equivalent(graph: tc.Graph, n_in: int, bias: torch.Tensor) -> torch.Te
 BLOCKS_4 = LowRank(structure="block-diagonal", blocks=4)
 
 GOLDEN_BLOCK_DIAGONAL = """\
-graph @Sequential(%input: f32[2,8]) -> (f32[2,4]) {
+graph @Sequential(%input: f32[2,8]) -> (f32[2,4] "output") {
   %v0_bias = param "0.bias" : f32[4]
   %v0_blockdiag_weight = param "0.blockdiag.weight" : f32[2,4,2]
   %v0_blockdiag_in_perm = param "0.blockdiag.in_perm" : i64[8]

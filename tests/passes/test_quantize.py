@@ -52,7 +52,7 @@ def _ort(graph: tc.Graph, inputs: tuple, tmp_path, opset: int | None = None) -> 
 # ---- IR before/after ----------------------------------------------------------------------
 
 DYNAMIC_AFTER = """\
-graph @Sequential(%input: f32[2,4]) -> (f32[2,2]) {
+graph @Sequential(%input: f32[2,4]) -> (f32[2,2] "output") {
   %v0_bias = param "0.bias" : f32[8]
   %v2_bias = param "2.bias" : f32[2]
   %v0_weight_q = param "0.weight_q" : i8[8,4]
@@ -92,7 +92,7 @@ def test_static_ir_has_qdq_around_layers():
 
 
 WEIGHT_ONLY_AFTER = """\
-graph @Sequential(%input: f32[2,4]) -> (f32[2,2]) {
+graph @Sequential(%input: f32[2,4]) -> (f32[2,2] "output") {
   %v0_bias = param "0.bias" : f32[8]
   %v2_bias = param "2.bias" : f32[2]
   %v0_weight_q = param "0.weight_q" : i8[8,4]

@@ -12,16 +12,17 @@ import onnx
 import torch
 from onnx import TensorProto, helper
 
-from ..errors import CarveError, UnsupportedOpError
+from ..errors import CarveError, OpsetError, UnsupportedOpError
 from ..fileio import atomic_file
 from ..ir import Graph
 from ..ir.names import first_free
 from ..ir.node import Node
-from ..ir.ops.onnx_ops import DEFAULT_OPSET
+from ..ir.ops.onnx_ops import DEFAULT_OPSET, OPSET_RANGE, STATIC_INPUTS
 from ..ir.ops import get_op
 from ..ir.types import TensorType, concrete_dim
 from ..ir.value import Value
 from .onnx_lowering import LOWERINGS, SHAPE_ONLY_OPS, lower_onnx_op
+from .onnx_opset import first_opset_with, first_opset_with_value, schema_at
 
 TWO_GB = 2**31 - 2**20                      # protobuf's limit, less headroom for the graph itself
 FOLD_LIMIT = 1 << 16                        # fold a constant node when its result is at most this many elements ...
@@ -109,9 +110,46 @@ class LoweringContext:
         if isinstance(outputs, int):
             outputs = [self.fresh(f"{scope.replace('.', '_') or op_type}_{op_type}") for _ in range(outputs)]
         attrs = {k: v for k, v in attrs.items() if v is not None}
-        self.nodes.append(helper.make_node(op_type, inputs, outputs, name=self.fresh(f"{prefix}/{op_type}"),
-                                           domain=domain or None, **attrs))
+        self.append(helper.make_node(op_type, inputs, outputs, name=self.fresh(f"{prefix}/{op_type}"),
+                                     domain=domain or None, **attrs))
         return outputs
+
+    def append(self, proto: onnx.NodeProto) -> None:
+        """Add one ONNX node, in the target opset's form."""
+        if not proto.domain and first_opset_with(proto.op_type):  # ops onnx does not know are left to the checker
+            self._to_opset_form(proto)
+        self.nodes.append(proto)
+
+    def _to_opset_form(self, proto: onnx.NodeProto) -> None:
+        """Static operands that became inputs in a later opset go back to attributes; an op, attribute or
+        attribute value the opset lacks is an OpsetError."""
+        self._require(proto.op_type, first_opset_with(proto.op_type))
+        self._to_attributes(proto)
+        schema = schema_at(proto.op_type, self.opset)
+        for attr in proto.attribute:
+            if attr.name not in schema.attributes:
+                self._require(f"{proto.op_type}'s attribute {attr.name}", first_opset_with(proto.op_type, attr.name))
+            if first_opset_with_value(proto.op_type, attr) > self.opset:
+                self._require(f"{proto.op_type} with {attr.name}={attr.s.decode(errors='replace')!r}",
+                              first_opset_with_value(proto.op_type, attr))
+
+    def _to_attributes(self, proto: onnx.NodeProto) -> None:
+        for position, name, since, _ in sorted(STATIC_INPUTS.get(proto.op_type, []), reverse=True):
+            if since <= self.opset or len(proto.input) <= position or not proto.input[position]:
+                continue
+            if proto.input[position] not in self.initializers:
+                self._require(f"{proto.op_type} with a computed {name}", since)
+            value = onnx.numpy_helper.to_array(self.initializers[proto.input[position]]).tolist()
+            proto.attribute.append(helper.make_attribute(name, value))
+            proto.input[position] = ""
+        while proto.input and not proto.input[-1]:
+            proto.input.pop()
+
+    def _require(self, what: str, needed: int) -> None:
+        if needed > self.opset:
+            where = f"{self.node!r} ({self.node.op})" if self.node is not None else "the graph"
+            raise OpsetError(f"{where} lowers to ONNX {what}, which needs opset {needed}; opset {self.opset} was asked",
+                             needed, hint=f"export with opset {needed} or newer (carve export --opset {needed})")
 
     def cast(self, name: str, source: str, target: str) -> str:
         """`name` converted from dtype `source` to `target` (no node when they agree)."""
@@ -155,29 +193,50 @@ class LoweringContext:
         return self.cast(self.name(value), value.type.dtype, dtype or value.type.dtype)
 
 
-def to_onnx(graph: Graph, path: str | Path | None = None, opset: int = DEFAULT_OPSET) -> onnx.ModelProto:
+def to_onnx(graph: Graph, path: str | Path | None = None, opset: int | None = None) -> onnx.ModelProto:
     """Lower `graph` to ONNX (checker-clean); write it atomically to `path` when given.
 
-    The opset is `opset`, or the opset of an imported model when that is newer.
+    `opset` is one of OPSET_RANGE, every op written in that opset's form; None picks the lowest opset
+    the graph needs, at least DEFAULT_OPSET (or the opset of an imported model when that is newer).
     """
     missing = _unsupported_ops(graph)
     if missing:
         raise UnsupportedOpError(f"no ONNX lowering for: {', '.join(missing)}",
                                  hint="add a rule to LOWERINGS in torchcarve/backends/onnx_lowering.py")
-    ctx = LoweringContext(graph, max([opset] + [n.attrs.get("domain_version", 0) for n in graph.nodes
-                                                if n.op.startswith("onnx.") and not n.attrs.get("domain")]))
-    inputs = [_graph_input(ctx, v) for v in graph.inputs]
-    for node in graph.nodes:
-        _lower_node(ctx, node)
-    outputs: list[onnx.ValueInfoProto] = []
-    for value in graph.outputs:
-        outputs.append(_graph_output(ctx, value, {o.name for o in outputs}))
-    model = _assemble(ctx, inputs, outputs)
+    if opset is not None and opset not in OPSET_RANGE:
+        raise CarveError(f"ONNX opset {opset} is not supported; torchcarve writes opsets "
+                         f"{OPSET_RANGE.start}-{OPSET_RANGE.stop - 1}", hint="pick an opset in that range")
+    model = _lower(graph, opset) if opset is not None else _lower_at_lowest(graph)
     if path is not None:
         _save(model, Path(path))
     else:
         _check(model)
     return model
+
+
+def _lower_at_lowest(graph: Graph) -> onnx.ModelProto:
+    """Lower at the floor (or an imported model's opset); an op that needs more raises the opset to what it needs."""
+    opset = max([DEFAULT_OPSET] + [n.attrs.get("domain_version", 0) for n in graph.nodes
+                                   if n.op.startswith("onnx.") and not n.attrs.get("domain")])
+    while True:
+        try:
+            return _lower(graph, opset)
+        except OpsetError as e:
+            if e.needed <= opset or e.needed not in OPSET_RANGE:
+                raise
+            opset = e.needed
+
+
+def _lower(graph: Graph, opset: int) -> onnx.ModelProto:
+    ctx = LoweringContext(graph, opset)
+    input_names, output_names = graph.signature_names()
+    ctx.used.update(input_names + output_names)  # the external names are kept exactly
+    inputs = [_graph_input(ctx, v, name) for v, name in zip(graph.inputs, input_names)]
+    _name_outputs(ctx, output_names)
+    for node in graph.nodes:
+        _lower_node(ctx, node)
+    outputs = [_graph_output(ctx, v, name) for v, name in zip(graph.outputs, output_names)]
+    return _assemble(ctx, inputs, outputs)
 
 
 def _unsupported_ops(graph: Graph) -> list[str]:
@@ -251,17 +310,23 @@ def _lower_node(ctx: LoweringContext, node: Node) -> None:
     ctx.node = None
 
 
-def _graph_input(ctx: LoweringContext, value: Value) -> onnx.ValueInfoProto:
-    ctx.names[value] = ctx.fresh(value.name)
-    return value_info(ctx.names[value], value.type)
+def _graph_input(ctx: LoweringContext, value: Value, name: str) -> onnx.ValueInfoProto:
+    ctx.names[value] = name
+    return value_info(name, value.type)
 
 
-def _graph_output(ctx: LoweringContext, value: Value, taken: set[str]) -> onnx.ValueInfoProto:
-    """Outputs need their own name: an alias of an input, an initializer or another output gets an Identity."""
-    name = ctx.name(value)
-    produced = {out for n in ctx.nodes for out in n.output}
-    if name not in produced or name in taken:
-        name = ctx.emit("Identity", [name], [ctx.fresh(value.name)])[0]
+def _name_outputs(ctx: LoweringContext, output_names: list[str]) -> None:
+    """A computed node result that is one graph output is written under that output's name."""
+    constant = _constant_values(ctx.graph)
+    for value, name in zip(ctx.graph.outputs, output_names):
+        if value.producer is not None and value not in constant and ctx.graph.outputs.count(value) == 1:
+            ctx.names[value] = name
+
+
+def _graph_output(ctx: LoweringContext, value: Value, name: str) -> onnx.ValueInfoProto:
+    """An output under its external name; anything else (an input, a constant, an alias) gets an Identity."""
+    if ctx.name(value) != name:
+        ctx.emit("Identity", [ctx.name(value)], [name])
     return value_info(name, value.type)
 
 

@@ -15,7 +15,7 @@ import torch
 
 from ..ir.node import Node
 from ..ir.ops.aten import arguments
-from .onnx_lowering import LOWERINGS, _out, _static
+from .onnx_lowering import BASE, LOWERINGS, _out, _static, forms
 
 if TYPE_CHECKING:
     from .onnx import LoweringContext
@@ -81,11 +81,9 @@ def _repeat_heads(ctx: "LoweringContext", name: str, heads: int, kv_heads: int, 
 MHA = "carve.multi_head_attention"
 
 
-def multi_head_attention(ctx: "LoweringContext", node: Node) -> None:
-    """Attention (opset >= 23), else MultiHeadAttention where it fits, else the decomposed form."""
-    if ctx.opset >= ATTENTION_OPSET:
-        _standard_attention(ctx, node)
-    elif _microsoft_fits(node):
+def microsoft_attention(ctx: "LoweringContext", node: Node) -> None:
+    """Before opset 23: MultiHeadAttention where it fits, else the decomposed form."""
+    if _microsoft_fits(node):
         _microsoft_attention(ctx, node)
     else:
         _split_decomposed(ctx, node)
@@ -165,4 +163,5 @@ def _split_heads(ctx: "LoweringContext", name: str, heads: int) -> str:
     return ctx.emit("Transpose", [viewed], perm=[0, 2, 1, 3])[0]
 
 
-LOWERINGS.update({"aten.scaled_dot_product_attention": sdpa, MHA: multi_head_attention})
+LOWERINGS.update({"aten.scaled_dot_product_attention": sdpa,
+                  MHA: forms((BASE, microsoft_attention), (ATTENTION_OPSET, _standard_attention))})

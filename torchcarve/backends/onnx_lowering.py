@@ -9,15 +9,16 @@ from __future__ import annotations
 
 import copy
 import math
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Callable
 
 import onnx
 import torch
 
-from ..errors import UnsupportedOpError
+from ..errors import OpsetError, UnsupportedOpError
 from ..ir.node import Node
 from ..ir.ops.aten import arguments
-from ..ir.ops.onnx_ops import INTERNAL_ATTRS, STATIC_INPUTS
+from ..ir.ops.onnx_ops import INTERNAL_ATTRS, OPSET_RANGE, STATIC_INPUTS
 from ..ir.types import attr_symbols
 
 if TYPE_CHECKING:
@@ -25,6 +26,27 @@ if TYPE_CHECKING:
 
 Rule = Callable[["LoweringContext", Node], None]
 INT64_MAX = 2**63 - 1
+BASE = OPSET_RANGE.start  # a form that works in every opset the backend writes
+
+
+@dataclass(frozen=True)
+class Versioned:
+    """One op's lowering in each opset's form: (first opset, rule) pairs; the newest form the target opset
+    has is used (a native op from the opset that introduced it, a decomposition before)."""
+
+    forms: tuple[tuple[int, Rule], ...]
+
+    def __call__(self, ctx: "LoweringContext", node: Node) -> None:
+        usable = [form for form in self.forms if form[0] <= ctx.opset]
+        if not usable:
+            first = min(since for since, _ in self.forms)
+            raise OpsetError(f"{node!r} ({node.op}) lowers to ONNX from opset {first}; opset {ctx.opset} was asked",
+                             first, hint=f"export with opset {first} or newer (carve export --opset {first})")
+        max(usable, key=lambda form: form[0])[1](ctx, node)
+
+
+def forms(*pairs: tuple[int, Rule]) -> Versioned:
+    return Versioned(tuple(pairs))
 
 # ops whose result depends only on input shapes: folded whenever the output is static
 SHAPE_ONLY_OPS = {"aten.new_ones", "aten.new_zeros", "aten.new_full", "aten.new_empty", "aten.zeros_like",
@@ -223,12 +245,31 @@ def batch_norm(ctx: "LoweringContext", node: Node) -> None:
 
 
 def layer_norm(ctx: "LoweringContext", node: Node) -> None:
+    """LayerNormalization (opset 17)."""
     args = arguments(node)
     shape = list(args["normalized_shape"])
     dtype = args["input"].type.dtype
     inputs = [ctx.name(args["input"]), _param_or(ctx, args["weight"], 1.0, shape, dtype)]
     inputs += [ctx.name(args["bias"])] if args["bias"] is not None else []
     ctx.emit("LayerNormalization", inputs, _out(ctx, node), axis=-len(shape), epsilon=float(args["eps"]))
+
+
+def decomposed_layer_norm(ctx: "LoweringContext", node: Node) -> None:
+    """(x - mean) / sqrt(var + eps) over the normalized dims, then the affine (before opset 17)."""
+    args = arguments(node)
+    axes = list(range(-len(args["normalized_shape"]), 0))
+    normed = _normalize(ctx, ctx.name(args["input"]), axes, float(args["eps"]), args["input"].type.dtype)
+    _affine(ctx, node, normed, args["weight"], args["bias"], None)
+
+
+def group_norm_op(ctx: "LoweringContext", node: Node) -> None:
+    """GroupNormalization with per-channel scale and bias (opset 21)."""
+    args = arguments(node)
+    x = args["input"]
+    channels, dtype = [x.type.shape[1]], x.type.dtype
+    inputs = [ctx.name(x), _param_or(ctx, args["weight"], 1.0, channels, dtype),
+              _param_or(ctx, args["bias"], 0.0, channels, dtype)]
+    ctx.emit("GroupNormalization", inputs, _out(ctx, node), num_groups=args["num_groups"], epsilon=float(args["eps"]))
 
 
 def group_norm(ctx: "LoweringContext", node: Node) -> None:
@@ -243,12 +284,24 @@ def group_norm(ctx: "LoweringContext", node: Node) -> None:
     _affine(ctx, node, restored, args["weight"], args["bias"], channel_shape)
 
 
+def rms_norm_op(ctx: "LoweringContext", node: Node) -> None:
+    """RMSNormalization (opset 23)."""
+    args = arguments(node)
+    x, shape = args["input"], list(args["normalized_shape"])
+    inputs = [ctx.name(x), _param_or(ctx, args["weight"], 1.0, shape, x.type.dtype)]
+    ctx.emit("RMSNormalization", inputs, _out(ctx, node), axis=-len(shape), epsilon=float(_rms_eps(args)))
+
+
+def _rms_eps(args: dict) -> float:
+    return args["eps"] if args["eps"] is not None else torch.finfo(args["input"].type.torch_dtype).eps
+
+
 def rms_norm(ctx: "LoweringContext", node: Node) -> None:
     args = arguments(node)
     x = args["input"]
     dtype = x.type.dtype
     axes = list(range(-len(args["normalized_shape"]), 0))
-    eps = args["eps"] if args["eps"] is not None else torch.finfo(x.type.torch_dtype).eps
+    eps = _rms_eps(args)
     square = ctx.emit("Mul", [ctx.name(x), ctx.name(x)])[0]
     mean = ctx.emit("ReduceMean", [square, ctx.ints(axes)], keepdims=1)[0]
     root = ctx.emit("Sqrt", [ctx.emit("Add", [mean, ctx.scalar(float(eps), dtype)])[0]])[0]
@@ -334,6 +387,23 @@ def gelu(ctx: "LoweringContext", node: Node) -> None:
         inner = ctx.emit("Erf", [ctx.emit("Div", [x, ctx.scalar(math.sqrt(2.0), dtype)])[0]])[0]
     half = ctx.emit("Mul", [x, ctx.scalar(0.5, dtype)])[0]
     ctx.emit("Mul", [half, ctx.emit("Add", [inner, ctx.scalar(1.0, dtype)])[0]], _out(ctx, node))
+
+
+def gelu_op(ctx: "LoweringContext", node: Node) -> None:
+    """Gelu (opset 20)."""
+    ctx.emit("Gelu", [ctx.name(node.inputs[0])], _out(ctx, node), approximate=arguments(node)["approximate"])
+
+
+def mish(ctx: "LoweringContext", node: Node) -> None:
+    """x tanh(softplus(x)) (before opset 18's Mish)."""
+    x = ctx.input(node.inputs[0], node.outputs[0].type.dtype)
+    ctx.emit("Mul", [x, ctx.emit("Tanh", [ctx.emit("Softplus", [x])[0]])[0]], _out(ctx, node))
+
+
+def hardswish(ctx: "LoweringContext", node: Node) -> None:
+    """x hardsigmoid(x) (before opset 14's HardSwish)."""
+    x = ctx.input(node.inputs[0], node.outputs[0].type.dtype)
+    ctx.emit("Mul", [x, ctx.emit("HardSigmoid", [x], alpha=1 / 6, beta=0.5)[0]], _out(ctx, node))
 
 
 def silu(ctx: "LoweringContext", node: Node) -> None:
@@ -604,6 +674,19 @@ def trilu(upper: int) -> Rule:
     return rule
 
 
+def masked_trilu(upper: bool) -> Rule:
+    """Where(triangle, x, 0) with the triangle a constant (before opset 14's Trilu; static last two dims)."""
+    def rule(ctx: "LoweringContext", node: Node) -> None:
+        source = node.inputs[0]
+        rows, cols = (_static(d, node) for d in source.type.shape[-2:])
+        ones = torch.ones(rows, cols, dtype=torch.bool)
+        diagonal = arguments(node)["diagonal"]
+        mask = ones.triu(diagonal) if upper else ones.tril(diagonal)
+        zero = ctx.scalar(0, source.type.dtype)
+        ctx.emit("Where", [ctx.const(mask, "triangle"), ctx.name(source), zero], _out(ctx, node))
+    return rule
+
+
 def like_fill(ctx: "LoweringContext", node: Node) -> None:
     """zeros_like & co with a symbolic shape: ConstantOfShape(Shape(x))."""
     from .onnx import tensor_proto
@@ -744,8 +827,8 @@ def lower_onnx_op(ctx: "LoweringContext", node: Node) -> None:
         ctx.extra_domains[domain] = node.attrs.get("domain_version", 1)
     while inputs and inputs[-1] == "":
         inputs.pop()
-    ctx.nodes.append(helper.make_node(op_type, inputs, ctx.output_names(node), name=ctx.fresh(f"/{op_type}"),
-                                      domain=domain or None, **attrs))
+    ctx.append(helper.make_node(op_type, inputs, ctx.output_names(node), name=ctx.fresh(f"/{op_type}"),
+                                domain=domain or None, **attrs))
 
 
 def _adapt_split(ctx: "LoweringContext", node: Node, attrs: dict) -> None:
@@ -811,7 +894,7 @@ IDENTITY_OPS = ("contiguous", "clone", "alias", "detach", "lift_fresh_copy", "dr
 VIEW_OPS = ("view", "reshape", "_unsafe_view", "flatten.using_ints", "unflatten.int", "view_as", "reshape_as")
 UNARY_OPS = {"relu": "Relu", "relu_": "Relu", "sigmoid": "Sigmoid", "tanh": "Tanh", "erf": "Erf", "exp": "Exp",
              "log": "Log", "sqrt": "Sqrt", "neg": "Neg", "abs": "Abs", "reciprocal": "Reciprocal", "sin": "Sin",
-             "cos": "Cos", "hardswish": "HardSwish", "mish": "Mish", "floor": "Floor", "ceil": "Ceil",
+             "cos": "Cos", "floor": "Floor", "ceil": "Ceil",
              "logical_not": "Not", "bitwise_not": "Not", "sign": "Sign", "round": "Round"}
 BINARY_OPS = {"add": "Add", "sub": "Sub", "mul": "Mul", "div": "Div", "minimum": "Min", "maximum": "Max",
               "bitwise_and": "And", "bitwise_or": "Or", "__and__": "And", "__or__": "Or", "logical_and": "And",
@@ -837,20 +920,24 @@ LOWERINGS: dict[str, Rule] = {
     "aten.conv_transpose1d": conv_transpose, "aten.conv_transpose2d.input": conv_transpose,
     "aten.linear": linear, "aten.matmul": matmul, "aten.bmm": matmul, "aten.mm": matmul, "aten.addmm": addmm,
     "aten.batch_norm": batch_norm, "aten._native_batch_norm_legit_no_training": batch_norm,
-    "aten.layer_norm": layer_norm, "aten.native_layer_norm": layer_norm, "aten.group_norm": group_norm,
-    "aten.rms_norm": rms_norm,
+    "aten.layer_norm": forms((BASE, decomposed_layer_norm), (17, layer_norm)),
+    "aten.native_layer_norm": forms((BASE, decomposed_layer_norm), (17, layer_norm)),
+    "aten.group_norm": forms((BASE, group_norm), (21, group_norm_op)),
+    "aten.rms_norm": forms((BASE, rms_norm), (23, rms_norm_op)),
     "aten.max_pool1d": max_pool, "aten.max_pool2d": max_pool, "aten.max_pool2d_with_indices": max_pool,
     "aten.avg_pool1d": avg_pool, "aten.avg_pool2d": avg_pool,
     "aten.adaptive_avg_pool1d": adaptive_pool("GlobalAveragePool", "AveragePool"),
     "aten.adaptive_avg_pool2d": adaptive_pool("GlobalAveragePool", "AveragePool"),
     "aten.softmax.int": softmax("Softmax"), "aten._softmax": softmax("Softmax"),
     "aten.log_softmax.int": softmax("LogSoftmax"), "aten._log_softmax": softmax("LogSoftmax"),
-    "aten.gelu": gelu, "aten.silu": silu, "aten.rsqrt": rsqrt, "aten.hardtanh": hardtanh,
+    "aten.gelu": forms((BASE, gelu), (20, gelu_op)), "aten.silu": silu, "aten.rsqrt": rsqrt, "aten.hardtanh": hardtanh,
     "aten.clamp": clamp, "aten.clamp_min": clamp, "aten.clamp_max": clamp,
     "aten.hardsigmoid": unary("HardSigmoid", alpha=1 / 6, beta=0.5),
     "aten.leaky_relu": with_attrs("LeakyRelu", alpha="negative_slope"),
     "aten.elu": with_attrs("Elu", alpha="alpha"),
     "aten.softplus": unary("Softplus"),
+    "aten.mish": forms((BASE, mish), (18, unary("Mish"))),
+    "aten.hardswish": forms((BASE, hardswish), (14, unary("HardSwish"))),
     "aten.permute": permute, "aten.transpose.int": transpose, "aten.t": transpose,
     "aten.unsqueeze": unsqueeze, "aten.squeeze": squeeze, "aten.squeeze.dim": squeeze, "aten.squeeze.dims": squeeze,
     "aten.expand": expand, "aten.expand_as": expand_as, "aten.repeat": repeat,
@@ -865,7 +952,9 @@ LOWERINGS: dict[str, Rule] = {
     "aten.where.Scalar": where, "aten.masked_fill.Scalar": masked_fill,
     "aten.pad": pad, "aten.constant_pad_nd": pad,
     "aten.upsample_nearest2d.vec": upsample("nearest"), "aten.upsample_bilinear2d.vec": upsample("linear"),
-    "aten.pixel_shuffle": pixel_shuffle, "aten.cumsum": cumsum, "aten.tril": trilu(0), "aten.triu": trilu(1),
+    "aten.pixel_shuffle": pixel_shuffle, "aten.cumsum": cumsum, 
+    "aten.tril": forms((BASE, masked_trilu(False)), (14, trilu(0))),
+    "aten.triu": forms((BASE, masked_trilu(True)), (14, trilu(1))),
     "aten.diff": diff,
     "aten.roll": roll, "aten.einsum": einsum, "aten.numpy_T": numpy_t,
     "aten.swapaxes": swap_dims("axis0", "axis1"), "aten.swapdims": swap_dims("dim0", "dim1"),

@@ -1,7 +1,7 @@
 """ONNX lowerings of the quantization ops (registered into LOWERINGS on import).
 
 carve.quantize/dequantize -> QuantizeLinear/DequantizeLinear (QDQ; int4 weights as INT4 initializers,
-blocked scales from opset 21); carve.dynamic_linear -> com.microsoft DynamicQuantizeMatMul, the op
+blocked scales: DequantizeLinear's block_size, from opset 21); carve.dynamic_linear -> com.microsoft DynamicQuantizeMatMul, the op
 ONNX Runtime fuses its own DynamicQuantizeLinear + MatMulInteger graphs into; carve.weight_only_linear
 -> com.microsoft MatMulNBits (weights packed offline, dequantized block by block inside the matmul);
 carve.quantized_embedding -> Gather of int8 rows and of their scales, Cast, Mul.
@@ -11,12 +11,10 @@ from __future__ import annotations
 import torch
 from onnx import TensorProto, helper
 
-from ..errors import UnsupportedOpError
 from ..ir.node import Node
 from ..ir.ops.quant import pack_nbits
 from .onnx_lowering import LOWERINGS
 
-BLOCKED_OPSET = 21  # DequantizeLinear block_size and INT4 data
 MICROSOFT = "com.microsoft"
 NBITS_MIN_BLOCK = 16   # MatMulNBits: block_size is a power of two >= 16
 NBITS_BLOCK = 128      # the block used when one scale covers a whole row (the scale repeats per block)
@@ -102,9 +100,6 @@ def _matmul_nbits(ctx, node: Node, block_size: int) -> None:
 
 
 def _dequantize_linear(ctx, q, scale, zero_point: list, axis: int | None, block_size: int, outputs=1) -> str:
-    if block_size and ctx.opset < BLOCKED_OPSET:
-        raise UnsupportedOpError(f"{ctx.node!r}: group-wise (blocked) dequantization needs ONNX opset {BLOCKED_OPSET}",
-                                 hint=f"export with opset={BLOCKED_OPSET}")
     inputs = [_int_data(ctx, q, block_size), ctx.name(scale)] + [_int_data(ctx, z, block_size) for z in zero_point]
     return ctx.emit("DequantizeLinear", inputs, outputs, axis=axis, block_size=block_size or None)[0]
 

@@ -61,9 +61,9 @@ def generate(graph: Graph) -> GeneratedCode:
     names = Namespace(reserved=helpers)
     class_name = names.name(graph.name if graph.name[:1].isupper() else f"Carved_{graph.name}")
     expr: dict[Value, str] = {}
+    signature = _signature(graph, names, expr)
     weights = _weight_attributes(graph, names, expr)
     trainable = trainable_params(graph)
-    signature = _signature(graph, names, expr)
     body = _symbol_lines(graph, names, expr)
     body += [_node_line(node, names, expr) for node in graph.nodes if node.op != "param"]
     outputs = [expr[v] for v in graph.outputs]
@@ -122,8 +122,8 @@ def _param_tensor(graph: Graph, name: str) -> torch.Tensor:
 
 
 def _signature(graph: Graph, names: Namespace, expr: dict[Value, str]) -> str:
-    for value in graph.inputs:
-        expr[value] = names.name(value.name)
+    for value, name in zip(graph.inputs, graph.signature_names()[0]):  # forward takes the model's input names
+        expr[value] = names.name(name)
     return ", ".join(expr[v] for v in graph.inputs)
 
 

@@ -1,4 +1,4 @@
-"""`carve export GRAPH --to onnx|torch -o PATH`."""
+"""`carve export GRAPH --to onnx|torch -o PATH [--opset N]`."""
 from __future__ import annotations
 
 import argparse
@@ -12,6 +12,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--to", choices=["onnx", "torch"], required=True)
     parser.add_argument("-o", "--output", required=True,
                         help="the .onnx file, or the directory for model.py + weights.safetensors")
+    from ..ir.ops.onnx_ops import DEFAULT_OPSET, OPSET_RANGE
+
+    parser.add_argument("--opset", type=int, default=None,
+                        help=f"the ONNX opset to write ({OPSET_RANGE.start}-{OPSET_RANGE.stop - 1}); default: the "
+                             f"lowest the graph needs, at least {DEFAULT_OPSET}")
     parser.set_defaults(run=run)
 
 
@@ -28,6 +33,6 @@ def run(args: argparse.Namespace) -> int:
         return 0
     from ..backends.onnx import to_onnx
 
-    to_onnx(graph, args.output)
-    print(printable(f"wrote {args.output}"))
+    model = to_onnx(graph, args.output, opset=args.opset)
+    print(printable(f"wrote {args.output} (opset {model.opset_import[0].version})"))
     return 0

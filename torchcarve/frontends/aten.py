@@ -11,6 +11,7 @@ import torch.fx
 from ..errors import CaptureError, CarveError
 from ..ir import Graph, TensorType, verify
 from ..ir.infer import InferenceUnavailable, infer_types
+from ..ir.names import first_free
 from ..ir.ops import get_op, op_name
 from ..ir.types import Dim, dtype_name, normalize_dim, size_attr
 
@@ -41,13 +42,48 @@ class TensorOutputs(torch.nn.Module):
         super().__init__()
         self.model = model
 
+        self.output_names = OutputNames()  # not a list: torch.export restores list attributes after tracing
+
     def forward(self, *inputs: Any) -> tuple:
-        return tensor_leaves(self.model(*inputs))
+        named = named_tensor_leaves(self.model(*inputs))
+        self.output_names.names = list(named)
+        return tuple(named.values())
 
 
-def tensor_leaves(output: Any) -> tuple:
-    """The tensors of a model's (nested) output, in pytree order."""
-    return tuple(leaf for leaf in torch.utils._pytree.tree_leaves(output) if isinstance(leaf, torch.Tensor))
+class OutputNames:
+    """Where TensorOutputs records the names of the leaves it returned (read after capture)."""
+
+    def __init__(self) -> None:
+        self.names: list[str] = []
+
+
+def named_tensor_leaves(output: Any) -> dict[str, torch.Tensor]:
+    """The tensors of a model's output by name, in pytree order: dict and ModelOutput keys
+    (`logits`), `output_0`, `output_1`... for a tuple, `output` for a single tensor."""
+    named: dict[str, torch.Tensor] = {}
+    for path, leaf in torch.utils._pytree.tree_flatten_with_path(output)[0]:
+        if isinstance(leaf, torch.Tensor):
+            named[first_free(_path_name(path), named)] = leaf
+    return named
+
+
+def _distinct_from_inputs(output_names: Sequence[str], input_names: list[str]) -> list[str]:
+    """Output names, suffixed where one equals an input's name (`forward(self, output)`)."""
+    taken = set(input_names) | set(output_names)
+    renamed = []
+    for name in output_names:
+        if name in input_names:
+            name = first_free(name, taken)
+            taken.add(name)
+        renamed.append(name)
+    return renamed
+
+
+def _path_name(path: tuple) -> str:
+    parts = [str(getattr(key, "key", getattr(key, "idx", getattr(key, "name", key)))) for key in path]
+    if not parts or isinstance(path[0], torch.utils._pytree.SequenceKey):
+        parts.insert(0, "output")
+    return "_".join(parts)
 
 
 def unwrapped_name(path: str) -> str:
@@ -95,10 +131,12 @@ class SymbolNames:
 
 
 def convert(fx_graph: torch.fx.Graph, params: dict[str, ParamSource], name: str,
-            input_names: Sequence[str] = (), dynamic: Sequence[dict[int, str]] = ()) -> Graph:
+            input_names: Sequence[str] = (), output_names: Sequence[str] = (),
+            dynamic: Sequence[dict[int, str]] = ()) -> Graph:
     """Build an IR graph; placeholders not in `params` become graph inputs, in order, named
-    after `input_names` where given (the model's forward arguments). `dynamic` names the
-    symbolic dims of each graph input ({0: "batch"}); sizes computed from them become SymSize attrs."""
+    after `input_names` where given (the model's forward arguments); outputs after `output_names`.
+    `dynamic` names the symbolic dims of each graph input ({0: "batch"}); sizes computed from them
+    become SymSize attrs."""
     aliased_write = writes_through_an_alias(fx_graph)
     if aliased_write is not None:
         raise CaptureError(f"'{aliased_write.name}' ({aliased_write.target}) writes in place into memory another "
@@ -118,6 +156,8 @@ def convert(fx_graph: torch.fx.Graph, params: dict[str, ParamSource], name: str,
             raise
         except Exception as e:
             raise CaptureError(f"could not convert fx node '{node.name}' ({node.target}): {e}") from e
+    if len(output_names) == len(graph.outputs):
+        graph.output_names = _distinct_from_inputs(output_names, graph.signature_names()[0])
     verify(graph)
     return graph
 

@@ -20,15 +20,16 @@ def capture_export(model: torch.nn.Module, example_inputs: tuple, dynamic: Seque
     if any(dynamic):
         # one entry per positional argument; the capture wrapper takes them as *inputs
         dynamic_shapes = (tuple({d: torch.export.Dim.DYNAMIC for d in dims} or None for dims in dynamic),)
+    wrapper = TensorOutputs(model)
     try:
-        program = torch.export.export(TensorOutputs(model), example_inputs, dynamic_shapes=dynamic_shapes, strict=False)
+        program = torch.export.export(wrapper, example_inputs, dynamic_shapes=dynamic_shapes, strict=False)
     except Exception as e:
         hint = "capture at an example size of at least 2 on every dynamic dim" if dynamic_shapes else ""
         raise CaptureError(f"torch.export failed: {_first_line(e)}", hint=hint) from e
     if any(node.op == "get_attr" for node in program.graph.nodes) or writes_through_an_alias(program.graph):
         # inlines autocast/no_grad regions and functionalizes writes through views; keeps conv2d/linear
         program = program.run_decompositions({})
-    return convert(program.graph, _param_sources(program), name, input_names, dynamic)
+    return convert(program.graph, _param_sources(program), name, input_names, wrapper.output_names.names, dynamic)
 
 
 def _param_sources(program: Any) -> dict[str, ParamSource]:

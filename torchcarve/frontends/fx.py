@@ -12,7 +12,7 @@ from torch.fx.experimental.proxy_tensor import make_fx
 
 from ..errors import CaptureError
 from ..ir import Graph
-from .aten import ParamSource, convert, tensor_leaves
+from .aten import ParamSource, convert, named_tensor_leaves
 from .export import _first_line
 
 
@@ -27,8 +27,12 @@ def capture_fx(model: torch.nn.Module, example_inputs: tuple, dynamic: Sequence[
     parameters = dict(traced.named_parameters())
     state = {**parameters, **dict(traced.named_buffers())}
 
+    output_names: list[str] = []
+
     def run(weights: dict, *inputs: torch.Tensor):
-        return tensor_leaves(torch.func.functional_call(traced, weights, inputs))
+        named = named_tensor_leaves(torch.func.functional_call(traced, weights, inputs))
+        output_names[:] = named
+        return tuple(named.values())
 
     try:
         lowered = make_fx(run, pre_dispatch=True)(state, *example_inputs)
@@ -37,4 +41,4 @@ def capture_fx(model: torch.nn.Module, example_inputs: tuple, dynamic: Sequence[
     placeholders = [n for n in lowered.graph.nodes if n.op == "placeholder"]
     sources = {node.name: ParamSource(key, tensor.detach(), key in parameters)
                for node, (key, tensor) in zip(placeholders, state.items())}
-    return convert(lowered.graph, sources, name, input_names)
+    return convert(lowered.graph, sources, name, input_names, output_names)

@@ -125,7 +125,8 @@ class Importer:
                 self.values[info.name] = self.graph.add_input(info.name, self._type(info.name))
         for node in self.model.graph.node:
             self._import_node(node)
-        self.graph.set_outputs([self._value(o.name) for o in self.model.graph.output])
+        outputs = self.model.graph.output
+        self.graph.set_outputs([self._value(o.name) for o in outputs], [o.name for o in outputs])
         return self.graph
 
     # ---- types -------------------------------------------------------------------------

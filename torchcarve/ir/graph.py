@@ -24,6 +24,8 @@ class Graph:
         self.name = sanitize_identifier(name)
         self.inputs: list[Value] = []
         self.outputs: list[Value] = []
+        self.input_names: list[str] = []   # external names (ONNX, forward's arguments), one per input; [] = value names
+        self.output_names: list[str] = []  # external names, one per output; [] = value names
         self.params = params if params is not None else ParamStore()
         self._nodes: NodeList[Node] = NodeList()
         self._names: set[str] = set()
@@ -51,6 +53,12 @@ class Graph:
         for node in self._nodes:
             yield from node.outputs
 
+    def signature_names(self) -> tuple[list[str], list[str]]:
+        """The external names of the inputs and outputs (the stored ones, else the value names)."""
+        inputs = self.input_names or [v.name for v in self.inputs]
+        outputs = self.output_names or [v.name for v in self.outputs]
+        return list(inputs), list(outputs)
+
     def param_nodes(self) -> list[Node]:
         return [n for n in self._nodes if n.op == "param"]
 
@@ -65,8 +73,11 @@ class Graph:
         return name
 
     def add_input(self, name: str, type: TensorType) -> Value:
+        """A new graph input; `name` is kept exactly as its external name, the value's name is an identifier."""
         value = Value(type, self.unique_name(name))
         value.graph = self
+        if self.input_names or name != value.name:
+            self.input_names = self.signature_names()[0][:len(self.inputs)] + [name]
         self.inputs.append(value)
         return value
 
@@ -157,7 +168,10 @@ class Graph:
                 erased += 1
         return erased
 
-    def set_outputs(self, values: Sequence[Value]) -> None:
+    def set_outputs(self, values: Sequence[Value], names: Sequence[str] = ()) -> None:
+        """Set the outputs; `names` are their external names (kept when omitted and the count is unchanged)."""
+        if names or len(values) != len(self.outputs):
+            self.output_names = list(names)
         self.outputs = list(values)
 
     def sort(self) -> None:
@@ -205,6 +219,7 @@ class Graph:
                 mapping[old] = value
             new._nodes.append(twin)
         new.outputs = [mapping[v] for v in self.outputs]
+        new.input_names, new.output_names = list(self.input_names), list(self.output_names)
         new._names = set(self._names)
         return new
 

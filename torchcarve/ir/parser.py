@@ -104,11 +104,13 @@ class Parser:
         graph.name = name
         self.values: dict[str, Any] = {}
         self.take("punct", "(")
-        for value_name, type in self.separated(self.parse_argument, ")"):
+        arguments = self.separated(self.parse_argument, ")")
+        for value_name, type, _ in arguments:
             graph.inputs.append(self.define(graph, value_name, type, None))
         self.take("arrow", expected="'->'")
         self.take("punct", "(")
-        result_types = self.separated(self.parse_type, ")")
+        results = self.separated(self.parse_result, ")")
+        result_types = [type for type, _ in results]
         self.take("punct", "{")
         while not self.accept("ident", "return"):
             self.parse_statement(graph)
@@ -120,6 +122,10 @@ class Parser:
             raise ParseError(f"{return_token.line}:{return_token.col}: return types ({', '.join(str(v.type) for v in outputs)}) do not match the "
                              f"signature ({', '.join(map(str, result_types))})")
         graph.outputs = outputs
+        if any(name for *_, name in arguments):
+            graph.input_names = [name or value_name for value_name, _, name in arguments]
+        if any(name for _, name in results):
+            graph.output_names = [name or value.name for (_, name), value in zip(results, outputs)]
         return graph
 
     def separated_until_brace(self) -> list[Any]:
@@ -128,10 +134,17 @@ class Parser:
             values.append(self.use_value())
         return values
 
-    def parse_argument(self) -> tuple[str, TensorType]:
+    def parse_argument(self) -> tuple[str, TensorType, str]:
+        """`%name: type` and, when the external name differs, `"external name"`."""
         name = self.name_of(self.take("value", expected="argument '%name'"))
         self.take("punct", ":")
-        return name, self.parse_type()
+        type, external = self.parse_result()
+        return name, type, external
+
+    def parse_result(self) -> tuple[TensorType, str]:
+        """A signature type and its optional external name ("" when absent)."""
+        type = self.parse_type()
+        return type, self.parse_string() if self.peek.kind == "string" else ""
 
     def parse_type(self) -> TensorType:
         token = self.take("ident", expected="a type like f32[1,3]")

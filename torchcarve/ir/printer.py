@@ -41,13 +41,19 @@ def print_value(value: Value) -> str:
 
 def print_graph(graph: Graph) -> str:
     """The whole graph as text; `parse` reads it back to an identical graph."""
-    args = ", ".join(f"{print_value(v)}: {v.type}" for v in graph.inputs)
-    results = ", ".join(str(v.type) for v in graph.outputs)
+    input_names, output_names = graph.signature_names()
+    args = ", ".join(f"{print_value(v)}: {v.type}{_external(n, v.name)}" for v, n in zip(graph.inputs, input_names))
+    results = ", ".join(f"{v.type}{_external(n, v.name)}" for v, n in zip(graph.outputs, output_names))
     lines = [f"graph @{print_name(graph.name)}({args}) -> ({results}) {{"]
     lines += [f"  {print_node(node)}" for node in graph.nodes]
     lines.append(f"  return {', '.join(print_value(v) for v in graph.outputs)}".rstrip())
     lines.append("}")
     return "\n".join(lines) + "\n"
+
+
+def _external(name: str, value_name: str) -> str:
+    """An input's or output's external name, as a string after its type when it is not the value's name."""
+    return "" if name == value_name else f" {quote(name)}"
 
 
 def print_node(node: Node) -> str:

@@ -69,6 +69,22 @@ def verify(graph: Graph, check_params: bool = True) -> None:
             raise VerifyError(f"graph output %{value.name} is not defined in @{graph.name}")
     for value in graph.inputs:
         _check_users(value, graph, f"graph input %{value.name}")
+    _check_signature_names(graph)
+
+
+def _check_signature_names(graph: Graph) -> None:
+    """External names: none stored, or one non-empty name per input/output, unique on each side; an output
+    named like an input is that input."""
+    for side, names, values in (("input", graph.input_names, graph.inputs), ("output", graph.output_names, graph.outputs)):
+        if names and len(names) != len(values):
+            raise VerifyError(f"@{graph.name} has {len(values)} {side}s but {len(names)} {side} names")
+        if not all(isinstance(n, str) and n for n in names) or len(set(names)) != len(names):
+            raise VerifyError(f"@{graph.name}: {side} names must be unique non-empty strings, got {names}")
+    input_names, output_names = graph.signature_names()
+    by_name = dict(zip(input_names, graph.inputs))
+    for name, value in zip(output_names, graph.outputs):
+        if by_name.get(name, value) is not value:
+            raise VerifyError(f"@{graph.name}: output '{name}' has an input's name but is not that input")
 
 
 def _define(value, names: set[str], where: str) -> None:

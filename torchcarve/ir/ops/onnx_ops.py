@@ -22,7 +22,8 @@ import torch
 
 from . import Args, OpDef, register_op
 
-DEFAULT_OPSET = 18  # the ONNX opset torchcarve writes unless told otherwise (or an imported model is newer)
+DEFAULT_OPSET = 18  # the floor: unless told an opset, the ONNX backend writes the lowest one >= this the graph needs
+OPSET_RANGE = range(13, 24)  # the opsets the ONNX backend writes, each op in that opset's form
 INTERNAL_ATTRS = frozenset({"absent", "outputs", "domain", "domain_version", "captures"})
 
 # op type -> [(input position, attribute name, first opset taking it as an input, dtype or None = input 0's)]
