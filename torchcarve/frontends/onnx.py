@@ -176,7 +176,7 @@ class Importer:
             if self._fold(op_type, node, inputs, attrs):
                 return
             inputs, attrs = self._static_operands(op_type, inputs, attrs)
-        captures = sorted(outer_names(node) & (self.values.keys() | self.constants.keys()))
+        captures = sorted(name for name in outer_names(node) if name in self.values or name in self.constants)
         if captures:  # outer-scope values a subgraph reads: inputs here, so they stay alive and get renamed
             inputs, attrs["captures"] = inputs + captures, captures
         if _domain(node):
