@@ -201,6 +201,10 @@ class Importer:
         attrs = self._attributes(node)
         op_type = RENAMED.get(node.op_type, node.op_type)
         known = op_type in KERNELS and _domain(node) == DOMAINS.get(op_type, "")
+        if op_type in KERNELS and not known:
+            raise UnsupportedOpError(f"{node.op_type} in domain {node.domain!r} has the name of the "
+                                     f"{DOMAINS.get(op_type) or 'default'}-domain op, which is not supported",
+                                     hint="an op of another domain must not reuse a known op's name")
         inputs = list(node.input)
         if known:
             inputs, attrs = self._normalise(node, inputs, attrs)
