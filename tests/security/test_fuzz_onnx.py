@@ -63,7 +63,8 @@ def attribute_value(model: onnx.ModelProto, rng: random.Random) -> None:
                         numpy_helper.from_array(np.array(rng.choice(ODD_INTS), np.int64))])
     kept = [a for a in node.attribute if a.name != name]
     del node.attribute[:]
-    node.attribute.extend(kept + [helper.make_attribute(name, value)])
+    empty = onnx.AttributeProto.INTS if value == [] else None
+    node.attribute.extend(kept + [helper.make_attribute(name, value, attr_type=empty)])
 
 
 def attribute_key(model: onnx.ModelProto, rng: random.Random) -> None:

@@ -103,8 +103,8 @@ def infer_shapes(model: onnx.ModelProto) -> onnx.ModelProto:
                 return model
         return onnx.shape_inference.infer_shapes(model, **options, data_prop=True)
     except Exception as e:
-        text = str(e).strip()
-        raise FileFormatError(f"invalid ONNX model: shape/type inference fails: {text.splitlines()[0][:300] if text else e!r}",
+        text = (str(e).strip() or repr(e)).splitlines()[0][:300]
+        raise FileFormatError(f"invalid ONNX model: shape/type inference fails: {text}",
                               hint="check the model with onnx.checker.check_model(model, full_check=True)") from e
 
 
