@@ -197,3 +197,14 @@ def test_op_of_another_domain_reusing_a_known_name_is_rejected() -> None:
     proto.graph.node[0].op_type = "TopK"
     with pytest.raises(CarveError, match="TopK in domain 'com.microsoft'"):
         tc.from_onnx(proto)
+
+
+def test_canonical_rule_failure_is_a_carve_error_naming_the_node(monkeypatch) -> None:
+    from torchcarve.frontends import onnx_canonical
+
+    def broken(node, graph):
+        raise KeyError("axis")
+
+    monkeypatch.setitem(onnx_canonical.CANONICAL, "Relu", broken)
+    with pytest.raises(CarveError, match="canonicalizing onnx.Relu node 'r'.*KeyError"):
+        tc.from_onnx(mlp())
