@@ -12,6 +12,7 @@ import pytest
 from onnx import TensorProto, helper
 
 import torchcarve as tc
+from torchcarve.frontends import onnx_limits
 from torchcarve.frontends.onnx_limits import DATA_PROP_LIMIT, FOLD_LIMIT, MAX_ELEMENTS
 
 from .onnx_models import const, model, tensor_info
@@ -106,9 +107,15 @@ def test_fold_limit_is_the_boundary() -> None:
     assert "onnx.Expand" in [n.op for n in over.nodes]
 
 
-def test_small_range_keeps_data_propagation() -> None:
-    graph = tc.from_onnx(range_cast(DATA_PROP_LIMIT))
-    assert graph.outputs[0].type.shape == (DATA_PROP_LIMIT,)
+@pytest.mark.parametrize("build, size, propagates", [
+    (range_cast, DATA_PROP_LIMIT, True),
+    (range_cast, DATA_PROP_LIMIT + 1, False),
+    (range_of_input_dim, 100, False),  # a length only data propagation could tell: not run (conservative)
+])
+def test_data_propagation_runs_only_for_small_static_ranges(build, size: int, propagates: bool) -> None:
+    first_pass = onnx.shape_inference.infer_shapes(build(size), data_prop=False)
+    assert onnx_limits._ranges_small(first_pass) is propagates
+    assert tc.from_onnx(build(size)).outputs[0].type.shape == (size,)
 
 
 def test_huge_initializer_dims_are_a_carve_error() -> None:

@@ -1,6 +1,7 @@
 """Import is linear in the size of the file: long chains and names that all sanitize alike."""
 from __future__ import annotations
 
+import onnx
 from onnx import helper
 
 import torchcarve as tc
@@ -29,7 +30,7 @@ def alike_name(i: int) -> str:
 
 
 def import_chain(payload: bytes) -> None:
-    graph = tc.from_onnx(__import__("onnx").load_from_string(payload))
+    graph = tc.from_onnx(onnx.load_from_string(payload))
     names = [v.name for n in graph.nodes for v in n.outputs]
     assert len(graph.nodes) == 20_000 and len(set(names)) == len(names)
 
