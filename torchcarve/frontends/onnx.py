@@ -21,7 +21,7 @@ from onnx import numpy_helper
 
 from ..errors import CarveError, FileFormatError, UnsupportedOpError
 from ..ir import Graph, TensorType, verify
-from ..ir.names import sanitize_identifier
+from ..ir.names import first_free, sanitize_identifier
 from ..ir.infer import InferenceUnavailable, infer_types
 from ..ir.ops import get_op
 from ..ir.ops.onnx_ops import COUNTED_OUTPUTS, DEFAULT_OPSET, DOMAINS, KERNELS, RANK_RULES, SIZE_RULES, STATIC_INPUTS
@@ -131,7 +131,9 @@ class Importer:
         self.values: dict[str, Value] = {}
         self.constants: dict[str, torch.Tensor] = {}
         self.types: dict[str, TensorType] = {}
-        self.symbols: dict[str, str] = {}
+        self.symbols: dict[str, str] = {}  # dim_param (or "<value>:<axis>" for a fresh dim) -> IR symbol
+        self.symbol_names: set[str] = set()
+        self.symbol_suffixes: dict[str, int] = {}
 
     def run(self) -> Graph:
         for info in [*self.model.graph.value_info, *self.model.graph.output, *self.model.graph.input]:
@@ -172,7 +174,8 @@ class Importer:
         key = param or f"{name}:{index}"
         if key not in self.symbols:
             base = sanitize_identifier(param) if param else f"d{len(self.symbols)}"
-            self.symbols[key] = base if base not in self.symbols.values() else f"{base}_{len(self.symbols)}"
+            self.symbols[key] = first_free(base, self.symbol_names, self.symbol_suffixes)
+            self.symbol_names.add(self.symbols[key])
         return self.symbols[key]
 
     def _type(self, name: str) -> TensorType:
