@@ -15,7 +15,9 @@ import torch
 
 import torchcarve as tc
 from tests.models import captured
-from tests.security.sandbox import Sandbox
+from tests.security.sandbox import run_isolated
+
+TIMEOUT_S, MEMORY_MB = 10.0, 2048  # per case: a child under a memory cap
 from torchcarve.ir.params import ParamStore
 from torchcarve.ir.parser import TOKEN_RE
 from torchcarve.ir.types import DTYPES, concrete_dim
@@ -127,13 +129,13 @@ def test_fuzz_ir_text():
     seeds = seed_cases()
     counts: Counter[str] = Counter()
     failures = []
-    with Sandbox("tests.security.test_fuzz_ir:parse_and_run") as sandbox:
-        for seed in range(CASES):
-            text, params = seeds[seed % len(seeds)]
-            outcome = sandbox.run((mutate(text, random.Random(seed)), params))
-            counts[outcome.kind] += 1
-            if not outcome.accepted:
-                failures.append(f"seed {seed} (model {SEED_MODELS[seed % len(seeds)]}): {outcome.kind}: {outcome.detail}")
+    for seed in range(CASES):
+        text, params = seeds[seed % len(seeds)]
+        case = (mutate(text, random.Random(seed)), params)
+        kind, detail = run_isolated("tests.security.test_fuzz_ir:parse_and_run", case, TIMEOUT_S, MEMORY_MB)
+        counts[kind] += 1
+        if kind not in ("ok", "carve_error"):
+            failures.append(f"seed {seed} (model {SEED_MODELS[seed % len(seeds)]}): {kind}: {detail}")
     print(f"\nIR fuzz: {CASES} cases, {counts['carve_error']} CarveErrors, {counts['ok']} successes, "
           f"{len(failures)} failures")
     assert not failures, "\n".join(failures[:10])

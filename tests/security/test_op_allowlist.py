@@ -14,7 +14,7 @@ from torchcarve.ir import ops
 from torchcarve.ir.ops import OpDef, get_op
 from torchcarve.ir.ops.allow import disallowed_reason
 from torchcarve.ir.ops.aten import KNOWN_ATEN, resolve_overload
-from tests.security.sandbox import Sandbox
+from tests.security.sandbox import run_isolated
 
 
 def from_file_text(target: Path) -> str:
@@ -114,9 +114,8 @@ def allocate_during_parse(size: int) -> None:
 
 def test_parse_of_a_huge_factory_op_stays_within_a_memory_cap():
     # 16 GB of zeros declared; under a 2 GB cap a real allocation fails, a meta one does not
-    with Sandbox("tests.security.test_op_allowlist:allocate_during_parse") as sandbox:
-        outcome = sandbox.run(4 * 10**9)
-    assert outcome.kind == "ok", outcome.detail
+    kind, detail = run_isolated("tests.security.test_op_allowlist:allocate_during_parse", 4 * 10**9, 60.0, 2048)
+    assert kind == "ok", detail
 
 
 REAL = torch.ones(2)

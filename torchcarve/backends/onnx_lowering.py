@@ -827,8 +827,16 @@ def lower_onnx_op(ctx: "LoweringContext", node: Node) -> None:
         ctx.extra_domains[domain] = node.attrs.get("domain_version", 1)
     while inputs and inputs[-1] == "":
         inputs.pop()
-    ctx.append(helper.make_node(op_type, inputs, ctx.output_names(node), name=ctx.fresh(f"/{op_type}"),
-                                domain=domain or None, **attrs))
+    proto = helper.make_node(op_type, inputs, ctx.output_names(node), name=ctx.fresh(f"/{op_type}"),
+                             domain=domain or None)
+    proto.attribute.extend(_attribute(k, v) for k, v in sorted(attrs.items()))
+    ctx.append(proto)
+
+
+def _attribute(key: str, value: Any) -> onnx.AttributeProto:
+    """An ONNX attribute; an empty list, which has no element to tell its type by, is written as INTS."""
+    empty = isinstance(value, list) and not value
+    return onnx.helper.make_attribute(key, value, attr_type=onnx.AttributeProto.INTS if empty else None)
 
 
 def _adapt_split(ctx: "LoweringContext", node: Node, attrs: dict) -> None:

@@ -1,13 +1,16 @@
 """ONNX ModelProto -> IR: `onnx.<OpType>` nodes (ir/ops/onnx_ops.py), initializers in the ParamStore.
 
 Import folds what is constant (initializers, Constant, Shape of static tensors, any op on
-constants), so shape subgraphs vanish and static operands become attributes. Older opsets are
+constants, when the result's size, computed from shapes first, is within FOLD_LIMIT), so shape
+subgraphs vanish and static operands become attributes. The file is untrusted: onnx_limits.py
+bounds the work it can ask for, and every failure on a malformed file is a CarveError. Older opsets are
 normalised to the current forms (attribute-vs-input, Softmax's axis); types come from our own
 inference, else from onnx shape inference.
 """
 from __future__ import annotations
 
 import copy
+import math
 from contextlib import suppress
 from pathlib import Path
 from typing import Any
@@ -16,16 +19,18 @@ import onnx
 import torch
 from onnx import numpy_helper
 
-from ..errors import FileFormatError, UnsupportedOpError
+from ..errors import CarveError, FileFormatError, UnsupportedOpError
 from ..ir import Graph, TensorType, verify
-from ..ir.names import sanitize_identifier
+from ..ir.names import first_free, sanitize_identifier
 from ..ir.infer import InferenceUnavailable, infer_types
 from ..ir.ops import get_op
-from ..ir.ops.onnx_ops import COUNTED_OUTPUTS, DEFAULT_OPSET, DOMAINS, KERNELS, RANK_RULES, STATIC_INPUTS
+from ..ir.ops.onnx_ops import COUNTED_OUTPUTS, DEFAULT_OPSET, DOMAINS, KERNELS, RANK_RULES, SIZE_RULES, STATIC_INPUTS
 from ..ir.types import DTYPE_NAMES, size_attr
 from ..ir.value import Value
+from . import onnx_limits
 from .onnx_canonical import canonicalize as to_aten
 from .onnx_shapes import evaluate as evaluate_shape, shape_dims
+from .onnx_limits import FOLD_LIMIT, MAX_ELEMENTS, element_count
 
 ONNX_TO_DTYPE = {
     onnx.TensorProto.FLOAT: "f32", onnx.TensorProto.FLOAT16: "f16", onnx.TensorProto.BFLOAT16: "bf16",
@@ -40,21 +45,18 @@ DTYPE_ATTRS = {"to", "dtype", "output_dtype"}
 RANDOM_OPS = {"RandomNormal", "RandomUniform", "RandomNormalLike", "RandomUniformLike", "Multinomial", "Bernoulli"}
 # deprecated ops -> their successor (see Importer._normalise)
 RENAMED = {"Upsample": "Resize", "Scatter": "ScatterElements"}
-FOLD_LIMIT = 1 << 24  # elements: larger constant results stay as ops
 
 
-def load_onnx(source: str | Path | onnx.ModelProto, canonicalize: bool = True) -> Graph:
+def load_onnx(source: str | Path | onnx.ModelProto, canonicalize: bool = True,
+              max_elements: int = MAX_ELEMENTS) -> Graph:
     """Read an ONNX model (path or ModelProto, never modified) into a verified IR graph.
 
-    canonicalize: ops with an exact aten equivalent become it (onnx_canonical.py), so passes apply."""
+    canonicalize: ops with an exact aten equivalent become it (onnx_canonical.py), so passes apply.
+    max_elements: the most elements any one statically shaped value may have (onnx_limits.py)."""
     model = _read(source)
     _check(model)
-    try:
-        model = onnx.shape_inference.infer_shapes(model, check_type=True, strict_mode=True, data_prop=True)
-    except Exception as e:
-        raise FileFormatError(f"invalid ONNX model: shape/type inference fails: {_first_line(e)}",
-                              hint="check the model with onnx.checker.check_model(model, full_check=True)") from e
-    graph = Importer(model).run()
+    model = onnx_limits.infer_shapes(model)
+    graph = Importer(model, max_elements).run()
     if canonicalize:
         to_aten(graph)
     verify(graph)
@@ -82,6 +84,7 @@ def _check(model: onnx.ModelProto) -> None:
     except Exception as e:
         raise FileFormatError(f"invalid ONNX model: {_first_line(e)}",
                               hint="onnx.checker.check_model rejects it; fix the exporter that wrote it") from e
+    onnx_limits.check_model(model)
 
 
 def _first_line(error: Exception) -> str:
@@ -89,23 +92,40 @@ def _first_line(error: Exception) -> str:
     return text.splitlines()[0][:300] if text else type(error).__name__
 
 
-def _tensor(proto: onnx.TensorProto) -> torch.Tensor:
+def _tensor(proto: onnx.TensorProto, max_elements: int) -> torch.Tensor:
+    """The tensor a TensorProto holds; its size is checked from its dims before any data is read."""
+    if proto.data_type not in ONNX_TO_DTYPE and proto.data_type not in WIDENED:
+        raise UnsupportedOpError(f"tensor '{proto.name}' has ONNX dtype {_dtype_name(proto.data_type)}, "
+                                 "which the IR does not support")
+    if proto.data_location == onnx.TensorProto.EXTERNAL:
+        raise FileFormatError(f"tensor '{proto.name}' has external data that was not loaded",
+                              hint="pass the .onnx path (its data files beside it), not a ModelProto")
+    element_count(list(proto.dims), f"tensor '{proto.name}'", max_elements)
+    try:
+        array = numpy_helper.to_array(proto)
+    except Exception as e:  # data length disagrees with the dims, ...
+        raise FileFormatError(f"tensor '{proto.name}' (shape {list(proto.dims)}): its data does not match "
+                              f"({_first_line(e)})", hint="the file is malformed") from e
     if proto.data_type in WIDENED:
-        return torch.from_numpy(numpy_helper.to_array(proto).astype(WIDENED[proto.data_type]))
-    if proto.data_type not in ONNX_TO_DTYPE:
-        raise UnsupportedOpError(f"tensor '{proto.name}' has ONNX dtype "
-                                 f"{onnx.TensorProto.DataType.Name(proto.data_type)}, which the IR does not support")
+        return torch.from_numpy(array.astype(WIDENED[proto.data_type]))
     if proto.data_type == onnx.TensorProto.BFLOAT16:
-        array = numpy_helper.to_array(proto).astype("float32")
-        return torch.from_numpy(array).to(torch.bfloat16)
-    return torch.from_numpy(numpy_helper.to_array(proto).copy())
+        return torch.from_numpy(array.astype("float32")).to(torch.bfloat16)
+    return torch.from_numpy(array.copy())
+
+
+def _dtype_name(data_type: int) -> str:
+    try:
+        return onnx.TensorProto.DataType.Name(data_type)
+    except ValueError:
+        return f"#{data_type}"
 
 
 class Importer:
     """Walks the ONNX graph in order, folding constants and building IR nodes."""
 
-    def __init__(self, model: onnx.ModelProto) -> None:
+    def __init__(self, model: onnx.ModelProto, max_elements: int = MAX_ELEMENTS) -> None:
         self.model = model
+        self.max_elements = max_elements
         self.opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 1)
         self.domains = {o.domain: o.version for o in model.opset_import}
         self.graph = Graph(model.graph.name or "onnx_model")
@@ -114,20 +134,34 @@ class Importer:
         self.types: dict[str, TensorType] = {}
         self.symbols: dict[str, str] = {}
         self.shapes: dict[str, Any] = {}  # int64 values that are dims computed from symbolic shapes (onnx_shapes)
+        self.symbols: dict[str, str] = {}  # dim_param (or "<value>:<axis>" for a fresh dim) -> IR symbol
+        self.symbol_names: set[str] = set()
+        self.symbol_suffixes: dict[str, int] = {}
 
     def run(self) -> Graph:
         for info in [*self.model.graph.value_info, *self.model.graph.output, *self.model.graph.input]:
             self._remember_type(info)
         for init in self.model.graph.initializer:
-            self.constants[init.name] = _tensor(init)
+            self.constants[init.name] = _tensor(init, self.max_elements)
         for info in self.model.graph.input:
             if info.name not in self.constants:
                 self.values[info.name] = self.graph.add_input(info.name, self._type(info.name))
         for node in self.model.graph.node:
-            self._import_node(node)
+            self._import_guarded(node)
         outputs = self.model.graph.output
         self.graph.set_outputs([self._value(o.name) for o in outputs], [o.name for o in outputs])
         return self.graph
+
+    def _import_guarded(self, node: onnx.NodeProto) -> None:
+        """Import one node; a failure that is not already a CarveError becomes one naming the node."""
+        try:
+            self._import_node(node)
+        except CarveError as e:  # name the node, keep the error's class and hint
+            e.args = (f"{node.op_type} node '{node.name}': {e.args[0] if e.args else ''}", *e.args[1:])
+            raise
+        except Exception as e:
+            raise FileFormatError(f"{node.op_type} node '{node.name}': cannot be imported ({_first_line(e)})",
+                                  hint="the node's inputs or attributes do not fit the op") from e
 
     # ---- types -------------------------------------------------------------------------
     def _remember_type(self, info: onnx.ValueInfoProto) -> None:
@@ -138,13 +172,15 @@ class Importer:
             return
         dims = [d.dim_value if d.HasField("dim_value") else self._symbol(d.dim_param, info.name, i)
                 for i, d in enumerate(tensor.shape.dim)]
+        element_count([d for d in dims if isinstance(d, int)], f"value '{info.name}'", self.max_elements)
         self.types[info.name] = TensorType(tuple(dims), ONNX_TO_DTYPE[tensor.elem_type])
 
     def _symbol(self, param: str, name: str, index: int) -> str:
         key = param or f"{name}:{index}"
         if key not in self.symbols:
             base = sanitize_identifier(param) if param else f"d{len(self.symbols)}"
-            self.symbols[key] = base if base not in self.symbols.values() else f"{base}_{len(self.symbols)}"
+            self.symbols[key] = first_free(base, self.symbol_names, self.symbol_suffixes)
+            self.symbol_names.add(self.symbols[key])
         return self.symbols[key]
 
     def _type(self, name: str) -> TensorType:
@@ -173,6 +209,10 @@ class Importer:
         attrs = self._attributes(node)
         op_type = RENAMED.get(node.op_type, node.op_type)
         known = op_type in KERNELS and _domain(node) == DOMAINS.get(op_type, "")
+        if op_type in KERNELS and not known:
+            raise UnsupportedOpError(f"{node.op_type} in domain {node.domain!r} has the name of the "
+                                     f"{DOMAINS.get(op_type) or 'default'}-domain op, which is not supported",
+                                     hint="an op of another domain must not reuse a known op's name")
         inputs = list(node.input)
         if known:
             inputs, attrs = self._normalise(node, inputs, attrs)
@@ -180,7 +220,7 @@ class Importer:
                 return
             self._track_shape(op_type, node, inputs, attrs)
             inputs, attrs = self._static_operands(op_type, inputs, attrs)
-        captures = sorted(outer_names(node) & (self.values.keys() | self.constants.keys()))
+        captures = sorted(name for name in outer_names(node) if name in self.values or name in self.constants)
         if captures:  # outer-scope values a subgraph reads: inputs here, so they stay alive and get renamed
             inputs, attrs["captures"] = inputs + captures, captures
         if _domain(node):
@@ -193,7 +233,7 @@ class Importer:
         attr = node.attribute[0]
         value = onnx.helper.get_attribute_value(attr)
         if isinstance(value, onnx.TensorProto):
-            return _tensor(value)
+            return _tensor(value, self.max_elements)
         dtype = torch.float32 if attr.name.startswith("value_float") else torch.int64
         if attr.name.startswith("value_int") or attr.name.startswith("value_float"):
             return torch.tensor(value, dtype=dtype)
@@ -214,7 +254,7 @@ class Importer:
         if name in DTYPE_ATTRS and isinstance(value, int) and value in ONNX_TO_DTYPE:
             return TensorType((), ONNX_TO_DTYPE[value]).torch_dtype
         if isinstance(value, onnx.TensorProto):
-            tensor = _tensor(value)
+            tensor = _tensor(value, self.max_elements)
             if node.op_type == "ConstantOfShape":
                 return tensor
             param = self.graph.params.unique_name(f"{node.name or node.op_type}.{name}")
@@ -271,21 +311,37 @@ class Importer:
         if node.op_type in RANDOM_OPS or opdef.extra.get("keep_in_export"):
             return False
         if node.op_type in ("Shape", "Size") and self._static(inputs[0]):
-            operands: list[Any] = [torch.zeros(self._static(inputs[0]).shape)]
+            operands: list[Any] = [torch.empty(self._static(inputs[0]).shape, device="meta")]
         elif all(i == "" or i in self.constants for i in inputs):
             operands = [None if i == "" else self.constants[i] for i in inputs]
         else:
+            return False
+        size = self._folded_size(op_type, inputs, attrs, operands)
+        if size is None or size > FOLD_LIMIT:
             return False
         args, kwargs = opdef.bind([o for o in operands if o is not None], {**attrs, "absent": _absent(inputs)})
         with torch.no_grad():
             results = opdef.fn(*args, **kwargs)
         results = list(results) if isinstance(results, (list, tuple)) else [results]
-        if any(r.numel() > FOLD_LIMIT for r in results):
-            return False
         for name, result in zip(node.output, results):
             if name:
                 self.constants[name] = result
         return True
+
+    def _folded_size(self, op_type: str, inputs: list[str], attrs: dict[str, Any], operands: list[Any]) -> int | None:
+        """Elements the folded results would have, from shapes alone (nothing is evaluated); None if unknown."""
+        if op_type in SIZE_RULES:
+            return SIZE_RULES[op_type]([o for o in operands if o is not None], attrs)
+        if op_type in ("Shape", "Size"):
+            return len(operands[0].shape)
+        static_inputs, static_attrs = self._static_operands(op_type, inputs, dict(attrs))
+        absent = _absent(static_inputs)
+        types = [TensorType.of(self.constants[i]) for i in static_inputs if i]
+        try:
+            outputs = infer_types(f"onnx.{op_type}", {**static_attrs, **({"absent": absent} if absent else {})}, types)
+        except InferenceUnavailable:
+            return None
+        return sum(math.prod(d if isinstance(d, int) else 1 for d in t.shape) for t in outputs)
 
     def _static(self, name: str) -> TensorType | None:
         if name in self.constants:
@@ -335,6 +391,9 @@ class Importer:
         op = f"onnx.{op_type}"
         outputs = [o for o in node.output]
         types = self._output_types(op, attrs, values, outputs, known)
+        for name, type in zip(outputs, types):
+            element_count([d for d in type.shape if isinstance(d, int)], f"{node.op_type} output '{name}'",
+                          self.max_elements)
         names = [sanitize_identifier(o) if o else f"{node.op_type}_unused" for o in outputs]
         ir_node = self.graph.add_node(op, values, attrs, output_types=types, names=names, scope=node.name)
         for name, value in zip(outputs, ir_node.outputs):
@@ -385,9 +444,10 @@ def _absent(inputs: list[str]) -> list[int]:
     return [i for i, name in enumerate(inputs) if name == ""]
 
 
-def from_onnx(source: str | Path | onnx.ModelProto, canonicalize: bool = True) -> Graph:
+def from_onnx(source: str | Path | onnx.ModelProto, canonicalize: bool = True,
+              max_elements: int = MAX_ELEMENTS) -> Graph:
     """Public alias of `load_onnx` (`tc.from_onnx`)."""
-    return load_onnx(source, canonicalize)
+    return load_onnx(source, canonicalize, max_elements)
 
 
 __all__ = ["DTYPE_NAMES", "from_onnx", "load_onnx"]

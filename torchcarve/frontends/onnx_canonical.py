@@ -439,9 +439,20 @@ def canonicalize(graph: Graph) -> int:
     for node in graph.nodes:
         rule = rule_for(node)
         if rule is not None:
-            changed += apply(graph, node, rule(node, graph))
+            changed += apply(graph, node, _guarded(rule, node, graph))
     _drop_orphans(graph, unused_before)
     return changed
+
+
+def _guarded(rule: Rule, node: Node, graph: Graph) -> Result:
+    """The rule's result; an exception inside it (attributes no rule expects) is a CarveError naming the node."""
+    try:
+        return rule(node, graph)
+    except CarveError:
+        raise
+    except Exception as e:
+        raise CarveError(f"canonicalizing {node.op} node '{node.outputs[0].name}' failed: {type(e).__name__}: {e}",
+                         hint="the node's attributes do not fit the op; rerun with canonicalize=False to keep it") from e
 
 
 def rule_for(node: Node) -> Rule | None:

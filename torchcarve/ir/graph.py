@@ -29,6 +29,7 @@ class Graph:
         self.params = params if params is not None else ParamStore()
         self._nodes: NodeList[Node] = NodeList()
         self._names: set[str] = set()
+        self._suffixes: dict[str, int] = {}  # base name -> last suffix unique_name gave it
         self._param_tail: Node | None = None  # last node of the leading run of params, when known
 
     # ---- reading -----------------------------------------------------------------------
@@ -68,7 +69,7 @@ class Graph:
     # ---- building ----------------------------------------------------------------------
     def unique_name(self, base: str) -> str:
         """Claim a value name not used yet in this graph, derived from `base`."""
-        name = first_free(sanitize_identifier(base), self._names)
+        name = first_free(sanitize_identifier(base), self._names, self._suffixes)
         self._names.add(name)
         return name
 
@@ -221,6 +222,7 @@ class Graph:
         new.outputs = [mapping[v] for v in self.outputs]
         new.input_names, new.output_names = list(self.input_names), list(self.output_names)
         new._names = set(self._names)
+        new._suffixes = dict(self._suffixes)
         return new
 
     def to_networkx(self) -> "networkx.MultiDiGraph":

@@ -5,12 +5,20 @@ import re
 from typing import Container
 
 
-def first_free(base: str, taken: Container[str]) -> str:
-    """`base`, or `base_1`, `base_2`, ... whichever is not in `taken`."""
-    name, k = base, 0
+def first_free(base: str, taken: Container[str], counters: dict[str, int] | None = None) -> str:
+    """`base`, or `base_1`, `base_2`, ... whichever is not in `taken`.
+
+    counters (base -> last suffix handed out) lets the search start where the previous one for the same
+    base ended, so naming n values alike costs O(n), not O(n^2)."""
+    if base not in taken:
+        return base
+    k = counters.get(base, 0) if counters is not None else 0
+    name = base
     while name in taken:
         k += 1
         name = f"{base}_{k}"
+    if counters is not None:
+        counters[base] = k
     return name
 
 

@@ -20,6 +20,7 @@ class ParamStore(MutableMapping[str, torch.Tensor]):
         self._tensors: dict[str, torch.Tensor] = dict(tensors or {})
         self._lazy: dict[str, Path] = {}
         self.trainable: set[str] = set(trainable or ())
+        self._suffixes: dict[str, int] = {}  # base name -> last suffix unique_name gave it
 
     def __getitem__(self, name: str) -> torch.Tensor:
         if name not in self._tensors and name in self._lazy:
@@ -55,7 +56,7 @@ class ParamStore(MutableMapping[str, torch.Tensor]):
 
     def unique_name(self, base: str) -> str:
         """`base`, or `base_1`, `base_2`, ... whichever is free."""
-        return first_free(base, self)
+        return first_free(base, self, self._suffixes)
 
     def save(self, path: str | Path) -> None:
         """Write every tensor to a safetensors file."""

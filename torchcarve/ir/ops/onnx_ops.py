@@ -623,6 +623,27 @@ def reduce_rank(attrs: dict[str, Any], ranks: list[int], lengths: list[int | Non
 RANK_RULES: dict[str, Callable[[dict[str, Any], list[int], list[int | None]], int | None]] = {
     op: reduce_rank for op in REDUCE}
 
+def range_length(operands: list[torch.Tensor], attrs: dict[str, Any]) -> int:
+    """Elements of Range(start, limit, delta): max(ceil((limit - start) / delta), 0); ValueError for a
+    zero or non-finite delta, or operands that are not scalars."""
+    if len(operands) != 3 or any(o.numel() != 1 for o in operands):
+        raise ValueError("Range takes three scalars")
+    start, limit, delta = (o.reshape(()).item() for o in operands)
+    if delta == 0 or not all(math.isfinite(v) for v in (start, limit, delta)):
+        raise ValueError(f"Range({start}, {limit}, {delta}) has no finite length")
+    return max(math.ceil((limit - start) / delta), 0) if isinstance(delta, float) else max(-((start - limit) // delta), 0)
+
+
+def nonzero_bound(operands: list[torch.Tensor], attrs: dict[str, Any]) -> int:
+    """At most one index column per element, one row per dim."""
+    return operands[0].numel() * max(operands[0].dim(), 1)
+
+
+# op -> bound on the elements of its results from its constant operands, for ops whose output size
+# depends on data (meta tensors cannot tell): the importer folds only what this says is small.
+SIZE_RULES: dict[str, Callable[[list[torch.Tensor], dict[str, Any]], int]] = {
+    "Range": range_length, "NonZero": nonzero_bound}
+
 KERNELS: dict[str, tuple[Callable[..., Any], str | None]] = {
     **{op: (onnx_unary, op) for op in UNARY},
     **{op: (onnx_binary, op) for op in BINARY},
