@@ -6,6 +6,7 @@ import torch
 from torch import nn
 
 import torchcarve as tc
+from tests.models import _randomize_batchnorm
 from tests.passes.helpers import onnx_parity, ops, optimize_checked
 
 
@@ -111,3 +112,22 @@ def test_cse_merges_equal_constants_but_not_trainable_weights():
     assert ops(merged).count("aten.conv2d") == 1
     with torch.no_grad():
         torch.testing.assert_close(tc.to_torch(merged)(*x), model(*x))
+
+
+def test_a_conv_shared_by_affines_gives_each_its_own_copy(tmp_path):
+    class Shared(nn.Module):
+        """One conv read by a batch norm and by a constant scale (as after cse merged equal convs)."""
+
+        def __init__(self) -> None:
+            super().__init__()
+            self.conv, self.bn = nn.Conv2d(4, 8, 1), nn.BatchNorm2d(8)
+            self.register_buffer("scale", torch.rand(8, 1, 1))
+
+        def forward(self, x):
+            y = self.conv(x)
+            return torch.relu(self.bn(y)) + torch.relu(y * self.scale)
+
+    model, x = _randomize_batchnorm(Shared()).eval(), (torch.randn(2, 4, 5, 5),)
+    result = optimize_checked(model, x, "fold-bn,fold-affine")
+    assert ops(result.graph) == ["aten.conv2d", "aten.relu", "aten.conv2d", "aten.relu", "aten.add.Tensor"]
+    onnx_parity(result.graph, x, tmp_path)

@@ -11,16 +11,18 @@ import torch
 
 from ...ir import Graph
 from ...ir.ops.aten import arguments
+from ...ir.node import Node
 from ...ir.value import Value
 from ..base import Pass, PassContext, PassResult, register_pass
 from ..rewrite import PARAM, P, Rewriter, apply_rules
-from .common import LINEAR, WEIGHTED, Weights, per_output, rebuild, weights_of
+from .common import (BATCH_NORMS, LINEAR, WEIGHTED, Weights, bn_affine, channels_at_dim1, per_output, rebuild,
+                     weights_of)
 
 
 def scale_into_producer(rw: Rewriter, y: Value, c: Value, out: Value) -> Value | None:
     # conv(x, W, b) * c -> conv(x, W*c, b*c)   c constant per output channel (or a scalar)
     w, factor = weights_of(rw, y), _per_channel(rw, y, c, out)
-    if w is None or factor is None:
+    if w is None or factor is None or not folds_into(rw, y):
         return None
     return rebuild(rw, w, w.node.inputs[0], per_output(w, factor), w.bias * factor)
 
@@ -28,9 +30,30 @@ def scale_into_producer(rw: Rewriter, y: Value, c: Value, out: Value) -> Value |
 def shift_into_producer(rw: Rewriter, y: Value, c: Value, out: Value) -> Value | None:
     # conv(x, W, b) + c -> conv(x, W, b + c)   c constant per output channel (or a scalar)
     w, shift = weights_of(rw, y), _per_channel(rw, y, c, out)
-    if w is None or shift is None or arguments(out.producer).get("alpha", 1) != 1:
+    if w is None or shift is None or not _unscaled(out.producer) or not folds_into(rw, y):
         return None
     return rebuild(rw, w, w.node.inputs[0], w.weight, w.bias + shift)
+
+
+def folds_into(rw: Rewriter, y: Value) -> bool:
+    """Every user of `y` is a per-channel affine (batch norm, constant Mul/Add) that folds into y's
+    producer, so each may take its own copy of it (with one user: the plain fold)."""
+    return not y.is_graph_output and bool(y.users) and all(_folds(rw, y, node) for node in y.users)
+
+
+def _folds(rw: Rewriter, y: Value, node: Node) -> bool:
+    out = node.outputs[0]
+    if node.op in BATCH_NORMS:
+        w = weights_of(rw, y)
+        return node.inputs[0] is y and bn_affine(rw, out) is not None and channels_at_dim1(y, w.out_channels, w.node.op)
+    if node.op not in (MUL, ADD) or len(node.inputs) != 2 or node.inputs[0] is node.inputs[1]:
+        return False
+    c = node.inputs[1] if node.inputs[0] is y else node.inputs[0]
+    return _per_channel(rw, y, c, out) is not None and _unscaled(node)
+
+
+def _unscaled(node: Node) -> bool:
+    return node.op == MUL or arguments(node).get("alpha", 1) == 1
 
 
 def _per_channel(rw: Rewriter, y: Value, c: Value, out: Value) -> torch.Tensor | None:
@@ -51,12 +74,13 @@ def _conv_channel_axis(w: Weights, y: Value) -> int:
     return y.type.rank - (w.weight.dim() - 2) - 1
 
 
-PRODUCER = P(WEIGHTED, name="y", one_use=True, any_src=True)
+MUL, ADD = "aten.mul.Tensor", "aten.add.Tensor"
+PRODUCER = P(WEIGHTED, name="y", any_src=True)
 FOLD_AFFINE_RULES = [
-    (P("aten.mul.Tensor", PRODUCER, PARAM("c"), name="out"), scale_into_producer),  # conv(x) * c
-    (P("aten.mul.Tensor", PARAM("c"), PRODUCER, name="out"), scale_into_producer),  # c * conv(x)
-    (P("aten.add.Tensor", PRODUCER, PARAM("c"), name="out"), shift_into_producer),  # conv(x) + c
-    (P("aten.add.Tensor", PARAM("c"), PRODUCER, name="out"), shift_into_producer),  # c + conv(x)
+    (P(MUL, PRODUCER, PARAM("c"), name="out"), scale_into_producer),  # conv(x) * c
+    (P(MUL, PARAM("c"), PRODUCER, name="out"), scale_into_producer),  # c * conv(x)
+    (P(ADD, PRODUCER, PARAM("c"), name="out"), shift_into_producer),  # conv(x) + c
+    (P(ADD, PARAM("c"), PRODUCER, name="out"), shift_into_producer),  # c + conv(x)
 ]
 
 
