@@ -582,10 +582,10 @@ def roll(node: Node, port: Port, axis: int, idx: torch.Tensor) -> list[Link]:
 
 def pad(node: Node, port: Port, axis: int, idx: torch.Tensor) -> list[Link]:
     """pad / constant_pad_nd: `pad` pairs start at the last axis; an axis padded by (0, 0) maps 1:1."""
-    widths = list(_arg(node, "pad"))
-    pair = 2 * (len(shape(node, X)) - 1 - axis)
     if port not in (X, OUT):
         raise Barrier(f"{node.op} value")
+    widths = list(_arg(node, "pad"))
+    pair = 2 * (len(shape(node, X)) - 1 - axis)
     if pair < len(widths) and (widths[pair] or widths[pair + 1]):
         raise Barrier(f"{node.op} pads axis {axis}")
     return [(X, axis, idx), (OUT, axis, idx)]
@@ -628,7 +628,7 @@ def index_tensor(node: Node, port: Port, axis: int, idx: torch.Tensor) -> list[L
     the index result's axes (adjacent indexed axes only)."""
     marks = _arg(node, "indices")
     indexed = [i for i, mark in enumerate(marks) if mark]
-    if port != X and port != OUT or not indexed or indexed != list(range(indexed[0], indexed[-1] + 1)):
+    if port not in (X, OUT) or not indexed or indexed != list(range(indexed[0], indexed[-1] + 1)):
         raise Barrier(f"{node.op} index tensors")
     rank, out_rank = len(shape(node, X)), len(shape(node, OUT))
     shift = out_rank - rank  # index result axes replace the indexed ones
