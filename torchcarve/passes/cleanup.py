@@ -1,6 +1,7 @@
 """Cleanup passes: dead code, common subexpressions, constant folding and algebraic no-ops."""
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass
 from typing import Any
 
@@ -41,7 +42,8 @@ class DeadCodeElimination(Pass):
 @register_pass("cse")
 @dataclass(frozen=True)
 class CommonSubexpressionElimination(Pass):
-    """Common subexpression elimination: one node per (op, inputs, attrs); duplicates reuse it."""
+    """Common subexpression elimination: one node per (op, inputs, attrs); duplicates reuse it.
+    Constants (params that are not trainable) with equal values count as one input."""
 
     exact = True
 
@@ -51,15 +53,29 @@ class CommonSubexpressionElimination(Pass):
         for node in graph.nodes:
             if is_random(node):
                 continue
-            key = (node.op, tuple(id(v) for v in node.inputs), _attrs_key(node.attrs))
+            key = _constant_key(graph, node) or (node.op, tuple(id(v) for v in node.inputs), _attrs_key(node.attrs))
             twin = seen.setdefault(key, node)
-            if twin is node:
+            if twin is node or (key[0] == "constant" and not _same_tensor(graph, node, twin)):
                 continue
             for old, new in zip(node.outputs, twin.outputs):
                 old.replace_all_uses_with(new, replace_graph_outputs=True)
             graph.erase(node)
             merged += 1
         return PassResult(merged > 0, {"merged": merged})
+
+
+def _constant_key(graph: Graph, node: Node) -> tuple | None:
+    """A frozen param's key by value (dtype, shape, a content hash); None for anything else. Trainable
+    weights keep their own identity, so equal-initialised parameters never become tied."""
+    if node.op != "param" or node.attrs["name"] in graph.params.trainable:
+        return None
+    tensor = graph.params[node.attrs["name"]]
+    data = tensor.detach().contiguous().view(-1).view(torch.uint8) if tensor.numel() else tensor
+    return ("constant", str(tensor.dtype), tuple(tensor.shape), hashlib.blake2b(data.numpy().tobytes()).hexdigest())
+
+
+def _same_tensor(graph: Graph, node: Node, twin: Node) -> bool:
+    return torch.equal(graph.params[node.attrs["name"]], graph.params[twin.attrs["name"]])
 
 
 def _attrs_key(attrs: dict[str, Any]) -> str:

@@ -16,7 +16,7 @@ from .base import PASSES, OptionError, Pass, convert_option, option_fields, type
 # named pipelines: an alias stands for these passes, in this order
 ALIASES: dict[str, str] = {
     "cleanup": "dce,cse,fold-constants,simplify",
-    "fuse": "simplify,fold-constants,fold-bn,reparam,merge-linear,fuse-attention,cse,dce",
+    "fuse": "simplify,fold-constants,fold-bn,fold-affine,reparam,merge-linear,fuse-attention,cse,dce",
 }
 
 NAME_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_-]*")

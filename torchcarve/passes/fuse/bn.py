@@ -8,13 +8,16 @@ from ...ir.ops.aten import arguments
 from ...ir.value import Value
 from ..base import Pass, PassContext, PassResult, register_pass
 from ..rewrite import ANY, P, Rewriter, apply_rules
-from .common import BATCH_NORMS, CONVS, LINEAR, WEIGHTED, bn_affine, per_input, per_output, rebuild, weights_of
+from .affine import folds_into
+from .common import (BATCH_NORMS, CONVS, LINEAR, WEIGHTED, bn_affine, channels_at_dim1, per_input, per_output,
+                     rebuild, weights_of)
 
 
 def bn_into_producer(rw: Rewriter, y: Value, out: Value) -> list[Value] | None:
     # bn(conv(x, W, b)) -> conv(x, W*s, b*s + t)   with s = gamma/sqrt(var+eps), t = beta - mean*s
+    # (a conv whose every user folds gives each its own copy: cse may have merged equal convs first)
     affine, w = bn_affine(rw, out), weights_of(rw, y)
-    if affine is None or w is None or not _channels_at_dim1(y, w.out_channels, w.node.op):
+    if affine is None or w is None or not channels_at_dim1(y, w.out_channels, w.node.op) or not folds_into(rw, y):
         return None
     _, scale, shift = affine
     fused = rebuild(rw, w, w.node.inputs[0], per_output(w, scale), w.bias * scale + shift)
@@ -54,11 +57,6 @@ def _fold_input_affine(rw: Rewriter, w, x: Value, scale, shift) -> Value:
     return rebuild(rw, w, x, weight, w.bias + offset)
 
 
-def _channels_at_dim1(value: Value, channels: int, op: str) -> bool:
-    """BN normalises dim 1; a linear's features are its last dim, so only 2-D linear outputs qualify."""
-    return value.type.rank >= 2 and value.type.shape[1] == channels and (op != LINEAR or value.type.rank == 2)
-
-
 def _consumes_dim1(w, y: Value) -> bool:
     if w.node.op == LINEAR:
         return y.type.rank == 2
@@ -82,7 +80,7 @@ BN_FFN_RULES = [
                     name="bn", one_use=True, prefix=True), name="out"), bn_ffn_into_producer),
 ]
 FOLD_BN_RULES = [
-    (P(BATCH_NORMS, P(WEIGHTED, name="y", one_use=True, any_src=True), name="out", prefix=True), bn_into_producer),
+    (P(BATCH_NORMS, P(WEIGHTED, name="y", any_src=True), name="out", prefix=True), bn_into_producer),
     (P(CONVS + (LINEAR,), P(BATCH_NORMS, name="y", one_use=True, any_src=True), name="out", prefix=True),
      bn_into_consumer),
 ] + BN_FFN_RULES

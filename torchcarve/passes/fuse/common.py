@@ -76,6 +76,11 @@ def bn_affine(rw: Rewriter, value: Value) -> tuple[Value, torch.Tensor, torch.Te
     return node.inputs[0], scale, bias.double() - mean.double() * scale
 
 
+def channels_at_dim1(value: Value, channels: int, op: str) -> bool:
+    """BN normalises dim 1; a linear's features are its last dim, so only 2-D linear outputs qualify."""
+    return value.type.rank >= 2 and value.type.shape[1] == channels and (op != LINEAR or value.type.rank == 2)
+
+
 def rebuild(rw: Rewriter, w: Weights, x: Value, weight: torch.Tensor, bias: torch.Tensor, position: dict | None = None,
             **changes) -> Value:
     """A copy of conv/linear `w.node` reading `x` with new weight and bias (stored as new params).

@@ -30,6 +30,8 @@ class Prune(Pass):
     threshold on mean-normalised importance). target: channels | params | macs | latency (each node
     timed with torch). round-to: kept channels are multiples of this. max-per-layer: most of a
     group that may go. heads: prune attention heads too. protect: weight names or scopes to keep.
+    norms: prune channels a LayerNorm/RMSNorm/one-group GroupNorm normalizes over (the hidden size
+    of transformers; approximate: the statistics then run over the kept channels).
     """
 
     ratio: float = 0.5
@@ -40,6 +42,7 @@ class Prune(Pass):
     max_per_layer: float = 0.9
     heads: bool = True
     protect: tuple[str, ...] = ()
+    norms: bool = True
 
     def __post_init__(self) -> None:
         if not 0.0 <= self.ratio < 1.0:
@@ -52,7 +55,7 @@ class Prune(Pass):
     def run(self, graph: Graph, ctx: PassContext) -> PassResult:
         self._check_protect(graph)
         calibration = ctx.require_calibration(self.spec()) if self.criterion == "taylor" else None
-        groups = find_groups(graph, self.protect)
+        groups = find_groups(graph, self.protect, self.norms)
         prunable = [g for g in groups if not g.blocked and (self.heads or g.kind != "heads") and g.params()]
         before = graph_cost(graph)
         removals = self._choose(graph, prunable, calibration, ctx.seed) if self.ratio > 0 else []
@@ -61,6 +64,7 @@ class Prune(Pass):
         after = graph_cost(graph)
         return PassResult(any(len(u) for _, u in removals), {
             "groups": len(groups), "prunable": len(prunable), "pruned": sum(1 for _, u in removals if len(u)),
+            "approximate": sum(1 for g, u in removals if len(u) and g.approximate),
             "params": (before.params, after.params), "macs": (before.macs, after.macs),
             "layers": [_layer_row(g, u, cost) for (g, u), cost in zip(removals, layer_costs)],
             "blocked": dict(Counter(_reason(g) for g in groups if g not in prunable)),
@@ -85,7 +89,8 @@ def _layer_row(group: Group, units, before: tuple[int, int]) -> dict:
     """Channels (or head channels) before/after; params of the group's weights and MACs of the ops
     touching it, [before, after] (ops shared by two groups count in both rows)."""
     after = _layer_cost(group)
-    return {"layer": group.label, "kind": group.kind, "before": group.units * group.unit_size,
+    return {"layer": group.label, "kind": group.kind, "exact": not group.approximate,
+            "before": group.units * group.unit_size,
             "after": (group.units - len(units)) * group.unit_size,
             "params": [before[0], after[0]], "macs": [before[1], after[1]]}
 

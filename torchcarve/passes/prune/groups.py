@@ -5,7 +5,8 @@ followed through producers and users until closed. A group's units are rows of i
 removing unit u removes idx[u] from every member axis. Each index is claimed by one group, so
 grouping is linear in graph size (plus a few restarts when units must be merged into heads/conv
 groups). A group touching a graph input/output, a protected weight, an op without a rule or a
-barrier is kept but `blocked`, with the reason.
+barrier is kept but `blocked`, with the reason. A group crossing a normalized axis (LayerNorm,
+RMSNorm, one-group GroupNorm) is `approximate` (the reason), or blocked when norms are not allowed.
 """
 from __future__ import annotations
 
@@ -15,7 +16,7 @@ import torch
 
 from ...ir import Graph, Value
 from ...ir.node import Node
-from .rules import SOURCES, Barrier, Divide, Merge, Port, dim_rule, port_value
+from .rules import SOURCES, Approximate, Barrier, Divide, Merge, Port, dim_rule, port_value
 
 Slot = tuple[Value, int]
 MAX_ATTEMPTS = 64  # restarts (merges, divisions, alternatives) allowed per seed
@@ -29,6 +30,7 @@ class Group:
     label: str
     kind: str = "channels"      # "channels", "heads" or "conv-groups": what one unit is
     blocked: str = ""           # why this group must not be pruned ("" if it may)
+    approximate: str = ""       # why removing units changes the kept outputs too ("" if exact)
 
     @property
     def units(self) -> int:
@@ -48,13 +50,15 @@ class Group:
 class _Search:
     graph: Graph
     protect: tuple[str, ...]
+    norms: bool
     covered: dict[Slot, torch.Tensor] = field(default_factory=dict)
     attempts: int = 0
 
 
-def find_groups(graph: Graph, protect: tuple[str, ...] = ()) -> list[Group]:
-    """Every dependency group of `graph`, prunable ones and blocked ones (with reasons)."""
-    search = _Search(graph, protect)
+def find_groups(graph: Graph, protect: tuple[str, ...] = (), norms: bool = True) -> list[Group]:
+    """Every dependency group of `graph`, prunable ones and blocked ones (with reasons); `norms`
+    allows groups through normalized axes (approximate) instead of blocking them."""
+    search = _Search(graph, protect, norms)
     groups: list[Group] = []
     for slot in _seeds(graph):
         while (root := _uncovered(search, slot)) is not None:  # a divided seed is seeded again
@@ -120,7 +124,7 @@ def _explore(search: _Search, seed: Slot, root: torch.Tensor, kind: str) -> Grou
     while queue and not group.blocked:  # a blocked closure is left alone: the rest of it, seeded
         value, axis = slot = queue.pop()  # later, reaches this claimed part ("overlaps") or the barrier
         for node, port in _endpoints(value):
-            for link in _links(group, node, port, axis, group.members[slot]):
+            for link in _links(group, node, port, axis, group.members[slot], search.norms):
                 if _add(group, link):
                     queue.append(link[0])
     group.blocked = group.blocked or _protection(search, group)
@@ -132,7 +136,8 @@ def _endpoints(value: Value) -> list[tuple[Node, Port]]:
     return ends + ([(value.producer, ("out", value.index))] if value.producer is not None else [])
 
 
-def _links(group: Group, node: Node, port: Port, axis: int, idx: torch.Tensor) -> list[tuple[Slot, torch.Tensor]]:
+def _links(group: Group, node: Node, port: Port, axis: int, idx: torch.Tensor,
+           norms: bool) -> list[tuple[Slot, torch.Tensor]]:
     rule = dim_rule(node.op)
     if rule is None:
         group.blocked = group.blocked or f"{node.op} has no pruning rule"
@@ -142,6 +147,12 @@ def _links(group: Group, node: Node, port: Port, axis: int, idx: torch.Tensor) -
     except Barrier as barrier:
         group.blocked = group.blocked or f"{node.op}: {barrier}"
         return []
+    except Approximate as approximate:
+        if not norms:
+            group.blocked = group.blocked or f"{node.op}: {approximate} (norms=false)"
+            return []
+        group.approximate = group.approximate or str(approximate)
+        links = approximate.links
     return [((port_value(node, p), a), i) for p, a, i in links]
 
 

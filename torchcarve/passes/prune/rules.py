@@ -4,7 +4,9 @@ A rule is `rule(node, port, axis, idx) -> [(port, axis, idx), ...]`. A port is (
 ("out", j); `idx` is an int tensor (units, k): unit u occupies indices idx[u] of that axis. A rule
 raises Barrier when removing those indices would change the op's meaning, Merge when units must
 be coarsened first (channels -> whole heads / conv groups), Divide when units go separate ways
-(a split). Ops without a rule are barriers. `DIM_RULES` is the table; `ATTR_FIXES` rewrites
+(a split), Approximate when the links hold but the op's statistics then run over the kept indices
+only (LayerNorm/RMSNorm over channels: allowed unless `prune{norms=false}`). Ops without a rule are
+barriers. `DIM_RULES` is the table; `ATTR_FIXES` rewrites
 size-carrying attributes after a prune; `SOURCES` names the out-channel weights tried first.
 """
 from __future__ import annotations
@@ -42,6 +44,14 @@ class Divide(Exception):
     def __init__(self, labels: torch.Tensor) -> None:
         super().__init__("divide")
         self.labels = labels
+
+
+class Approximate(Exception):
+    """`links` hold, but removing the indices changes the statistics the op computes over them."""
+
+    def __init__(self, links: list[Link], reason: str) -> None:
+        super().__init__(reason)
+        self.links = links
 
 
 def port_value(node: Node, port: Port):
@@ -150,6 +160,45 @@ def batch_norm(node: Node, port: Port, axis: int, idx: torch.Tensor) -> list[Lin
 
 def _normalized(node: Node) -> int:
     return len(_arg(node, "normalized_shape"))
+
+
+def _norm_params(node: Node) -> list[Port]:
+    return [("in", i) for i in range(1, len(node.inputs))]
+
+
+def layer_norm(node: Node, port: Port, axis: int, idx: torch.Tensor) -> list[Link]:
+    """layer_norm / rms_norm: leading axes map 1:1; a normalized axis couples x, y and the weight/bias
+    axes, but the mean/variance then run over the kept channels only (Approximate)."""
+    rank = len(shape(node, X))
+    first = rank - _normalized(node)
+    params = _norm_params(node)
+    x_axis = axis + first if port in params else axis
+    same_rank = [("out", j) for j, v in enumerate(node.outputs) if len(v.type.shape) == rank]
+    if x_axis < first:
+        return [(X, x_axis, idx)] + [(p, x_axis, idx) for p in same_rank]
+    full = [("out", j) for j, v in enumerate(node.outputs) if v.type.shape == shape(node, X)]
+    links = [(X, x_axis, idx)] + [(p, x_axis, idx) for p in full] + [(p, x_axis - first, idx) for p in params]
+    raise Approximate(links, f"{node.op} normalizes axis {x_axis} over the kept channels")
+
+
+def group_norm(node: Node, port: Port, axis: int, idx: torch.Tensor) -> list[Link]:
+    """group_norm (N, C, *): whole groups are removed exactly (their statistics are their own); with one
+    group the statistics span every channel, so removing channels is Approximate."""
+    params = _norm_params(node)
+    x_axis = 1 if port in params else axis
+    if x_axis == 0:
+        return [(X, 0, idx), (OUT, 0, idx)]
+    if x_axis > 1:
+        raise Barrier(f"group_norm normalizes axis {x_axis}")
+    links = [(X, 1, idx), (OUT, 1, idx)] + [(p, 0, idx) for p in params]
+    groups = _arg(node, "num_groups")
+    if groups == 1:
+        raise Approximate(links, "group_norm with one group normalizes over the kept channels")
+    size = shape(node, X)[1] // groups
+    if _whole_blocks(idx, size):
+        return links
+    labels = _components(idx // size)
+    raise Merge([labels], "norm-groups") if labels is not None else Barrier("group_norm splits a group")
 
 
 def _linear_like(node: Node, port: Port, axis: int, idx: torch.Tensor, weight: Port, bias: Port | None) -> list[Link]:
@@ -439,7 +488,8 @@ def permute(node: Node, port: Port, axis: int, idx: torch.Tensor) -> list[Link]:
 
 def _swap(node: Node, rank: int) -> list[int]:
     order = list(range(rank))
-    a, b = _arg(node, "dim0") % rank, _arg(node, "dim1") % rank
+    names = ("axis0", "axis1") if node.op == "aten.swapaxes" else ("dim0", "dim1")
+    a, b = (_arg(node, name) % rank for name in names)
     order[a], order[b] = order[b], order[a]
     return order
 
@@ -472,6 +522,127 @@ def expand(node: Node, port: Port, axis: int, idx: torch.Tensor) -> list[Link]:
     if in_axis < 0 or src[in_axis] != out[in_axis + shift]:
         return [(OUT, axis, idx)] if port == OUT else []
     return [(X, in_axis, idx), (OUT, in_axis + shift, idx)]
+
+
+def with_shape_source(rule: Rule) -> Rule:
+    """reshape_as / expand_as: input 1 only gives the output's shape, so its axes follow the output's."""
+    def shaped(node: Node, port: Port, axis: int, idx: torch.Tensor) -> list[Link]:
+        if port == W:
+            return [(W, axis, idx), (OUT, axis, idx)]
+        links = rule(node, port, axis, idx)
+        return links + [(W, a, i) for p, a, i in links if p == OUT]
+    return shaped
+
+
+def sized(node: Node, port: Port, axis: int, idx: torch.Tensor) -> list[Link]:
+    """new_zeros / zeros / ones / full: the output's axes follow its `size`; the input gives only dtype."""
+    return [(OUT, axis, idx)] if port == OUT else []
+
+
+def chunk(node: Node, port: Port, axis: int, idx: torch.Tensor) -> list[Link]:
+    """chunk: pieces stay equal, so a unit takes the same slots of every piece (merged if needed)."""
+    dim = _arg(node, "dim") % len(shape(node, X))
+    if port != X or axis != dim:
+        return split(node, port, axis, idx)
+    pieces = [v.type.shape[dim] for v in node.outputs]
+    if len(set(pieces)) != 1:
+        raise Barrier("chunk with a shorter last piece")
+    if _uniform_blocks(idx, pieces[0], len(pieces)):
+        return split(node, port, axis, idx)
+    labels = _components(idx % pieces[0])
+    raise Merge([labels], "channels") if labels is not None else Barrier("chunk pieces would differ")
+
+
+def unbind(node: Node, port: Port, axis: int, idx: torch.Tensor) -> list[Link]:
+    """unbind drops `dim` (a barrier); other axes map onto every output."""
+    dim = _arg(node, "dim") % len(shape(node, X))
+    in_axis = axis + (1 if port != X and axis >= dim else 0)
+    if in_axis == dim:
+        raise Barrier(f"{node.op} on axis {dim}")
+    out_axis = in_axis - (1 if in_axis > dim else 0)
+    return [(X, in_axis, idx)] + [(("out", j), out_axis, idx) for j in range(len(node.outputs))]
+
+
+def stack(node: Node, port: Port, axis: int, idx: torch.Tensor) -> list[Link]:
+    """stack adds `dim` (a barrier); other axes map onto every input."""
+    dim = _arg(node, "dim") % len(shape(node, OUT))
+    out_axis = axis + (1 if port != OUT and axis >= dim else 0)
+    if out_axis == dim:
+        raise Barrier(f"{node.op} on axis {dim}")
+    in_axis = out_axis - (1 if out_axis > dim else 0)
+    return [(("in", i), in_axis, idx) for i in range(len(node.inputs))] + [(OUT, out_axis, idx)]
+
+
+def roll(node: Node, port: Port, axis: int, idx: torch.Tensor) -> list[Link]:
+    """roll moves entries along `dims` (barriers; all axes when dims is empty); other axes map 1:1."""
+    rank = len(shape(node, X))
+    dims = _arg(node, "dims") or list(range(rank))
+    if axis in [d % rank for d in dims]:
+        raise Barrier(f"{node.op} shifts axis {axis}")
+    return [(X, axis, idx), (OUT, axis, idx)]
+
+
+def pad(node: Node, port: Port, axis: int, idx: torch.Tensor) -> list[Link]:
+    """pad / constant_pad_nd: `pad` pairs start at the last axis; an axis padded by (0, 0) maps 1:1."""
+    if port not in (X, OUT):
+        raise Barrier(f"{node.op} value")
+    widths = list(_arg(node, "pad"))
+    pair = 2 * (len(shape(node, X)) - 1 - axis)
+    if pair < len(widths) and (widths[pair] or widths[pair + 1]):
+        raise Barrier(f"{node.op} pads axis {axis}")
+    return [(X, axis, idx), (OUT, axis, idx)]
+
+
+def _einsum_letters(node: Node) -> list[str]:
+    """Per port (inputs, then output) its letters, one per axis; `...` becomes digits aligned right."""
+    equation = _arg(node, "equation").replace(" ", "")
+    inputs, arrow, output = equation.partition("->")
+    terms = inputs.split(",")
+    if not arrow:
+        letters = [c for c in inputs if c.isalpha()]
+        output = ("..." if "..." in inputs else "") + "".join(sorted(c for c in set(letters) if letters.count(c) == 1))
+    ranks = [len(v.type.shape) for v in node.inputs] + [len(shape(node, OUT))]
+    expanded = []
+    for term, rank in zip(terms + [output], ranks):
+        width = rank - len(term.replace("...", ""))
+        expanded.append(term.replace("...", "".join(str(d) for d in reversed(range(width)))))  # aligned right
+    if any(len(term) != len(set(term)) for term in expanded):
+        raise Barrier("einsum takes a diagonal")
+    return expanded
+
+
+def einsum(node: Node, port: Port, axis: int, idx: torch.Tensor) -> list[Link]:
+    """einsum: an index letter couples every axis it labels (output letters and contracted ones
+    alike); size-1 axes broadcast and do not couple."""
+    letters = _einsum_letters(node)
+    ports = [("in", i) for i in range(len(node.inputs))] + [OUT]
+    letter = letters[ports.index(port)][axis]
+    size = shape(node, port)[axis]
+    links = []
+    for other, term in zip(ports, letters):
+        if letter in term and shape(node, other)[term.index(letter)] == size:
+            links.append((other, term.index(letter), idx))
+    return links
+
+
+def index_tensor(node: Node, port: Port, axis: int, idx: torch.Tensor) -> list[Link]:
+    """x[..., index, ...] (aten.index.Tensor): indexed axes are barriers, the others map 1:1 around
+    the index result's axes (adjacent indexed axes only)."""
+    marks = _arg(node, "indices")
+    indexed = [i for i, mark in enumerate(marks) if mark]
+    if port not in (X, OUT) or not indexed or indexed != list(range(indexed[0], indexed[-1] + 1)):
+        raise Barrier(f"{node.op} index tensors")
+    rank, out_rank = len(shape(node, X)), len(shape(node, OUT))
+    shift = out_rank - rank  # index result axes replace the indexed ones
+    before, after_out = indexed[0], indexed[-1] + 1 + shift
+    if port == X:
+        if axis in indexed:
+            raise Barrier(f"{node.op} indexes axis {axis}")
+        out_axis = axis if axis < before else axis + shift
+        return [(X, axis, idx), (OUT, out_axis, idx)]
+    if before <= axis < after_out:
+        raise Barrier(f"{node.op} index result axis {axis}")
+    return [(X, axis if axis < before else axis - shift, idx), (OUT, axis, idx)]
 
 
 # ---- reshapes: view, reshape, flatten, unflatten, squeeze, unsqueeze -------------------------
@@ -579,6 +750,18 @@ def fix_split(node: Node, out_types: list) -> dict:
     return node.attrs  # no uniform split size: the type check after the rewrite reports the node
 
 
+def fix_normalized(node: Node, out_types: list) -> dict:
+    count = len(node.attrs["normalized_shape"])
+    return {**node.attrs, "normalized_shape": list(out_types[0].shape[-count:])}
+
+
+def fix_num_groups(node: Node, out_types: list) -> dict:
+    """Whole groups were removed: the group size (old channels / groups) stays."""
+    old, new = node.outputs[0].type.shape[1], out_types[0].shape[1]
+    groups = _arg(node, "num_groups")
+    return {**node.attrs, "num_groups": groups if groups == 1 else new // (old // groups)}
+
+
 def fix_groups(node: Node, out_types: list) -> dict:
     weight, x = node.inputs[1].type.shape, node.inputs[0].type.shape
     channel = len(x) - (len(weight) - 2) - 1
@@ -610,14 +793,17 @@ DIM_RULES: dict[str, Rule] = {
     **{f"aten.{op}": elementwise for op in ELEMENTWISE},
     **{f"aten.{op}": reshape for op in RESHAPES},
     **{f"aten.{op}": leading_rule(lambda node, n=n: n) for op, n in SPATIAL.items()},
-    "aten.constant_pad_nd": leading_rule(lambda node: len(node.attrs["pad"]) // 2),
+    "aten.constant_pad_nd": pad, "aten.pad": pad, "aten.roll": roll,
+    "aten.reshape_as": with_shape_source(reshape), "aten.expand_as": with_shape_source(expand),
+    **{f"aten.{op}": sized for op in ("new_zeros", "new_ones", "new_full", "new_empty", "zeros", "ones", "full")},
+    "aten.chunk": chunk, "aten.unbind.int": unbind, "aten.stack": stack, "aten.einsum": einsum,
+    "aten.index.Tensor": index_tensor, "aten.swapaxes": permute,
     "aten.type_as": first_input,
     "aten.softmax.int": along_dim, "aten.log_softmax.int": along_dim, "aten._softmax": along_dim,
     "aten._log_softmax": along_dim, "aten.cumsum": along_dim,
     "aten.batch_norm": batch_norm, "aten._native_batch_norm_legit_no_training": batch_norm,
-    "aten.layer_norm": leading_rule(_normalized), "aten.rms_norm": leading_rule(_normalized),
-    "aten.native_layer_norm": leading_rule(_normalized),
-    "aten.group_norm": leading_rule(lambda node: len(node.inputs[0].type.shape) - 1),
+    "aten.layer_norm": layer_norm, "aten.rms_norm": layer_norm, "aten.native_layer_norm": layer_norm,
+    "aten.group_norm": group_norm,
     "aten.conv1d": conv, "aten.conv2d": conv, "aten.conv3d": conv, "aten.convolution": conv,
     "aten.linear": linear, "aten.embedding": embedding,
     "aten.addmm": addmm, "aten.matmul": matmul, "aten.mm": matmul, "aten.bmm": matmul,
@@ -632,6 +818,10 @@ DIM_RULES: dict[str, Rule] = {
 ATTR_FIXES: dict[str, Callable[[Node, list], dict]] = {
     "aten.view": fix_sizes("size"), "aten._unsafe_view": fix_sizes("size"), "aten.reshape": fix_sizes("shape"),
     "aten.expand": fix_sizes("size"), "aten.unflatten.int": fix_unflatten,
+    **{f"aten.{op}": fix_sizes("size") for op in ("new_zeros", "new_ones", "new_full", "new_empty", "zeros", "ones",
+                                                 "full")},
+    **{f"aten.{op}": fix_normalized for op in ("layer_norm", "rms_norm", "native_layer_norm")},
+    "aten.group_norm": fix_num_groups,
     "aten.split.Tensor": fix_split, "aten.split_with_sizes": fix_split,
     **{f"aten.{op}": fix_groups for op in ("conv1d", "conv2d", "conv3d", "convolution")},
 }
