@@ -9,7 +9,7 @@ from ..ir import Graph
 from .dot import Marks, shape_label, to_dot
 from .render import render_svg
 
-__all__ = ["Marks", "draw", "shape_label", "to_dot"]
+__all__ = ["Marks", "draw", "draw_html", "shape_label", "to_dot"]
 
 
 def draw(graph: Graph, path: str | Path | None = None, *, expand: Sequence[str] = (), marks: Marks | None = None,
@@ -21,3 +21,13 @@ def draw(graph: Graph, path: str | Path | None = None, *, expand: Sequence[str] 
         with atomic_file(path) as temp:
             temp.write_text(svg, encoding="utf-8")
     return svg
+
+
+def draw_html(graph: Graph, path: str | Path, *, expand: Sequence[str] = ()) -> Path:
+    """Write a self-contained HTML page holding the picture of `graph` and the colour legend."""
+    from .report import graph_html
+
+    page = graph_html(graph, draw(graph, expand=expand))
+    with atomic_file(path) as temp:
+        temp.write_text(page, encoding="utf-8")
+    return Path(path)

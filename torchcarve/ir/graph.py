@@ -208,6 +208,16 @@ class Graph:
         new._names = set(self._names)
         return new
 
+    def _repr_svg_(self) -> str | None:
+        """The picture in notebooks (torchcarve.draw); None, so the text shows, when no layout engine is installed."""
+        from ..draw import draw
+        from ..errors import CarveError
+
+        try:
+            return draw(self)
+        except CarveError:
+            return None
+
     def to_networkx(self) -> "networkx.MultiDiGraph":
         """A networkx view: one vertex per node (and graph input), one edge per use."""
         import networkx as nx
