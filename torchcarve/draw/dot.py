@@ -223,17 +223,14 @@ def _op_statement(drawing: _Drawing, node: Node) -> str:
     extra = f", {MARK_STYLES[mark]}" if mark else ""
     tooltip = f"{', '.join('%' + v.name for v in node.outputs)} = {node.op}" + (f" loc({node.scope})" if node.scope else "")
     classes = " ".join(filter(None, ["op", f"family-{family}", mark]))
-    return (f'{drawing.id_of(node)} [label={lines(base_name(node.op), leaf)}, fillcolor="{COLOURS[family]}", '
+    dead = [shape_label(v.type) for v in node.outputs if not v.users and not v.is_graph_output]  # no wire shows them
+    return (f'{drawing.id_of(node)} [label={lines(base_name(node.op), leaf, *dead)}, fillcolor="{COLOURS[family]}", '
             f'class="{classes}", tooltip={quote(tooltip)}{extra}];\n')
 
 
 def _emit_edges(drawing: _Drawing, shown: list[Node]) -> None:
     twin = drawing.folding.twin
     depth = _depths(shown, twin)
-    consumers: dict[Value, int] = defaultdict(int)
-    for node in shown:
-        for value in set(node.inputs):
-            consumers[_drawn_value(value, twin)] += 1
     seen: set[tuple[str, str, str]] = set()
     for node in shown:
         for value in node.inputs:
@@ -242,7 +239,7 @@ def _emit_edges(drawing: _Drawing, shown: list[Node]) -> None:
             if producer is not None and producer.op == "param":
                 _emit_weight(drawing, source, node, seen)
                 continue
-            skip = producer is not None and consumers[source] > 1 and depth[node] - depth[producer] > 1
+            skip = producer is not None and depth[node] - depth[producer] > 1   # a longer path runs beside it
             _emit_wire(drawing, source, drawing.id_of(node), seen, skip)
     for index, value in enumerate(drawing.graph.outputs):
         out_id = drawing.id_of(("output", index))
@@ -293,4 +290,4 @@ def _emit_weight(drawing: _Drawing, value: Value, node: Node, seen: set) -> None
         drawing.out.append(f'  {weight_id} [{WEIGHT_STYLE}, class="weight{" changed" if changed else ""}", '
                            f'label={lines(name.rpartition(".")[2], changed or shape_label(value.type))}, '
                            f'tooltip={quote(name)}{", " + CHANGED_WIRE_STYLE if changed else ""}];\n')
-    drawing.out.append(f'  {weight_id} -> {drawing.id_of(node)} [class="wire weight", color="#aaaaaa", arrowsize=0.4];\n')
+    drawing.out.append(f'  {weight_id} -> {drawing.id_of(node)} [class="wire param", color="#aaaaaa", arrowsize=0.4];\n')

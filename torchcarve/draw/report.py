@@ -19,7 +19,7 @@ from ..fileio import atomic_file
 from ..ir import Graph
 from .dot import Marks, node_key, to_dot
 from .families import COLOURS
-from .render import inline_svg, render_svg
+from .render import INSTALL_HINT, inline_svg, render_svg
 
 STYLE = """
 body { font-family: Helvetica, Arial, sans-serif; margin: 24px; color: #222; max-width: 1500px; }
@@ -128,8 +128,10 @@ def _charts(report: Sequence[Any], rows: list[_Row]) -> str:
 
 def _chart_svg(name: str, plot: Any, data: Any) -> str:
     """Draw with matplotlib (Agg, text kept as text) and return the inline, id-scoped <svg> in a <figure>."""
-    import matplotlib
-
+    try:
+        import matplotlib
+    except ImportError as e:
+        raise CarveError("the report's charts need matplotlib", hint=INSTALL_HINT) from e
     matplotlib.use("Agg", force=False)
     import matplotlib.pyplot as plt
 
