@@ -218,14 +218,18 @@ def _op_statement(drawing: _Drawing, node: Node) -> str:
     leaf = node.scope.rpartition(".")[2] if node.scope else ""
     if leaf.isdigit() or drawing.scope_sizes[node.scope] > 1:   # only a module's own name says something
         leaf = ""
-    key = node_key(node)
-    mark = "removed" if key in drawing.marks.removed else "added" if key in drawing.marks.added else ""
+    mark = _mark(drawing, node)
     extra = f", {MARK_STYLES[mark]}" if mark else ""
     tooltip = f"{', '.join('%' + v.name for v in node.outputs)} = {node.op}" + (f" loc({node.scope})" if node.scope else "")
     classes = " ".join(filter(None, ["op", f"family-{family}", mark]))
     dead = [shape_label(v.type) for v in node.outputs if not v.users and not v.is_graph_output]  # no wire shows them
     return (f'{drawing.id_of(node)} [label={lines(base_name(node.op), leaf, *dead)}, fillcolor="{COLOURS[family]}", '
             f'class="{classes}", tooltip={quote(tooltip)}{extra}];\n')
+
+
+def _mark(drawing: _Drawing, node: Node) -> str:
+    key = node_key(node)
+    return "removed" if key in drawing.marks.removed else "added" if key in drawing.marks.added else ""
 
 
 def _emit_edges(drawing: _Drawing, shown: list[Node]) -> None:
@@ -287,7 +291,9 @@ def _emit_weight(drawing: _Drawing, value: Value, node: Node, seen: set) -> None
         seen.add((weight_id, "", ""))
         name = str(value.producer.attrs.get("name", value.name))
         changed = drawing.marks.wires.get(value.name)
-        drawing.out.append(f'  {weight_id} [{WEIGHT_STYLE}, class="weight{" changed" if changed else ""}", '
+        mark = _mark(drawing, value.producer) or ("changed" if changed else "")
+        style = {"changed": CHANGED_WIRE_STYLE, "": ""}.get(mark, MARK_STYLES.get(mark, ""))
+        drawing.out.append(f'  {weight_id} [{WEIGHT_STYLE}, class="{" ".join(filter(None, ["weight", mark]))}", '
                            f'label={lines(name.rpartition(".")[2], changed or shape_label(value.type))}, '
-                           f'tooltip={quote(name)}{", " + CHANGED_WIRE_STYLE if changed else ""}];\n')
+                           f'tooltip={quote(name)}{", " + style if style else ""}];\n')
     drawing.out.append(f'  {weight_id} -> {drawing.id_of(node)} [class="wire param", color="#aaaaaa", arrowsize=0.4];\n')
