@@ -94,7 +94,7 @@ def _pipeline(report: Sequence[Any]) -> str:
 
 def _stage_table(rows: list[_Row]) -> str:
     header = "<tr><th>stage</th><th>parameters</th><th>MACs / item</th><th>bytes moved</th><th>latency ms</th>" \
-             "<th>max |Δ| vs input</th></tr>"
+             "<th>max |Δ| vs run input</th></tr>"
     body = "".join(f"<tr><td>{html.escape(r.name)}</td><td>{r.params:,}</td><td>{r.macs:,}</td>"
                    f"<td>{_maybe(r.bytes, '{:,}')}</td><td>{_maybe(r.latency_ms, '{:.2f}')}</td>"
                    f"<td>{_maybe(r.max_error, '{:.2g}')}</td></tr>" for r in rows)
@@ -187,7 +187,7 @@ def _error_chart(plt: Any, rows: list[_Row]) -> Any:
     ax.set_ylabel("max |output change|")
     ax.set_xlabel("after pass")
     ax.set_xticks(range(len(values)), _short([r.name for r in rows[1:]]), rotation=60, ha="right", fontsize=7)
-    ax.set_title("output error vs the input graph")
+    ax.set_title("output error vs the input of the run")
     return figure
 
 
