@@ -115,3 +115,5 @@ def test_cli_show_svg_html_and_opt_report(tmp_path: Path, capsys: pytest.Capture
     assert main(["show", str(tmp_path / "m.carve"), "--summary-only", "--svg", str(tmp_path / "x.svg"),
                  "--expand", "layer.3"]) == 1
     assert "names no repeated block" in capsys.readouterr().err and not (tmp_path / "x.svg").exists()
+    assert main(["show", str(tmp_path / "m.carve"), "--expand", "features"]) == 1
+    assert "add --svg" in capsys.readouterr().err

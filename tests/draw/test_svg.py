@@ -147,7 +147,7 @@ def test_missing_engine_is_a_clear_error(monkeypatch: pytest.MonkeyPatch) -> Non
 
 def test_draw_writes_the_file_and_notebooks_get_the_svg(tmp_path) -> None:
     graph = digits_graph()
-    svg = draw(graph, tmp_path / "g.svg")
+    svg = tc.draw(graph, tmp_path / "g.svg")   # the public name
     assert (tmp_path / "g.svg").read_text() == svg
     assert graph._repr_svg_() == svg
     assert to_dot(graph).startswith("digraph G {")

@@ -8,6 +8,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from ..analysis.cost import graph_cost
+from ..errors import CarveError
 from ..ir import Graph
 from .common import read_graph
 
@@ -36,6 +37,8 @@ def run(args: argparse.Namespace) -> int:
 def _write_pictures(args: argparse.Namespace, graph: Graph, console: Console) -> None:
     from ..draw import draw, draw_html
 
+    if args.expand and not (args.svg or args.html):
+        raise CarveError("--expand changes the picture only", hint="add --svg PATH or --html PATH")
     if args.svg:
         draw(graph, args.svg, expand=args.expand)
         console.print(f"wrote {escape(args.svg)}")
