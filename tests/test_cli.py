@@ -101,6 +101,8 @@ def test_demo_runs_end_to_end(tmp_path: Path, capsys: pytest.CaptureFixture) -> 
     assert code == 0
     assert (tmp_path / "demo" / "torch" / "model.py").is_file()
     assert (tmp_path / "demo" / "model.carve" / "graph.ir").is_file()
+    report = tmp_path / "demo" / "report.html"
+    assert str(report) in out.replace("\n", "") and report.read_text().count('<section class="pass"') >= 10
     header = next(line.split("┃")[1:-1] for line in out.splitlines() if line.startswith("┃ stage"))
     column = [cell.strip() for cell in header].index("test accuracy")
     cells = [line.split("│")[1:-1] for line in out.splitlines() if line.startswith("│")]

@@ -2,6 +2,7 @@
 from .api import Compiled, compile, load, save
 from .backends.onnx import to_onnx
 from .backends.torch import export_torch, to_torch, with_module_weights
+from .draw import draw, notebook_svg
 from .errors import CaptureError, CarveError, ParseError, PipelineError, ShapeError, UnsupportedOpError, VerifyError
 from .frontends import capture
 from .frontends.onnx import from_onnx
@@ -11,8 +12,11 @@ from .progress import show_progress
 
 __version__ = "0.1.0"
 
+# notebooks draw graphs; attached here, at the top layer, so ir/ never imports draw/
+Graph._repr_svg_ = notebook_svg  # type: ignore[attr-defined]
+
 __all__ = [
     "CaptureError", "CarveError", "Compiled", "Graph", "Node", "OptimizeResult", "optimize", "ParamStore", "ParseError", "PipelineError",
-    "ShapeError", "TensorType", "UnsupportedOpError", "Value", "VerifyError", "capture", "compile", "export_torch", "from_onnx",
+    "ShapeError", "TensorType", "UnsupportedOpError", "Value", "VerifyError", "capture", "compile", "draw", "export_torch", "from_onnx",
     "load", "parse", "save", "show_progress", "to_onnx", "to_torch", "verify", "with_module_weights",
 ]

@@ -16,6 +16,7 @@ from rich.console import Console
 from rich.table import Table
 
 from ..errors import CarveError
+from ..passes.manager import Report
 from ..progress import track
 
 console = Console(width=max(Console().width, 110))
@@ -119,7 +120,7 @@ def run(args: argparse.Namespace) -> int:
 
     console.print(f"[bold]3. pruning[/] half the channels of every layer (L1 norm), then fine-tuning "
                   f"for {args.finetune_epochs} epochs ...")
-    pruned = tc.optimize(graph, "prune{ratio=0.5}")
+    pruned = tc.optimize(graph, "prune{ratio=0.5}", report=True)
     console.print(report_table(pruned.report, title="prune"))
     stages.append(_measure("pruned 50%", pruned.graph, tc.to_torch(pruned.graph), data, reference))
     module = tc.to_torch(pruned.graph)
@@ -130,7 +131,7 @@ def run(args: argparse.Namespace) -> int:
     console.print("[bold]4. factorizing[/] the convs into low-rank pairs (data-aware SVD, half the conv/linear "
                   "params, calibrated on 512 training images) ...")
     calibration = [(batch,) for batch in data.train_x[:512].split(64)]
-    factored = tc.optimize(graph, "low-rank{method=whitened,budget-params=0.5}", calibration=calibration)
+    factored = tc.optimize(graph, "low-rank{method=whitened,budget-params=0.5}", calibration=calibration, report=True)
     console.print(report_table(factored.report, title="low-rank"))
     graph = factored.graph
     module = tc.to_torch(graph)
@@ -138,7 +139,7 @@ def run(args: argparse.Namespace) -> int:
     reference = module(data.test_x).detach()  # from here on, every step must reproduce the carved model
 
     console.print("[bold]5. fusing[/] (exact passes: BN folding, linear merging, cleanup) ...")
-    fused = tc.optimize(graph, "fuse", check_numerics=True)
+    fused = tc.optimize(graph, "fuse", check_numerics=True, report=True)
     console.print(report_table(fused.report, title="fuse"))
     graph = fused.graph
     stages.append(_measure("fused", graph, tc.to_torch(graph), data, reference))
@@ -155,12 +156,16 @@ def run(args: argparse.Namespace) -> int:
 
     console.print("[bold]7. quantizing[/] to int8 (static QDQ: per-channel weights, MSE activation ranges, "
                   "same calibration images) ...")
-    quantized = tc.optimize(graph, "quantize{mode=static,activations=mse}", calibration=calibration).graph
+    quantized_result = tc.optimize(graph, "quantize{mode=static,activations=mse}", calibration=calibration, report=True)
+    quantized = quantized_result.graph
     tc.save(quantized, out / "model.int8.carve")
     tc.to_onnx(quantized, out / "model.int8.onnx")
     stages.append(_measure("int8 model.onnx (ORT)", quantized, _OnnxModule(out / "model.int8.onnx"), data, reference))
 
     console.print(_results_table(stages))
+    report = Report.join([pruned.report, factored.report, fused.report, quantized_result.report])
+    report.to_html(out / "report.html", title="carve demo: digits CNN (prune, fine-tune, low-rank, fuse, int8)")
+    console.print(f"report: {out / 'report.html'} (pictures before/after every pass, per-layer tables, charts)")
     console.print(f"artifacts in {out}/ (graphs: model.carve, model.int8.carve; module: torch/model.py; "
                   f"ONNX: model.onnx, model.int8.onnx); "
                   f"done in {time.perf_counter() - started:.1f}s")

@@ -29,6 +29,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--calibration", metavar="FILE|random:N",
                         help="data for passes that need it (quantize static, prune taylor, low-rank whitened): a "
                              ".safetensors file with one tensor per graph input, samples along dim 0, or random:N")
+    parser.add_argument("--report", metavar="HTML", help="write an HTML report: pictures before/after every pass, "
+                        "per-layer tables, charts (keeps a copy of the graph per pass while running)")
     parser.add_argument("--calibration-batch", type=int, default=None,
                         help="samples per calibration batch (default: the graph's fixed batch size, else 8)")
     parser.set_defaults(run=run)
@@ -42,13 +44,15 @@ def run(args: argparse.Namespace) -> int:
         if args.print_ir_after_all else None
     calibration = load_calibration(args.calibration, graph, args.calibration_batch)
     result = optimize(graph, args.pipeline, calibration=calibration, check_numerics=args.check_numerics,
-                      print_ir=print_ir, seed=args.seed)
+                      print_ir=print_ir, seed=args.seed, report=bool(args.report))
     save(result.graph, args.output)
+    if args.report:
+        result.report.to_html(args.report, title=f"carve opt {args.graph}: {args.pipeline}")
     console.print(report_table(result.report, timings=args.time_passes))
     for line in result.report:
         if line.stats.get("layers"):
             console.print(layers_table(line.spec, line.stats["layers"]))
-    console.print(f"wrote {cell(args.output)}")
+    console.print(f"wrote {cell(args.output)}" + (f" and {cell(args.report)}" if args.report else ""))
     return 0
 
 

@@ -3,7 +3,7 @@
 Importing a pass module registers its passes; add new pass modules to the import list below.
 """
 from .base import PASSES, Pass, PassContext, PassResult, register_pass
-from .manager import OptimizeResult, PassManager, PassReport, optimize
+from .manager import OptimizeResult, PassManager, PassReport, Report, optimize
 from .pipeline import ALIASES, parse_pipeline, pass_help
 from .rewrite import ANY, P, PARAM, Pat, Rewriter, apply_rules
 
@@ -12,7 +12,7 @@ from . import lowrank  # noqa: E402,F401  (registration)
 
 __all__ = [
     "ALIASES", "ANY", "OptimizeResult", "P", "PARAM", "PASSES", "Pass", "PassContext", "PassManager", "PassReport",
-    "PassResult", "Pat", "Rewriter", "apply_rules", "optimize", "parse_pipeline", "pass_help", "register_pass",
+    "PassResult", "Report", "Pat", "Rewriter", "apply_rules", "optimize", "parse_pipeline", "pass_help", "register_pass",
 ]
 from . import quantize  # noqa: E402,F401  (registration)
 from . import prune  # noqa: E402,F401  (registration)

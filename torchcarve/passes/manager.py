@@ -38,11 +38,48 @@ class PassReport:
 
 
 @dataclass
+class Stage:
+    """The graph after one pass (or the input), kept for the HTML report only when asked (`report=True`)."""
+
+    name: str
+    graph: Graph
+    params: int
+    macs: int
+    bytes: int
+    latency_ms: float                # best of LATENCY_RUNS on the probe inputs, through the PyTorch backend
+    max_error: float                 # largest |output change| vs the input graph on the probe inputs
+
+
+LATENCY_RUNS = 5
+
+
+class Report(list):
+    """The report: one PassReport per pass (a list), plus each stage's graph when `optimize(..., report=True)`."""
+
+    def __init__(self, lines: Sequence[PassReport] = (), stages: Sequence[Stage] = ()) -> None:
+        super().__init__(lines)
+        self.stages: list[Stage] = list(stages)
+
+    @classmethod
+    def join(cls, reports: Sequence["Report"]) -> "Report":
+        """Reports of optimize runs made one after another, as one (each later run's input stage dropped)."""
+        lines = [line for report in reports for line in report]
+        stages = [stage for k, report in enumerate(reports) for stage in report.stages[(k > 0):]]
+        return cls(lines, stages if all(report.stages for report in reports) else ())
+
+    def to_html(self, path: Any, title: str = "torchcarve report") -> Any:
+        """Write the self-contained HTML report (pictures need `report=True`); returns the path."""
+        from ..draw.report import write_report
+
+        return write_report(self, path, title=title)
+
+
+@dataclass
 class OptimizeResult:
     """What `optimize` returns: the new graph (the input is untouched) and one report line per pass."""
 
     graph: Graph
-    report: list[PassReport] = field(default_factory=list)
+    report: Report = field(default_factory=Report)
 
     @property
     def changed(self) -> bool:
@@ -58,15 +95,22 @@ class PassManager:
     print_ir: Callable[[str], None] | None = None
     check_numerics: bool = False
     numeric_inputs: Sequence[torch.Tensor] | None = None
+    keep_stages: bool = False        # snapshot the graph after every pass for the HTML report
 
     def run(self, graph: Graph) -> OptimizeResult:
         graph = graph.clone()
         inputs = self._inputs(graph) if self.check_numerics else None
         outputs = run_graph(graph, inputs) if inputs is not None else None
-        report: list[PassReport] = []
+        report = Report()
+        probe = self._inputs(graph) if self.keep_stages else None
+        reference = run_graph(graph, probe) if probe is not None else None
+        if probe is not None:
+            report.stages.append(_stage("input", graph, probe, reference))
         for each in track(self.passes, "passes"):
             line, outputs = self._run_one(each, graph, inputs, outputs)
             report.append(line)
+            if probe is not None:
+                report.stages.append(_stage(each.spec(), graph, probe, reference))
         return OptimizeResult(graph, report)
 
     def _run_one(self, each: Pass, graph: Graph, inputs: Any, outputs: Any) -> tuple[PassReport, Any]:
@@ -98,6 +142,23 @@ class PassManager:
             batch = next(iter(self.context.calibration))
             return [batch] if isinstance(batch, torch.Tensor) else list(batch)
         return random_inputs(graph, self.context.seed)
+
+
+def _stage(name: str, graph: Graph, probe: list[torch.Tensor], reference: list[torch.Tensor]) -> Stage:
+    """A snapshot of `graph` with its cost, measured latency and output error vs the input graph."""
+    from ..backends.torch import to_torch
+
+    module = to_torch(graph)
+    timings = []
+    with torch.no_grad():
+        for _ in range(LATENCY_RUNS):
+            start = time.perf_counter()
+            result = module(*probe)
+            timings.append(time.perf_counter() - start)
+    outputs = list(result) if isinstance(result, (tuple, list)) else [result]
+    error = max((_max_error(e, a) for e, a in zip(reference, outputs)), default=0.0)
+    cost = graph_cost(graph)
+    return Stage(name, graph.clone(), cost.params, cost.macs, cost.bytes, 1e3 * min(timings), error)
 
 
 def _measure(graph: Graph) -> tuple[int, Cost]:
@@ -166,10 +227,12 @@ def _close(expected: torch.Tensor, actual: torch.Tensor) -> bool:
 
 
 def optimize(graph: Graph, pipeline: str | Sequence[Pass], calibration: Any = None, check_numerics: bool = False, *,
-             print_ir: Callable[[str], None] | None = None, seed: int = 0) -> OptimizeResult:
-    """Run `pipeline` (a pipeline string or passes) on a copy of `graph`; the input is untouched."""
+             print_ir: Callable[[str], None] | None = None, seed: int = 0, report: bool = False) -> OptimizeResult:
+    """Run `pipeline` (a pipeline string or passes) on a copy of `graph`; the input is untouched.
+
+    `report=True` keeps every stage's graph, latency and output error for `result.report.to_html(path)`."""
     passes = parse_pipeline(pipeline) if isinstance(pipeline, str) else list(pipeline)
     batches = check_batches(graph.inputs, calibration) if calibration is not None else None
     context = PassContext(calibration=batches, seed=seed)
-    manager = PassManager(passes, context, print_ir=print_ir, check_numerics=check_numerics)
+    manager = PassManager(passes, context, print_ir=print_ir, check_numerics=check_numerics, keep_stages=report)
     return manager.run(graph)
