@@ -146,7 +146,7 @@ def correlated(n: int, dim: int = 32, seed: int = 0) -> torch.Tensor:
 def test_low_rank_whitened_beats_svd_on_output_error():
     torch.manual_seed(0)
     model = nn.Sequential(nn.Linear(32, 64), nn.GELU(), nn.Linear(64, 32)).eval()
-    calibration = [(correlated(64, seed=s),) for s in range(4)]
+    calibration = [(correlated(256, seed=s),) for s in range(4)]  # shaped like the captured input
     held_out = correlated(256, seed=100)
     errors = {}
     for method in ("svd", "whitened"):
