@@ -108,7 +108,9 @@ def compare(name: str, path: Path, workdir: Path, repeat: int) -> dict:
 
 
 def _signature(model: onnx.ModelProto) -> tuple[list[str], list[str]]:
-    return [v.name for v in model.graph.input], [v.name for v in model.graph.output]
+    """Input names (old files also list their initializers as inputs: those are weights, not inputs) and output names."""
+    weights = {t.name for t in model.graph.initializer}
+    return [v.name for v in model.graph.input if v.name not in weights], [v.name for v in model.graph.output]
 
 
 def main() -> None:
