@@ -40,10 +40,10 @@ def _write_pictures(args: argparse.Namespace, graph: Graph, console: Console) ->
         raise CarveError("--expand changes the picture only", hint="add --svg PATH or --html PATH")
     if args.svg:
         draw(graph, args.svg, expand=args.expand)
-        console.print(f"wrote {escape(args.svg)}")
+        console.print(f"wrote {cell(args.svg)}")
     if args.html:
         draw_html(graph, args.html, expand=args.expand)
-        console.print(f"wrote {escape(args.html)}")
+        console.print(f"wrote {cell(args.html)}")
 
 
 def summary_table(graph: Graph, title: str | None = None) -> Table:
