@@ -27,6 +27,7 @@ from ..ir.ops import get_op
 from ..ir.ops.onnx_ops import COUNTED_OUTPUTS, DEFAULT_OPSET, DOMAINS, KERNELS, RANK_RULES, SIZE_RULES, STATIC_INPUTS
 from ..ir.types import DTYPE_NAMES, size_attr
 from ..ir.value import Value
+from ..opset.onnx_proto import subgraph_defines
 from . import onnx_limits
 from .onnx_canonical import canonicalize as to_aten
 from .onnx_shapes import evaluate as evaluate_shape, shape_dims
@@ -422,12 +423,6 @@ class Importer:
 def outer_names(node: onnx.NodeProto) -> set[str]:
     """Names the node's subgraphs (at any depth) read from the enclosing scope."""
     return {name for attr in node.attribute if attr.type == onnx.AttributeProto.GRAPH for name in _free(attr.g)}
-
-
-def subgraph_defines(graph: onnx.GraphProto) -> set[str]:
-    """Names a (sub)graph defines itself: inputs, initializers, node outputs."""
-    return {*(i.name for i in graph.input), *(i.name for i in graph.initializer),
-            *(o for n in graph.node for o in n.output)}
 
 
 def _free(graph: onnx.GraphProto) -> set[str]:
