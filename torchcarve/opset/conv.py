@@ -9,6 +9,8 @@ from .costs import addmm_macs, conv_macs, conv_transpose_macs, last_dim_macs, ma
 from .decl import OpDecl, table
 
 OUT_CHANNELS = ((1, 0),)  # weight (input 1) axis 0: the op's output channels
+CONVS = ("aten.conv1d", "aten.conv2d", "aten.conv3d", "aten.convolution")
+CONV_TRANSPOSES = ("aten.conv_transpose1d", "aten.conv_transpose2d.input", "aten.conv_transpose3d.input")
 
 
 def _spatial(axes: int) -> Callable:
@@ -17,11 +19,12 @@ def _spatial(axes: int) -> Callable:
 
 
 CONV = table(
-    *(OpDecl(f"aten.{op}", macs=conv_macs, prune=prune.conv, prune_source=OUT_CHANNELS, attr_fix=prune.fix_groups,
-             lower=lower.conv) for op in ("conv1d", "conv2d", "conv3d", "convolution")),
+    *(OpDecl(op, macs=conv_macs, prune=prune.conv, prune_source=OUT_CHANNELS, attr_fix=prune.fix_groups,
+             lower=lower.conv) for op in CONVS),
     OpDecl("aten.conv1d.padding", lower=lower.conv), OpDecl("aten.conv2d.padding", lower=lower.conv),
     OpDecl("aten.conv_transpose1d", macs=conv_transpose_macs, lower=lower.conv_transpose),
     OpDecl("aten.conv_transpose2d.input", macs=conv_transpose_macs, lower=lower.conv_transpose),
+    OpDecl("aten.conv_transpose3d.input", macs=conv_transpose_macs, no_lowering="no ONNX lowering tested yet"),
     OpDecl("aten.linear", macs=last_dim_macs(0), prune=prune.linear, prune_source=OUT_CHANNELS, lower=lower.linear),
     *(OpDecl(f"aten.{op}", macs=matmul_macs, prune=prune.matmul, lower=lower.matmul) for op in ("matmul", "bmm", "mm")),
     OpDecl("aten.addmm", macs=addmm_macs, prune=prune.addmm, prune_source=((2, 1),), lower=lower.addmm),

@@ -6,11 +6,11 @@ from . import prune_rules as prune
 from .decl import OpDecl, table
 from .lowerings import BASE, forms
 
+BATCH_NORMS = ("aten.batch_norm", "aten._native_batch_norm_legit_no_training")
 LAYER_NORM = forms((BASE, lower.decomposed_layer_norm), (17, lower.layer_norm))
 
 NORM = table(
-    OpDecl("aten.batch_norm", prune=prune.batch_norm, lower=lower.batch_norm),
-    OpDecl("aten._native_batch_norm_legit_no_training", prune=prune.batch_norm, lower=lower.batch_norm),
+    *(OpDecl(op, prune=prune.batch_norm, lower=lower.batch_norm) for op in BATCH_NORMS),
     OpDecl("aten.layer_norm", prune=prune.layer_norm, attr_fix=prune.fix_normalized, lower=LAYER_NORM),
     OpDecl("aten.native_layer_norm", prune=prune.layer_norm, attr_fix=prune.fix_normalized, lower=LAYER_NORM),
     OpDecl("aten.rms_norm", prune=prune.layer_norm, attr_fix=prune.fix_normalized,
