@@ -7,13 +7,13 @@ from . import prune_rules as prune
 from .decl import OpDecl, table
 from .lowerings import BASE, forms
 
-# aten unary op -> ONNX op; `pruned`: those with the elementwise pruning rule
+# aten unary op -> ONNX op; the UNPRUNED ones have no pruning rule (barriers)
 UNARY = {"relu": "Relu", "sigmoid": "Sigmoid", "tanh": "Tanh", "erf": "Erf", "exp": "Exp",
          "log": "Log", "sqrt": "Sqrt", "neg": "Neg", "abs": "Abs", "reciprocal": "Reciprocal", "sin": "Sin",
          "cos": "Cos", "floor": "Floor", "ceil": "Ceil", "logical_not": "Not", "bitwise_not": "Not", "sign": "Sign",
          "round": "Round"}
 UNARY_UNPRUNED = {"floor", "ceil", "logical_not", "bitwise_not", "sign", "round"}
-# aten binary op (overloads .Tensor and .Scalar) -> ONNX op; `pruned`: those with the elementwise rule
+# aten binary op (overloads .Tensor and .Scalar) -> ONNX op; the UNPRUNED ones have no pruning rule
 BINARY = {"add": "Add", "sub": "Sub", "mul": "Mul", "div": "Div", "bitwise_and": "And", "bitwise_or": "Or",
           "__and__": "And", "__or__": "Or"}
 BINARY_UNPRUNED = {"__and__", "__or__"}
@@ -27,6 +27,7 @@ NO_ONNX_FORM = "no ONNX lowering written yet"
 
 
 def _ew(name: str, rule=prune.elementwise, **fields) -> OpDecl:
+    """An aten op with the broadcasting `elementwise` pruning rule unless another `rule` (or None) is given."""
     return OpDecl(f"aten.{name}", prune=rule, **fields)
 
 

@@ -15,6 +15,7 @@ ONNX_DTYPES: dict[str, int] = {
     "u64": TensorProto.UINT64, "bool": TensorProto.BOOL,
     "c64": TensorProto.COMPLEX64, "c128": TensorProto.COMPLEX128,
 }
+ONNX_TO_DTYPE: dict[int, str] = {v: k for k, v in ONNX_DTYPES.items()}
 TORCH_TO_ONNX: dict[torch.dtype, int] = {TensorType((), k).torch_dtype: v for k, v in ONNX_DTYPES.items()}
 
 
