@@ -10,7 +10,7 @@ from typing import Any
 
 import onnx
 import torch
-from onnx import TensorProto, helper
+from onnx import helper
 
 from ..errors import CarveError, OpsetError, UnsupportedOpError
 from ..fileio import atomic_file
@@ -347,5 +347,3 @@ def _save(model: onnx.ModelProto, path: Path) -> None:
 def _size_known(model: onnx.ModelProto) -> bool:
     total = sum(len(t.raw_data) for t in model.graph.initializer)
     return total < TWO_GB
-
-
