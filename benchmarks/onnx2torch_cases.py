@@ -15,8 +15,8 @@ from pathlib import Path
 import torch
 from onnx2torch import convert
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from onnx_cases import CASE_SECONDS, case_data, matches, node_cases, time_limit, torch_outputs  # noqa: E402
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # the repository root: tests/onnx_cases.py
+from tests.onnx_cases import CASE_SECONDS, case_data, matches, node_cases, time_limit, torch_outputs  # noqa: E402
 
 
 def passes(case: object) -> bool:

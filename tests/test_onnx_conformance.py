@@ -1,13 +1,11 @@
-"""A fast subset of the ONNX node conformance cases through both paths (benchmarks/onnx_conformance.py runs all)."""
+"""A fast subset of the ONNX node conformance cases through both paths (the harness: tests/onnx_conformance.py; benchmarks/onnx_conformance.py runs all)."""
 from __future__ import annotations
-
-import importlib.util
-import os
-import sys
 
 import pytest
 
-HARNESS = os.path.join(os.path.dirname(__file__), "..", "benchmarks", "onnx_conformance.py")
+from tests.onnx_cases import node_cases
+from tests.onnx_conformance import run_case
+
 SUBSET = ["test_conv_with_strides_padding", "test_convtranspose_pads", "test_gemm_all_attributes",
           "test_batchnorm_example", "test_layer_normalization_4d_axis1", "test_softmax_axis_1",
           "test_maxpool_2d_same_upper", "test_averagepool_2d_pads", "test_reshape_negative_dim",
@@ -23,21 +21,12 @@ ONNX_ONLY = ["test_add_uint32", "test_if", "test_scan9_sum",
              "test_reduce_l2_keep_dims_example_expanded", "test_lstm_defaults", "test_scatter_with_axis"]
 
 
-def load_harness():
-    spec = importlib.util.spec_from_file_location("onnx_conformance", HARNESS)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses look their module up
-    spec.loader.exec_module(module)
-    return module
-
-
-harness = load_harness()
-CASES = {c.name: c for c in harness.node_cases() if c.name in SUBSET + ONNX_ONLY}
+CASES = {c.name: c for c in node_cases() if c.name in SUBSET + ONNX_ONLY}
 
 
 @pytest.mark.parametrize("name", SUBSET)
 def test_node_case_through_both_paths(name: str) -> None:
-    result = harness.run_case(CASES[name])
+    result = run_case(CASES[name])
     assert result.passed["ort"], result.errors
     assert result.passed["onnx"], result.errors.get("onnx")
     assert result.passed["torch"], result.errors.get("torch")
@@ -45,6 +34,6 @@ def test_node_case_through_both_paths(name: str) -> None:
 
 @pytest.mark.parametrize("name", ONNX_ONLY)
 def test_node_case_through_onnx(name: str) -> None:
-    result = harness.run_case(CASES[name])
+    result = run_case(CASES[name])
     assert result.passed["ort"], result.errors
     assert result.passed["onnx"], result.errors.get("onnx")

@@ -9,7 +9,7 @@ from torch import nn
 
 import torchcarve as tc
 from torchcarve.analysis.memory import CLEAR_REFS, peak_extra_memory
-from torchcarve.analysis.oracle import check_equivalence
+from torchcarve.passes.prune.oracle import check_equivalence
 from torchcarve.errors import CarveError
 from torchcarve.passes import PASSES, optimize, parse_pipeline
 from torchcarve.passes.prune import find_groups
@@ -138,7 +138,7 @@ def test_oracle_holds_and_pruned_graph_is_smaller(name, captured):
 
 def test_zeroing_a_group_changes_the_output(captured):
     """The oracle is not vacuous: the removed units did contribute to the output."""
-    from torchcarve.analysis.oracle import zero_units
+    from torchcarve.passes.prune.oracle import zero_units
 
     graph, inputs = captured("residual")
     index = next(i for i, g in enumerate(find_groups(graph)) if not g.blocked)

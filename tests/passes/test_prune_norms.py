@@ -8,7 +8,7 @@ from torch import nn
 
 import torchcarve as tc
 from torchcarve.analysis.cost import graph_cost
-from torchcarve.analysis.oracle import check_equivalence, check_group
+from torchcarve.passes.prune.oracle import check_equivalence, check_group
 from torchcarve.passes.prune import find_groups
 from tests.passes.helpers import onnx_parity
 

@@ -11,7 +11,7 @@ import torch
 from torch import nn
 
 import torchcarve as tc
-from torchcarve.analysis.oracle import check_equivalence
+from torchcarve.passes.prune.oracle import check_equivalence
 from torchcarve.passes import optimize
 
 ort = pytest.importorskip("onnxruntime")

@@ -1,1 +1,1 @@
-"""Analyses over the IR: cost model, numeric-equivalence oracle, sensitivity."""
+"""Analyses over the IR: cost model, activation statistics, memory."""

@@ -5,7 +5,7 @@ from dataclasses import dataclass
 
 from ..ir import Graph
 from ..ir.node import Node
-from ..ir.ops import get_op
+from ..opset import macs as op_macs
 
 
 @dataclass(frozen=True)
@@ -19,11 +19,11 @@ class Cost:
 
 
 def node_cost(node: Node, sizes: dict[str, int] | None = None) -> Cost:
-    """MACs from the op registry; bytes = inputs read + outputs written; params counted by graph_cost."""
+    """MACs from the op catalog; bytes = inputs read + outputs written; params counted by graph_cost."""
     sizes = sizes or {}
     if node.op == "param":
         return Cost()
-    macs_rule = get_op(node.op).macs
+    macs_rule = op_macs(node.op)
     macs = macs_rule(node, sizes) if macs_rule else 0
     moved = sum(v.type.numel(sizes) * v.type.itemsize for v in (*node.inputs, *node.outputs))
     return Cost(0, macs, moved)

@@ -1,4 +1,4 @@
-"""IR -> onnx.ModelProto: per-op lowering rules (onnx_lowering.py), typed value_info, checker-clean.
+"""IR -> onnx.ModelProto: per-op lowering rules (the op catalog, torchcarve/opset), typed value_info, checker-clean.
 
 Constant subgraphs (param-only inputs, arange, masks built from static shapes) are evaluated in
 torch and written as initializers, so only the data path needs ONNX rules.
@@ -10,7 +10,7 @@ from typing import Any
 
 import onnx
 import torch
-from onnx import TensorProto, helper
+from onnx import helper
 
 from ..errors import CarveError, OpsetError, UnsupportedOpError
 from ..fileio import atomic_file
@@ -21,33 +21,12 @@ from ..ir.ops.onnx_ops import DEFAULT_OPSET, OPSET_RANGE, STATIC_INPUTS
 from ..ir.ops import get_op
 from ..ir.types import TensorType, concrete_dim
 from ..ir.value import Value
-from .onnx_lowering import LOWERINGS, SHAPE_ONLY_OPS, lower_onnx_op
+from ..opset import lowering, shape_only
+from ..opset.onnx_proto import ONNX_DTYPES, tensor_proto, value_info
 from .onnx_opset import first_opset_with, first_opset_with_value, schema_at
 
 TWO_GB = 2**31 - 2**20                      # protobuf's limit, less headroom for the graph itself
 FOLD_LIMIT = 1 << 16                        # fold a constant node when its result is at most this many elements ...
-
-ONNX_DTYPES: dict[str, int] = {
-    "f32": TensorProto.FLOAT, "f16": TensorProto.FLOAT16, "bf16": TensorProto.BFLOAT16,
-    "f64": TensorProto.DOUBLE, "i64": TensorProto.INT64, "i32": TensorProto.INT32, "i16": TensorProto.INT16,
-    "i8": TensorProto.INT8, "u8": TensorProto.UINT8, "u16": TensorProto.UINT16, "u32": TensorProto.UINT32,
-    "u64": TensorProto.UINT64, "bool": TensorProto.BOOL,
-    "c64": TensorProto.COMPLEX64, "c128": TensorProto.COMPLEX128,
-}
-TORCH_TO_ONNX: dict[torch.dtype, int] = {TensorType((), k).torch_dtype: v for k, v in ONNX_DTYPES.items()}
-
-
-def tensor_proto(name: str, tensor: torch.Tensor) -> onnx.TensorProto:
-    """An initializer from any tensor (raw little-endian bytes, so bf16 and bool work too)."""
-    tensor = tensor.detach().cpu().contiguous()
-    raw = tensor.reshape(-1).view(torch.uint8).numpy().tobytes() if tensor.numel() else b""
-    return helper.make_tensor(name, TORCH_TO_ONNX[tensor.dtype], list(tensor.shape), raw, raw=True)
-
-
-def value_info(name: str, type: TensorType) -> onnx.ValueInfoProto:
-    """A typed value; symbolic dims ("batch", "batch*12") become dim_params."""
-    return helper.make_tensor_value_info(name, ONNX_DTYPES[type.dtype], list(type.shape))
-
 
 class LoweringContext:
     """What a lowering rule emits into: ONNX nodes, initializers, and value names."""
@@ -202,7 +181,7 @@ def to_onnx(graph: Graph, path: str | Path | None = None, opset: int | None = No
     missing = _unsupported_ops(graph)
     if missing:
         raise UnsupportedOpError(f"no ONNX lowering for: {', '.join(missing)}",
-                                 hint="add a rule to LOWERINGS in torchcarve/backends/onnx_lowering.py")
+                                 hint="declare the op's lowering in its torchcarve/opset family module (docs/adding-an-op.md)")
     if opset is not None and opset not in OPSET_RANGE:
         raise CarveError(f"ONNX opset {opset} is not supported; torchcarve writes opsets "
                          f"{OPSET_RANGE.start}-{OPSET_RANGE.stop - 1}", hint="pick an opset in that range")
@@ -242,7 +221,7 @@ def _lower(graph: Graph, opset: int) -> onnx.ModelProto:
 def _unsupported_ops(graph: Graph) -> list[str]:
     constant = _constant_values(graph)
     ops = {n.op for n in graph.nodes if n.op != "param" and not all(v in constant for v in n.outputs)}
-    return sorted(op for op in ops if op not in LOWERINGS and not op.startswith("onnx."))
+    return sorted(op for op in ops if lowering(op) is None)
 
 
 def _constant_values(graph: Graph) -> set[Value]:
@@ -264,7 +243,7 @@ def _foldable(node: Node, constant: set[Value]) -> bool:
     static = all(v.type.is_static for v in node.outputs)
     size_ok = static and sum(v.type.numel() for v in node.outputs) <= max(
         FOLD_LIMIT, sum(v.type.numel() for v in node.inputs))
-    if node.op in SHAPE_ONLY_OPS:
+    if shape_only(node.op):
         return size_ok
     return size_ok and all(v in constant for v in node.inputs)
 
@@ -281,7 +260,7 @@ def _fold(ctx: LoweringContext, node: Node) -> bool:
         ctx.constants[node.output] = ctx.graph.params[node.attrs["name"]]
         return True
     inputs = [ctx.constants.get(v) for v in node.inputs]
-    if node.op in SHAPE_ONLY_OPS:
+    if shape_only(node.op):
         inputs = [t if t is not None else torch.zeros(_stand_in_shape(v.type), dtype=v.type.torch_dtype)
                   for t, v in zip(inputs, node.inputs)]
     with torch.no_grad():
@@ -300,10 +279,7 @@ def _lower_node(ctx: LoweringContext, node: Node) -> None:
     if _fold(ctx, node):
         return
     ctx.node = node
-    if node.op.startswith("onnx.") and node.op not in LOWERINGS:
-        lower_onnx_op(ctx, node)
-    else:
-        LOWERINGS[node.op](ctx, node)
+    lowering(node.op)(ctx, node)
     for value in node.outputs:
         if value not in ctx.names:
             ctx.names[value] = ctx.fresh(value.name)  # an unused secondary output (indices, stats)
@@ -371,7 +347,3 @@ def _save(model: onnx.ModelProto, path: Path) -> None:
 def _size_known(model: onnx.ModelProto) -> bool:
     total = sum(len(t.raw_data) for t in model.graph.initializer)
     return total < TWO_GB
-
-
-from . import onnx_quant  # noqa: E402,F401  (registers the quantization lowerings)
-from . import onnx_attention  # noqa: E402,F401  (registers the attention lowerings)

@@ -27,18 +27,12 @@ from ..ir.ops import get_op
 from ..ir.ops.onnx_ops import COUNTED_OUTPUTS, DEFAULT_OPSET, DOMAINS, KERNELS, RANK_RULES, SIZE_RULES, STATIC_INPUTS
 from ..ir.types import DTYPE_NAMES, size_attr
 from ..ir.value import Value
+from ..opset.onnx_proto import ONNX_TO_DTYPE, subgraph_defines
 from . import onnx_limits
 from .onnx_canonical import canonicalize as to_aten
 from .onnx_shapes import evaluate as evaluate_shape, shape_dims
 from .onnx_limits import FOLD_LIMIT, MAX_ELEMENTS, element_count
 
-ONNX_TO_DTYPE = {
-    onnx.TensorProto.FLOAT: "f32", onnx.TensorProto.FLOAT16: "f16", onnx.TensorProto.BFLOAT16: "bf16",
-    onnx.TensorProto.DOUBLE: "f64", onnx.TensorProto.INT64: "i64", onnx.TensorProto.INT32: "i32",
-    onnx.TensorProto.INT16: "i16", onnx.TensorProto.INT8: "i8", onnx.TensorProto.UINT8: "u8",
-    onnx.TensorProto.UINT16: "u16", onnx.TensorProto.UINT32: "u32", onnx.TensorProto.UINT64: "u64",
-    onnx.TensorProto.BOOL: "bool", onnx.TensorProto.COMPLEX64: "c64", onnx.TensorProto.COMPLEX128: "c128",
-}
 # 4-bit data has no IR dtype: held unpacked, one value a byte (the ONNX backend packs blocked int4 weights again)
 WIDENED = {onnx.TensorProto.INT4: "int8", onnx.TensorProto.UINT4: "uint8"}
 DTYPE_ATTRS = {"to", "dtype", "output_dtype"}
@@ -422,12 +416,6 @@ class Importer:
 def outer_names(node: onnx.NodeProto) -> set[str]:
     """Names the node's subgraphs (at any depth) read from the enclosing scope."""
     return {name for attr in node.attribute if attr.type == onnx.AttributeProto.GRAPH for name in _free(attr.g)}
-
-
-def subgraph_defines(graph: onnx.GraphProto) -> set[str]:
-    """Names a (sub)graph defines itself: inputs, initializers, node outputs."""
-    return {*(i.name for i in graph.input), *(i.name for i in graph.initializer),
-            *(o for n in graph.node for o in n.output)}
 
 
 def _free(graph: onnx.GraphProto) -> set[str]:

@@ -1,6 +1,6 @@
-"""Canonical rules of quantized ONNX graphs (registered into onnx_canonical.CANONICAL on import).
+"""Canonical rules of quantized ONNX graphs (QUANT_CANONICAL, part of onnx_canonical.CANONICAL).
 
-The quantization ops, and the forms the ONNX backend (backends/onnx_quant.py) writes the carve.* ops
+The quantization ops, and the forms the ONNX backend (opset/quant.py) writes the carve.* ops
 in, become those carve.* ops again, so a quantized graph re-imports as itself and its integer weights
 stay integer params:
 
@@ -23,7 +23,7 @@ from ..ir import Graph
 from ..ir.node import Node
 from ..ir.ops.onnx_ops import INTERNAL_ATTRS, onnx_nbits_codes
 from ..ir.value import Value
-from .onnx_canonical import CANONICAL, Aten, Result, operands, param_tensor, same_operands
+from .onnx_canon_kit import Aten, Result, operands, param_tensor, same_operands
 
 QUANTIZE_ATTRS = {"axis", "block_size", "saturate", "output_dtype"}  # saturate: float8 only; output_dtype: type-checked
 # the ONNX backend's names for its copies of a weight: DynamicQuantizeMatMul's [in, out], MatMulNBits' packed
@@ -212,7 +212,7 @@ def _absent_or_zero(value: Value | None, graph: Graph) -> bool:
     return tensor is not None and not tensor.any()
 
 
-CANONICAL.update({
+QUANT_CANONICAL = {
     "Add": add, "Mul": mul, "MatMul": matmul, "QuantizeLinear": quantize_linear, "DequantizeLinear": dequantize_linear,
     "com.microsoft.DynamicQuantizeMatMul": dynamic_quantize_matmul, "com.microsoft.MatMulNBits": matmul_nbits,
-})
+}

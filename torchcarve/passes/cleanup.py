@@ -13,6 +13,7 @@ from ..ir.ops import get_op
 from ..ir.ops.aten import arguments, encode_arguments
 from ..ir.types import DTYPE_NAMES, TensorType
 from ..ir.value import Value
+from ..opset import VIEW_OPS, known
 from .base import Pass, PassContext, PassResult, register_pass
 from .rewrite import ANY, P, Rewriter, apply_rules
 
@@ -153,12 +154,6 @@ NOOP_WHEN_SAME_TYPE = (
 )
 RESHAPES = ("aten.view", "aten.reshape", "aten._unsafe_view")
 LAYOUT_COPIES = ("aten.clone", "aten.contiguous")  # a later view may need the copy's contiguous layout
-# ops whose output may be a strided view of their input (so a following copy is not a no-op)
-VIEW_OPS = {"aten.transpose.int", "aten.permute", "aten.t", "aten.select.int", "aten.slice.Tensor", "aten.squeeze",
-            "aten.squeeze.dim", "aten.squeeze.dims", "aten.unsqueeze", "aten.expand", "aten.expand_as", "aten.view",
-            "aten._unsafe_view", "aten.reshape", "aten.narrow", "aten.split.Tensor", "aten.split_with_sizes",
-            "aten.chunk", "aten.unbind.int", "aten.alias", "aten.detach", "aten.unflatten.int",
-            "aten.flatten.using_ints", "aten.diagonal", "aten.as_strided", "aten.movedim.int", "aten.unfold"}
 # op -> the scalar `other` that makes it the identity
 NEUTRAL_SCALARS = {"aten.mul.Tensor": 1, "aten.mul.Scalar": 1, "aten.div.Tensor": 1, "aten.div.Scalar": 1,
                    "aten.add.Tensor": 0, "aten.add.Scalar": 0, "aten.sub.Tensor": 0, "aten.sub.Scalar": 0}
@@ -178,7 +173,7 @@ def remove_noop(rw: Rewriter, out: Value) -> Value | None:
 def _surely_contiguous(x: Value) -> bool:
     """True when `x` comes from a known op that computes a fresh tensor (not a strided view)."""
     node = x.producer
-    return node is not None and node.op not in VIEW_OPS and get_op(node.op).known
+    return node is not None and known(node.op) and node.op not in VIEW_OPS
 
 
 def neutral_scalar(rw: Rewriter, x: Value, out: Value) -> Value | None:

@@ -1,4 +1,5 @@
-"""torch.ops overloads as IR ops: signatures from the op schema, plus the table of known aten ops.
+"""torch.ops overloads as IR ops: signatures from the op schema (what the compiler knows about an op
+beyond its schema is in the op catalog, torchcarve/opset).
 
 Encoding (shared by capture, the kernel call and the code generator): tensor arguments are node
 inputs in schema order; every other argument is an attribute named after its schema argument,
@@ -7,13 +8,12 @@ all the inputs left over; when it holds Nones (`index`), an attribute masks wher
 """
 from __future__ import annotations
 
-import math
 from functools import lru_cache
 from typing import Any, Callable, Sequence
 
 import torch
 
-from . import OpDef
+from .opdef import OpDef
 
 TENSOR_TYPES = {"Tensor", "Optional[Tensor]"}
 TENSOR_LIST_TYPES = {"List[Tensor]", "List[Optional[Tensor]]"}
@@ -179,53 +179,6 @@ def encode_arguments(op: str, named: dict[str, Any]) -> tuple[list[Any], dict[st
     return signature.encode([], given, lambda v: isinstance(v, Value))
 
 
-# ---- costs -------------------------------------------------------------------------------
-
-def _numel(value: Any, sizes: dict[str, int]) -> int:
-    return value.type.numel(sizes)
-
-
-def conv_macs(node: Any, sizes: dict[str, int]) -> int:
-    # out elements x (in channels per group x kernel area)
-    weight = node.inputs[1].type
-    return _numel(node.outputs[0], sizes) * math.prod(weight.shape[1:])
-
-
-def conv_transpose_macs(node: Any, sizes: dict[str, int]) -> int:
-    # every input element is scattered through out_channels/groups x kernel area
-    weight = node.inputs[1].type
-    return _numel(node.inputs[0], sizes) * math.prod(weight.shape[1:])
-
-
-def last_dim_macs(operand: int) -> Callable[[Any, dict[str, int]], int]:
-    """MACs = out elements x the contracted dim, read from input `operand`'s last axis."""
-    def macs(node: Any, sizes: dict[str, int]) -> int:
-        return _numel(node.outputs[0], sizes) * _dim(node.inputs[operand].type.shape[-1], sizes)
-    return macs
-
-
-def matmul_macs(node: Any, sizes: dict[str, int]) -> int:
-    # contracted dim: the second-to-last of the right operand (its only dim when 1-D)
-    rhs = node.inputs[1].type.shape
-    return _numel(node.outputs[0], sizes) * _dim(rhs[-2] if len(rhs) > 1 else rhs[0], sizes)
-
-
-def addmm_macs(node: Any, sizes: dict[str, int]) -> int:
-    return _numel(node.outputs[0], sizes) * _dim(node.inputs[1].type.shape[-1], sizes)
-
-
-def attention_macs(node: Any, sizes: dict[str, int]) -> int:
-    # QK^T and AV: 2 x (batch, heads, L, S, D)
-    keys = node.inputs[1].type.shape
-    return 2 * _numel(node.inputs[0], sizes) * _dim(keys[-2], sizes)
-
-
-def _dim(dim: Any, sizes: dict[str, int]) -> int:
-    from ..types import concrete_dim
-
-    return concrete_dim(dim, sizes)
-
-
 # ---- shape rules the meta kernels cannot give --------------------------------------------
 
 def slice_infer(attrs: dict[str, Any], input_types: list) -> list:
@@ -243,52 +196,16 @@ def slice_infer(attrs: dict[str, Any], input_types: list) -> list:
     return [TensorType(tuple(shape), types[0].dtype)]
 
 
-# ---- the table of known aten ops ---------------------------------------------------------
-# name -> rules. Every op named here is "known": passes may reason about it. Later issues add
-# columns (pruning dim rules, ONNX lowering) to the same table.
-KNOWN_ATEN: dict[str, dict[str, Any]] = {
-    "aten.conv1d": {"macs": conv_macs}, "aten.conv2d": {"macs": conv_macs}, "aten.conv3d": {"macs": conv_macs},
-    "aten.convolution": {"macs": conv_macs},
-    "aten.conv_transpose1d": {"macs": conv_transpose_macs},
-    "aten.conv_transpose2d.input": {"macs": conv_transpose_macs},
-    "aten.linear": {"macs": last_dim_macs(0)},
-    "aten.matmul": {"macs": matmul_macs}, "aten.bmm": {"macs": matmul_macs}, "aten.mm": {"macs": matmul_macs},
-    "aten.addmm": {"macs": addmm_macs}, "aten.baddbmm": {"macs": matmul_macs},
-    "aten.scaled_dot_product_attention": {"macs": attention_macs},
-    "aten.embedding": {}, "aten.slice.Tensor": {"infer": slice_infer},
-    **{f"aten.{op}": {} for op in (
-        "relu", "gelu", "silu", "sigmoid", "tanh", "hardswish", "hardsigmoid", "hardtanh", "leaky_relu",
-        "elu", "mish", "softplus", "erf", "exp", "log", "sqrt", "rsqrt", "neg", "abs", "reciprocal", "sin", "cos",
-        "softmax.int", "log_softmax.int", "_softmax", "_log_softmax",
-        "batch_norm", "_native_batch_norm_legit_no_training", "layer_norm", "group_norm", "native_layer_norm",
-        "instance_norm", "rms_norm",
-        "max_pool1d", "max_pool2d", "avg_pool1d", "avg_pool2d", "adaptive_avg_pool1d", "adaptive_avg_pool2d",
-        "max_pool2d_with_indices", "adaptive_max_pool2d",
-        "flatten.using_ints", "view", "reshape", "_unsafe_view", "permute", "transpose.int", "t", "contiguous",
-        "clone", "unsqueeze", "squeeze", "squeeze.dim", "squeeze.dims", "expand", "expand_as", "repeat",
-        "cat", "stack", "split.Tensor", "split_with_sizes", "chunk", "unbind.int", "select.int",
-        "index.Tensor", "narrow", "gather", "mean.dim", "mean", "sum.dim_IntList", "sum", "amax", "max.dim",
-        "dropout", "alias", "detach", "_to_copy", "to.dtype", "type_as", "masked_fill.Scalar", "where.self",
-        "pad", "constant_pad_nd", "upsample_nearest2d.vec", "upsample_bilinear2d.vec", "pixel_shuffle",
-        "channel_shuffle", "arange", "arange.start", "arange.start_step", "zeros", "ones", "full", "zeros_like",
-        "ones_like", "full_like", "cumsum", "tril", "triu", "clamp", "clamp_min", "clamp_max", "lift_fresh_copy",
-        "scalar_tensor",
-    )},
-    **{f"aten.{op}.{overload}": {} for op in ("add", "sub", "mul", "div", "pow", "rsub", "eq", "ne", "lt", "le",
-                                              "gt", "ge", "minimum", "maximum", "bitwise_and", "bitwise_or",
-                                              "bitwise_not", "logical_not", "floor_divide", "remainder")
-       for overload in ("Tensor", "Scalar", "Tensor_Scalar", "Tensor_Tensor")},
-}
+# ---- the ops whose shapes the meta kernels cannot give ------------------------------------
+SHAPE_RULES: dict[str, Callable[[dict[str, Any], list], list]] = {"aten.slice.Tensor": slice_infer}
 
 
 @lru_cache(maxsize=None)
 def schema_opdef(name: str) -> OpDef | None:
-    """Build the OpDef of a torch.ops overload from its schema and the KNOWN_ATEN rules."""
+    """Build the OpDef of a torch.ops overload from its schema (and SHAPE_RULES)."""
     overload = resolve_overload(name)
     if overload is None:
         return None
     signature = Signature(overload)
-    rules = KNOWN_ATEN.get(name)
     return OpDef(name=name, fn=overload, bind=signature.bind, attrs=signature.attr_names,
-                 infer=(rules or {}).get("infer"), macs=(rules or {}).get("macs"), known=rules is not None,
-                 extra={"signature": signature})
+                 infer=SHAPE_RULES.get(name), extra={"signature": signature})

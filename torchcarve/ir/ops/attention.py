@@ -12,8 +12,7 @@ from typing import Any, Sequence
 
 import torch
 
-from ..types import concrete_dim
-from . import OpDef, register_op
+from .opdef import OpDef
 
 
 def carve_multi_head_attention(query, key, value, attn_mask=None, *, num_heads, kv_num_heads=None, scale=None,
@@ -34,12 +33,7 @@ def _bind(inputs: Sequence[Any], attrs: dict[str, Any]) -> tuple[list[Any], dict
     return list(inputs), dict(attrs)
 
 
-def attention_macs(node: Any, sizes: dict[str, int]) -> int:
-    # q k^T: every query element meets every key; probs v: every output element sums over the keys
-    keys = concrete_dim(node.inputs[1].type.shape[1], sizes)
-    return (node.inputs[0].type.numel(sizes) + node.outputs[0].type.numel(sizes)) * keys
-
-
-MULTI_HEAD_ATTENTION = register_op(OpDef(
+MULTI_HEAD_ATTENTION = OpDef(
     name="carve.multi_head_attention", fn=carve_multi_head_attention, bind=_bind,
-    attrs=frozenset({"num_heads", "kv_num_heads", "scale", "is_causal"}), macs=attention_macs, known=True))
+    attrs=frozenset({"num_heads", "kv_num_heads", "scale", "is_causal"}))
+OPS = [MULTI_HEAD_ATTENTION]

@@ -20,7 +20,7 @@ from typing import Any, Callable, Sequence
 
 import torch
 
-from . import Args, OpDef, register_op
+from .opdef import Args, OpDef
 
 DEFAULT_OPSET = 18  # the floor: unless told an opset, the ONNX backend writes the lowest one >= this the graph needs
 OPSET_RANGE = range(13, 24)  # the opsets the ONNX backend writes, each op in that opset's form
@@ -712,6 +712,6 @@ def opaque_opdef(name: str) -> OpDef:
 # ops whose results are not folded into constants (at import, export or by fold-constants): integer weights
 KEEP_IN_EXPORT = {"DequantizeLinear"}
 
-for _op, (_kernel, _kind) in KERNELS.items():
-    register_op(OpDef(name=f"onnx.{_op}", fn=_kernel, bind=make_bind(_kind),
-                      extra={"onnx_kernel": True, "keep_in_export": _op in KEEP_IN_EXPORT}))
+OPS = [OpDef(name=f"onnx.{op}", fn=kernel, bind=make_bind(kind),
+             extra={"onnx_kernel": True, "keep_in_export": op in KEEP_IN_EXPORT})
+       for op, (kernel, kind) in KERNELS.items()]

@@ -16,8 +16,7 @@ import torch
 
 from ...errors import ShapeError
 from ..types import TensorType
-from . import OpDef, register_op
-from .aten import last_dim_macs
+from .opdef import OpDef
 from .onnx_ops import onnx_dequantize_linear, onnx_dynamic_quantize_matmul, onnx_quantize_linear
 
 
@@ -147,15 +146,14 @@ def infer_quantized_embedding(attrs: dict[str, Any], types: list[TensorType]) ->
 
 
 KEEP = {"keep_in_export": True}  # exporters and constant folding leave these nodes as they are
-QUANTIZE = register_op(OpDef(name="carve.quantize", fn=carve_quantize, bind=_bind, attrs=frozenset({"axis"}),
-                             infer=infer_quantize, known=True, extra=KEEP))
-DEQUANTIZE = register_op(OpDef(name="carve.dequantize", fn=carve_dequantize, bind=_bind,
-                               attrs=frozenset({"axis", "block_size"}), infer=infer_dequantize, known=True, extra=KEEP))
-DYNAMIC_LINEAR = register_op(OpDef(name="carve.dynamic_linear", fn=carve_dynamic_linear, bind=_bind,
-                                   attrs=frozenset(), infer=infer_dynamic_linear, macs=last_dim_macs(0), known=True,
-                                   extra=KEEP))
-WEIGHT_ONLY_LINEAR = register_op(OpDef(name="carve.weight_only_linear", fn=carve_weight_only_linear, bind=_bind,
-                                       attrs=frozenset({"bits", "block_size"}), infer=infer_weight_only_linear,
-                                       macs=last_dim_macs(0), known=True, extra=KEEP))
-QUANTIZED_EMBEDDING = register_op(OpDef(name="carve.quantized_embedding", fn=carve_quantized_embedding, bind=_bind,
-                                        attrs=frozenset(), infer=infer_quantized_embedding, known=True, extra=KEEP))
+QUANTIZE = OpDef(name="carve.quantize", fn=carve_quantize, bind=_bind, attrs=frozenset({"axis"}),
+                 infer=infer_quantize, extra=KEEP)
+DEQUANTIZE = OpDef(name="carve.dequantize", fn=carve_dequantize, bind=_bind,
+                   attrs=frozenset({"axis", "block_size"}), infer=infer_dequantize, extra=KEEP)
+DYNAMIC_LINEAR = OpDef(name="carve.dynamic_linear", fn=carve_dynamic_linear, bind=_bind,
+                       attrs=frozenset(), infer=infer_dynamic_linear, extra=KEEP)
+WEIGHT_ONLY_LINEAR = OpDef(name="carve.weight_only_linear", fn=carve_weight_only_linear, bind=_bind,
+                           attrs=frozenset({"bits", "block_size"}), infer=infer_weight_only_linear, extra=KEEP)
+QUANTIZED_EMBEDDING = OpDef(name="carve.quantized_embedding", fn=carve_quantized_embedding, bind=_bind,
+                            attrs=frozenset(), infer=infer_quantized_embedding, extra=KEEP)
+OPS = [QUANTIZE, DEQUANTIZE, DYNAMIC_LINEAR, WEIGHT_ONLY_LINEAR, QUANTIZED_EMBEDDING]

@@ -8,13 +8,12 @@ import torch
 from ...ir.node import Node
 from ...ir.ops.aten import arguments, encode_arguments
 from ...ir.value import Value
+from ...opset.conv import CONV_TRANSPOSES, CONVS
+from ...opset.norm import BATCH_NORMS
 from ..rewrite import Rewriter
 
-CONVS = ("aten.conv1d", "aten.conv2d", "aten.conv3d", "aten.convolution")
-CONV_TRANSPOSES = ("aten.conv_transpose1d", "aten.conv_transpose2d.input", "aten.conv_transpose3d.input")
 LINEAR = "aten.linear"
 WEIGHTED = CONVS + CONV_TRANSPOSES + (LINEAR,)
-BATCH_NORMS = ("aten.batch_norm", "aten._native_batch_norm_legit_no_training")
 
 
 @dataclass

@@ -14,9 +14,9 @@ import torch.nn.functional as F
 from ...analysis.activations import as_batches, run_observed
 from ...ir import Graph
 from ...ir.node import Node
-from ...ir.ops import get_op
 from ...ir.ops.aten import arguments, encode_arguments
 from ...ir.value import Value
+from ...opset import macs as op_macs
 from ...progress import track
 
 TARGET_OPS = {"aten.linear": "linear", "aten.conv2d": "conv"}
@@ -89,7 +89,7 @@ def _why_not(graph: Graph, name: str, weight_name: str, nodes: list[Node], inclu
 
 
 def _macs(node: Node) -> int:
-    rule = get_op(node.op).macs
+    rule = op_macs(node.op)
     return rule(node, {}) if rule else 0
 
 

@@ -1,6 +1,6 @@
 """Structured pruning: remove whole channels, hidden units and attention heads.
 
-Dependency groups come from per-op dimension rules (rules.py), importance and budgets from
+Dependency groups come from per-op dimension rules (the op catalog, torchcarve/opset/prune_rules.py), importance and budgets from
 select.py, and the rewrite (rewrite.py) slices every coupled weight and fixes every shape.
 """
 from __future__ import annotations

@@ -16,7 +16,8 @@ import torch
 
 from ...ir import Graph, Value
 from ...ir.node import Node
-from .rules import SOURCES, Approximate, Barrier, Divide, Merge, Port, dim_rule, port_value
+from ...opset import dim_rule, prune_sources
+from ...opset.prune_rules import Approximate, Barrier, Divide, Merge, Port, port_value
 
 Slot = tuple[Value, int]
 MAX_ATTEMPTS = 64  # restarts (merges, divisions, alternatives) allowed per seed
@@ -73,7 +74,7 @@ def _seeds(graph: Graph) -> list[Slot]:
     """Out-channel weight axes first (so groups are named after the layer that makes them), then all."""
     first: list[Slot] = []
     for node in graph.nodes:
-        for position, axis in SOURCES.get(node.op, []):
+        for position, axis in prune_sources(node.op):
             if position < len(node.inputs) and _is_param(node.inputs[position]):
                 first.append((node.inputs[position], axis))
     rest = [(node.output, axis) for node in graph.param_nodes() for axis in range(node.output.type.rank)]

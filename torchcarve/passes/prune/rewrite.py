@@ -11,7 +11,7 @@ from ...errors import CarveError
 from ...ir import Graph, TensorType, Value
 from ...ir.infer import InferenceUnavailable, infer_types
 from .groups import Group, Slot
-from .rules import ATTR_FIXES
+from ...opset import attr_fix
 
 Removal = tuple[Group, torch.Tensor]  # a group and the units (row numbers) to remove
 
@@ -74,8 +74,9 @@ def _retype(graph: Graph, by_value: dict[Value, dict[int, torch.Tensor]]) -> Non
         if node.op == "param" or not (changed & set(node.inputs) or changed & set(node.outputs)):
             continue
         expected = [_new_type(v, by_value[v]) if v in by_value else v.type for v in node.outputs]
-        if node.op in ATTR_FIXES:
-            node.attrs = ATTR_FIXES[node.op](node, expected)
+        fix = attr_fix(node.op)
+        if fix is not None:
+            node.attrs = fix(node, expected)
         try:
             inferred = infer_types(node.op, node.attrs, [v.type for v in node.inputs])
         except InferenceUnavailable:

@@ -6,8 +6,8 @@ raises Barrier when removing those indices would change the op's meaning, Merge 
 be coarsened first (channels -> whole heads / conv groups), Divide when units go separate ways
 (a split), Approximate when the links hold but the op's statistics then run over the kept indices
 only (LayerNorm/RMSNorm over channels: allowed unless `prune{norms=false}`). Ops without a rule are
-barriers. `DIM_RULES` is the table; `ATTR_FIXES` rewrites
-size-carrying attributes after a prune; `SOURCES` names the out-channel weights tried first.
+barriers. An attribute fix (`fix_*`) rewrites size-carrying attributes after a prune. The op
+catalog (the family modules of torchcarve.opset) says which rule and fix belong to which op.
 """
 from __future__ import annotations
 
@@ -16,9 +16,9 @@ from typing import Any, Callable
 
 import torch
 
-from ...ir.node import Node
-from ...ir.ops.aten import attr_with_default
-from ...ir.types import size_attr
+from ..ir.node import Node
+from ..ir.ops.aten import attr_with_default
+from ..ir.types import size_attr
 
 Port = tuple[str, int]
 Link = tuple[Port, int, torch.Tensor]
@@ -768,71 +768,3 @@ def fix_groups(node: Node, out_types: list) -> dict:
     groups = x[channel] // weight[1]
     attrs = {k: v for k, v in node.attrs.items() if k != "groups"}
     return attrs if groups == 1 else {**attrs, "groups": groups}
-
-
-# ---- the table ---------------------------------------------------------------------------------
-
-ELEMENTWISE = [
-    "relu", "relu_", "gelu", "silu", "sigmoid", "tanh", "hardswish", "hardsigmoid", "hardtanh", "leaky_relu", "elu",
-    "mish", "softplus", "erf", "exp", "log", "sqrt", "rsqrt", "neg", "abs", "reciprocal", "sin", "cos", "clamp",
-    "clamp_min", "clamp_max", "dropout", "alias", "detach", "_to_copy", "to.dtype", "contiguous", "clone",
-    "lift_fresh_copy", "to.dtype_layout", "where.self", "where.ScalarOther", "where.ScalarSelf", "where.Scalar",
-    "add_.Tensor", "mul_.Tensor", "hardtanh_", "silu_", "gelu_", "masked_fill.Scalar", "masked_fill.Tensor",
-] + [f"{op}.{overload}" for op in ("add", "sub", "mul", "div", "pow", "rsub", "eq", "ne", "lt", "le", "gt", "ge",
-                                   "minimum", "maximum", "bitwise_and", "bitwise_or", "bitwise_not", "logical_not",
-                                   "floor_divide", "remainder") for overload in ("Tensor", "Scalar", "Tensor_Scalar",
-                                                                                "Tensor_Tensor")]
-RESHAPES = ["view", "reshape", "_unsafe_view", "flatten.using_ints", "unflatten.int", "unsqueeze", "squeeze",
-            "squeeze.dim", "squeeze.dims"]
-SPATIAL = {"max_pool1d": 1, "avg_pool1d": 1, "adaptive_avg_pool1d": 1, "max_pool2d": 2, "avg_pool2d": 2,
-           "adaptive_avg_pool2d": 2, "max_pool2d_with_indices": 2, "adaptive_max_pool2d": 2,
-           "upsample_nearest2d.vec": 2, "upsample_bilinear2d.vec": 2, "pixel_shuffle": 3}
-
-DIM_RULES: dict[str, Rule] = {
-    "param": source,
-    **{f"aten.{op}": elementwise for op in ELEMENTWISE},
-    **{f"aten.{op}": reshape for op in RESHAPES},
-    **{f"aten.{op}": leading_rule(lambda node, n=n: n) for op, n in SPATIAL.items()},
-    "aten.constant_pad_nd": pad, "aten.pad": pad, "aten.roll": roll,
-    "aten.reshape_as": with_shape_source(reshape), "aten.expand_as": with_shape_source(expand),
-    **{f"aten.{op}": sized for op in ("new_zeros", "new_ones", "new_full", "new_empty", "zeros", "ones", "full")},
-    "aten.chunk": chunk, "aten.unbind.int": unbind, "aten.stack": stack, "aten.einsum": einsum,
-    "aten.index.Tensor": index_tensor, "aten.swapaxes": permute,
-    "aten.type_as": first_input,
-    "aten.softmax.int": along_dim, "aten.log_softmax.int": along_dim, "aten._softmax": along_dim,
-    "aten._log_softmax": along_dim, "aten.cumsum": along_dim,
-    "aten.batch_norm": batch_norm, "aten._native_batch_norm_legit_no_training": batch_norm,
-    "aten.layer_norm": layer_norm, "aten.rms_norm": layer_norm, "aten.native_layer_norm": layer_norm,
-    "aten.group_norm": group_norm,
-    "aten.conv1d": conv, "aten.conv2d": conv, "aten.conv3d": conv, "aten.convolution": conv,
-    "aten.linear": linear, "aten.embedding": embedding,
-    "aten.addmm": addmm, "aten.matmul": matmul, "aten.mm": matmul, "aten.bmm": matmul,
-    "aten.scaled_dot_product_attention": attention,
-    "aten.cat": cat, "aten.split.Tensor": split, "aten.split_with_sizes": split,
-    "aten.permute": permute, "aten.transpose.int": permute, "aten.t": permute,
-    "aten.select.int": select, "aten.slice.Tensor": select, "aten.expand": expand,
-    "aten.mean.dim": reduce_rule(), "aten.sum.dim_IntList": reduce_rule(), "aten.amax": reduce_rule(),
-    "aten.max.dim": reduce_rule(),
-}
-
-ATTR_FIXES: dict[str, Callable[[Node, list], dict]] = {
-    "aten.view": fix_sizes("size"), "aten._unsafe_view": fix_sizes("size"), "aten.reshape": fix_sizes("shape"),
-    "aten.expand": fix_sizes("size"), "aten.unflatten.int": fix_unflatten,
-    **{f"aten.{op}": fix_sizes("size") for op in ("new_zeros", "new_ones", "new_full", "new_empty", "zeros", "ones",
-                                                 "full")},
-    **{f"aten.{op}": fix_normalized for op in ("layer_norm", "rms_norm", "native_layer_norm")},
-    "aten.group_norm": fix_num_groups,
-    "aten.split.Tensor": fix_split, "aten.split_with_sizes": fix_split,
-    **{f"aten.{op}": fix_groups for op in ("conv1d", "conv2d", "conv3d", "convolution")},
-}
-
-# (input position, axis) of weights whose axis is an op's output channels: grouping starts there
-SOURCES: dict[str, list[tuple[int, int]]] = {
-    **{f"aten.{op}": [(1, 0)] for op in ("conv1d", "conv2d", "conv3d", "convolution", "linear")},
-    "aten.embedding": [(0, 1)], "aten.addmm": [(2, 1)],
-}
-
-
-def dim_rule(op: str) -> Rule | None:
-    """The pruning rule of `op`, or None: the op is a barrier."""
-    return DIM_RULES.get(op)

@@ -1,4 +1,6 @@
-"""ONNX lowering rules: IR op name -> function(ctx, node) that emits ONNX nodes for it.
+"""ONNX lowering rules: functions(ctx, node) that emit ONNX nodes for one IR node. The op catalog
+(the family modules of torchcarve.opset) says which rule lowers which op; `forms(...)` gives an op
+one rule per opset where the forms differ.
 
 Rules read a node's arguments by schema name (defaults applied) through `arguments`, cast
 inputs where aten promotes types and ONNX does not, and name their outputs after the IR values.
@@ -15,14 +17,17 @@ from typing import TYPE_CHECKING, Any, Callable
 import onnx
 import torch
 
+from onnx import helper
+
 from ..errors import OpsetError, UnsupportedOpError
 from ..ir.node import Node
 from ..ir.ops.aten import arguments
 from ..ir.ops.onnx_ops import INTERNAL_ATTRS, OPSET_RANGE, STATIC_INPUTS
-from ..ir.types import attr_symbols
+from ..ir.types import DTYPE_NAMES, DTYPES, attr_symbols
+from .onnx_proto import ONNX_DTYPES, subgraph_defines, tensor_proto
 
 if TYPE_CHECKING:
-    from .onnx import LoweringContext
+    from ..backends.onnx import LoweringContext
 
 Rule = Callable[["LoweringContext", Node], None]
 INT64_MAX = 2**63 - 1
@@ -47,10 +52,6 @@ class Versioned:
 
 def forms(*pairs: tuple[int, Rule]) -> Versioned:
     return Versioned(tuple(pairs))
-
-# ops whose result depends only on input shapes: folded whenever the output is static
-SHAPE_ONLY_OPS = {"aten.new_ones", "aten.new_zeros", "aten.new_full", "aten.new_empty", "aten.zeros_like",
-                  "aten.ones_like", "aten.full_like", "aten.empty_like"}
 
 
 def _out(ctx: "LoweringContext", node: Node, index: int = 0) -> list[str]:
@@ -87,8 +88,6 @@ def binary(op_type: str, second: str = "other", compare: bool = False) -> Rule:
 
 
 def _common_dtype(node: Node, args: dict, second: str) -> str:
-    from ..ir.types import DTYPE_NAMES
-
     dtypes = [v.type.torch_dtype for v in node.inputs]
     if not hasattr(args[second], "type"):
         dtypes.append(torch.tensor(args[second]).dtype if len(dtypes) == 0 else dtypes[0])
@@ -126,8 +125,6 @@ def identity(ctx: "LoweringContext", node: Node) -> None:
 
 
 def _onnx_dtype(dtype: str) -> int:
-    from .onnx import ONNX_DTYPES
-
     return ONNX_DTYPES[dtype]
 
 
@@ -228,8 +225,6 @@ def _param_or(ctx: "LoweringContext", value: Any, fill: float, shape: list[int],
 
 
 def _torch_dtype(dtype: str) -> torch.dtype:
-    from ..ir.types import DTYPES
-
     return DTYPES[dtype]
 
 
@@ -689,8 +684,6 @@ def masked_trilu(upper: bool) -> Rule:
 
 def like_fill(ctx: "LoweringContext", node: Node) -> None:
     """zeros_like & co with a symbolic shape: ConstantOfShape(Shape(x))."""
-    from .onnx import tensor_proto
-
     target = node.outputs[0].type
     fill = {"aten.zeros_like": 0, "aten.new_zeros": 0, "aten.ones_like": 1, "aten.new_ones": 1}.get(node.op)
     fill = arguments(node).get("fill_value", 0) if fill is None else fill
@@ -715,8 +708,6 @@ def _scalar_size(ctx: "LoweringContext", size: Any, dtype: str) -> str:
 
 def full(ctx: "LoweringContext", node: Node) -> None:
     """zeros/ones/full with symbolic sizes: ConstantOfShape (static ones are folded)."""
-    from .onnx import tensor_proto
-
     args = arguments(node)
     fill = {"aten.zeros": 0, "aten.ones": 1}.get(node.op, args.get("fill_value"))
     value = tensor_proto("value", torch.tensor([fill], dtype=node.outputs[0].type.torch_dtype))
@@ -797,8 +788,6 @@ def adaptive_max_pool(ctx: "LoweringContext", node: Node) -> None:
 
 def lower_onnx_op(ctx: "LoweringContext", node: Node) -> None:
     """An `onnx.<Op>` node as one ONNX node: IR attrs back to attributes or (static) inputs."""
-    from onnx import helper
-
     op_type = node.op.split(".", 1)[1]
     attrs = {k: _onnx_attr(ctx, v) for k, v in node.attrs.items() if k not in INTERNAL_ATTRS}
     inputs = [ctx.name(v) for v in node.inputs]
@@ -847,8 +836,6 @@ def _adapt_split(ctx: "LoweringContext", node: Node, attrs: dict) -> None:
 
 def _adapt_constant_of_shape(ctx: "LoweringContext", node: Node, attrs: dict) -> None:
     """ConstantOfShape: the IR's value + dtype are one 1-element tensor attribute in ONNX."""
-    from .onnx import tensor_proto
-
     dtype = attrs.pop("dtype", None)
     torch_dtype = node.attrs.get("dtype", torch.float32)
     if "value" in attrs or dtype is not None:
@@ -861,8 +848,6 @@ ATTR_ADAPTERS: dict[str, Callable[["LoweringContext", Node, dict], None]] = {
 
 
 def _onnx_attr(ctx: "LoweringContext", value: Any) -> Any:
-    from .onnx import tensor_proto
-
     if isinstance(value, torch.dtype):
         return _onnx_dtype(_dtype_name(value))
     if isinstance(value, str) and value.startswith("tensor:"):
@@ -876,8 +861,6 @@ def _onnx_attr(ctx: "LoweringContext", value: Any) -> Any:
 
 def _renamed(graph: onnx.GraphProto, renames: dict[str, str]) -> onnx.GraphProto:
     """A copy of a subgraph reading outer values by their new names (names it defines itself shadow them)."""
-    from ..frontends.onnx import subgraph_defines
-
     graph = copy.deepcopy(graph)
     renames = {k: v for k, v in renames.items() if k not in subgraph_defines(graph) and k != v}
     for n in graph.node:
@@ -891,90 +874,10 @@ def _renamed(graph: onnx.GraphProto, renames: dict[str, str]) -> onnx.GraphProto
 
 
 def _dtype_name(dtype: torch.dtype) -> str:
-    from ..ir.types import DTYPE_NAMES
-
     return DTYPE_NAMES[dtype]
 
 
-# ---- the table ----------------------------------------------------------------------------
-IDENTITY_OPS = ("contiguous", "clone", "alias", "detach", "lift_fresh_copy", "dropout", "_to_copy", "to.dtype",
-                "to.dtype_layout", "type_as", "lift_fresh")
-VIEW_OPS = ("view", "reshape", "_unsafe_view", "flatten.using_ints", "unflatten.int", "view_as", "reshape_as")
-UNARY_OPS = {"relu": "Relu", "relu_": "Relu", "sigmoid": "Sigmoid", "tanh": "Tanh", "erf": "Erf", "exp": "Exp",
-             "log": "Log", "sqrt": "Sqrt", "neg": "Neg", "abs": "Abs", "reciprocal": "Reciprocal", "sin": "Sin",
-             "cos": "Cos", "floor": "Floor", "ceil": "Ceil",
-             "logical_not": "Not", "bitwise_not": "Not", "sign": "Sign", "round": "Round"}
-BINARY_OPS = {"add": "Add", "sub": "Sub", "mul": "Mul", "div": "Div", "minimum": "Min", "maximum": "Max",
-              "bitwise_and": "And", "bitwise_or": "Or", "__and__": "And", "__or__": "Or", "logical_and": "And",
-              "logical_or": "Or"}
-COMPARE_OPS = {"eq": "Equal", "lt": "Less", "le": "LessOrEqual", "gt": "Greater", "ge": "GreaterOrEqual"}
-OVERLOADS = ("Tensor", "Scalar")
-
-LOWERINGS: dict[str, Rule] = {
-    **{f"aten.{op}": identity for op in IDENTITY_OPS},
-    **{f"aten.{op}": reshape for op in VIEW_OPS},
-    **{f"aten.{op}": unary(onnx_op) for op, onnx_op in UNARY_OPS.items()},
-    **{f"aten.{op}.{o}": binary(onnx_op) for op, onnx_op in BINARY_OPS.items() for o in OVERLOADS},
-    **{f"aten.{op}": binary(onnx_op) for op, onnx_op in BINARY_OPS.items() if op in ("minimum", "maximum")},
-    **{f"aten.{op}.{o}": binary(onnx_op, compare=True) for op, onnx_op in COMPARE_OPS.items() for o in OVERLOADS},
-    **{f"aten.ne.{o}": negated(binary("Equal", compare=True)) for o in OVERLOADS},
-    "aten.min.other": binary("Min"), "aten.max.other": binary("Max"),
-    "aten.pow.Tensor_Scalar": binary("Pow", second="exponent"),
-    "aten.pow.Tensor_Tensor": binary("Pow", second="exponent"),
-    "aten.rsub.Scalar": lambda ctx, node: _rsub(ctx, node),
-    "aten.rsub.Tensor": lambda ctx, node: _rsub(ctx, node),
-    "aten.conv1d": conv, "aten.conv2d": conv, "aten.conv3d": conv, "aten.convolution": conv,
-    "aten.conv2d.padding": conv, "aten.conv1d.padding": conv,
-    "aten.conv_transpose1d": conv_transpose, "aten.conv_transpose2d.input": conv_transpose,
-    "aten.linear": linear, "aten.matmul": matmul, "aten.bmm": matmul, "aten.mm": matmul, "aten.addmm": addmm,
-    "aten.batch_norm": batch_norm, "aten._native_batch_norm_legit_no_training": batch_norm,
-    "aten.layer_norm": forms((BASE, decomposed_layer_norm), (17, layer_norm)),
-    "aten.native_layer_norm": forms((BASE, decomposed_layer_norm), (17, layer_norm)),
-    "aten.group_norm": forms((BASE, group_norm), (21, group_norm_op)),
-    "aten.rms_norm": forms((BASE, rms_norm), (23, rms_norm_op)),
-    "aten.max_pool1d": max_pool, "aten.max_pool2d": max_pool, "aten.max_pool2d_with_indices": max_pool,
-    "aten.avg_pool1d": avg_pool, "aten.avg_pool2d": avg_pool,
-    "aten.adaptive_avg_pool1d": adaptive_pool("GlobalAveragePool", "AveragePool"),
-    "aten.adaptive_avg_pool2d": adaptive_pool("GlobalAveragePool", "AveragePool"),
-    "aten.softmax.int": softmax("Softmax"), "aten._softmax": softmax("Softmax"),
-    "aten.log_softmax.int": softmax("LogSoftmax"), "aten._log_softmax": softmax("LogSoftmax"),
-    "aten.gelu": forms((BASE, gelu), (20, gelu_op)), "aten.silu": silu, "aten.rsqrt": rsqrt, "aten.hardtanh": hardtanh,
-    "aten.clamp": clamp, "aten.clamp_min": clamp, "aten.clamp_max": clamp,
-    "aten.hardsigmoid": unary("HardSigmoid", alpha=1 / 6, beta=0.5),
-    "aten.leaky_relu": with_attrs("LeakyRelu", alpha="negative_slope"),
-    "aten.elu": with_attrs("Elu", alpha="alpha"),
-    "aten.softplus": unary("Softplus"),
-    "aten.mish": forms((BASE, mish), (18, unary("Mish"))),
-    "aten.hardswish": forms((BASE, hardswish), (14, unary("HardSwish"))),
-    "aten.permute": permute, "aten.transpose.int": transpose, "aten.t": transpose,
-    "aten.unsqueeze": unsqueeze, "aten.squeeze": squeeze, "aten.squeeze.dim": squeeze, "aten.squeeze.dims": squeeze,
-    "aten.expand": expand, "aten.expand_as": expand_as, "aten.repeat": repeat,
-    "aten.cat": cat, "aten.stack": stack, "aten.split.Tensor": split, "aten.split_with_sizes": split,
-    "aten.chunk": split, "aten.unbind.int": unbind, "aten.slice.Tensor": slice_, "aten.narrow": narrow,
-    "aten.select.int": select, "aten.index.Tensor": index, "aten.gather": gather, "aten.embedding": embedding,
-    "aten.index_select": index_select,
-    "aten.mean.dim": reduce("ReduceMean"), "aten.mean": reduce("ReduceMean"),
-    "aten.sum.dim_IntList": reduce("ReduceSum"), "aten.sum": reduce("ReduceSum"),
-    "aten.amax": reduce("ReduceMax"), "aten.max.dim": max_dim,
-    "aten.where.self": where, "aten.where.ScalarOther": where, "aten.where.ScalarSelf": where,
-    "aten.where.Scalar": where, "aten.masked_fill.Scalar": masked_fill,
-    "aten.pad": pad, "aten.constant_pad_nd": pad,
-    "aten.upsample_nearest2d.vec": upsample("nearest"), "aten.upsample_bilinear2d.vec": upsample("linear"),
-    "aten.pixel_shuffle": pixel_shuffle, "aten.cumsum": cumsum, 
-    "aten.tril": forms((BASE, masked_trilu(False)), (14, trilu(0))),
-    "aten.triu": forms((BASE, masked_trilu(True)), (14, trilu(1))),
-    "aten.diff": diff,
-    "aten.roll": roll, "aten.einsum": einsum, "aten.numpy_T": numpy_t,
-    "aten.swapaxes": swap_dims("axis0", "axis1"), "aten.swapdims": swap_dims("dim0", "dim1"),
-    "aten.adaptive_max_pool1d": adaptive_max_pool, "aten.adaptive_max_pool2d": adaptive_max_pool,
-    "aten.arange": arange, "aten.arange.start": arange, "aten.arange.start_step": arange,
-    "aten.zeros": full, "aten.ones": full, "aten.full": full,
-    **{op: like_fill for op in ("aten.zeros_like", "aten.ones_like", "aten.full_like", "aten.new_zeros",
-                                "aten.new_ones")},
-}
-
-
-def _rsub(ctx: "LoweringContext", node: Node) -> None:
+def rsub(ctx: "LoweringContext", node: Node) -> None:
     """other - alpha * self."""
     args = arguments(node)
     dtype = node.outputs[0].type.dtype

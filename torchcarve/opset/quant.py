@@ -1,4 +1,4 @@
-"""ONNX lowerings of the quantization ops (registered into LOWERINGS on import).
+"""The quantization ops (carve.*, kernels in ir/ops/quant.py) and their ONNX lowerings.
 
 carve.quantize/dequantize -> QuantizeLinear/DequantizeLinear (QDQ; int4 weights as INT4 initializers,
 blocked scales: DequantizeLinear's block_size, from opset 21); carve.dynamic_linear -> com.microsoft DynamicQuantizeMatMul, the op
@@ -13,7 +13,8 @@ from onnx import TensorProto, helper
 
 from ..ir.node import Node
 from ..ir.ops.quant import pack_nbits
-from .onnx_lowering import LOWERINGS
+from .costs import last_dim_macs
+from .decl import OpDecl, table
 
 MICROSOFT = "com.microsoft"
 NBITS_MIN_BLOCK = 16   # MatMulNBits: block_size is a power of two >= 16
@@ -126,5 +127,10 @@ def _base(value) -> str:
     return producer.attrs["name"] if producer is not None and producer.op == "param" else value.name
 
 
-LOWERINGS.update({"carve.quantize": quantize, "carve.dequantize": dequantize, "carve.dynamic_linear": dynamic_linear,
-                  "carve.weight_only_linear": weight_only_linear, "carve.quantized_embedding": quantized_embedding})
+QUANT = table(
+    OpDecl("carve.quantize", lower=quantize),
+    OpDecl("carve.dequantize", lower=dequantize),
+    OpDecl("carve.dynamic_linear", macs=last_dim_macs(0), lower=dynamic_linear),
+    OpDecl("carve.weight_only_linear", macs=last_dim_macs(0), lower=weight_only_linear),
+    OpDecl("carve.quantized_embedding", lower=quantized_embedding),
+)

@@ -1,4 +1,4 @@
-"""ONNX lowerings of attention (registered into LOWERINGS on import).
+"""Attention ops: their costs, pruning rule and ONNX lowerings.
 
 aten.scaled_dot_product_attention [B, N, S, H] -> Transpose/MatMul/Mul/Add/Softmax/MatMul.
 carve.multi_head_attention [B, S, N*H] -> a fused kernel: from opset 23 the standard `Attention` (3-D inputs,
@@ -15,10 +15,13 @@ import torch
 
 from ..ir.node import Node
 from ..ir.ops.aten import arguments
-from .onnx_lowering import BASE, LOWERINGS, _out, _static, forms
+from . import prune_rules as prune
+from .costs import attention_macs, mha_macs
+from .decl import OpDecl, table
+from .lowerings import BASE, _out, _static, forms
 
 if TYPE_CHECKING:
-    from .onnx import LoweringContext
+    from ..backends.onnx import LoweringContext
 
 ATTENTION_OPSET = 23  # the standard Attention op
 MICROSOFT = "com.microsoft"
@@ -163,5 +166,7 @@ def _split_heads(ctx: "LoweringContext", name: str, heads: int) -> str:
     return ctx.emit("Transpose", [viewed], perm=[0, 2, 1, 3])[0]
 
 
-LOWERINGS.update({"aten.scaled_dot_product_attention": sdpa,
-                  MHA: forms((BASE, microsoft_attention), (ATTENTION_OPSET, _standard_attention))})
+ATTENTION = table(
+    OpDecl("aten.scaled_dot_product_attention", macs=attention_macs, prune=prune.attention, lower=sdpa),
+    OpDecl(MHA, macs=mha_macs, lower=forms((BASE, microsoft_attention), (ATTENTION_OPSET, _standard_attention))),
+)

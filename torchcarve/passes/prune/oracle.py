@@ -7,7 +7,10 @@ from typing import Sequence
 
 import torch
 
-from ..ir import Graph, verify
+from ...ir import Graph, verify
+from ..manager import run_graph
+from .groups import find_groups
+from .rewrite import remove_units
 
 
 @dataclass(frozen=True)
@@ -31,16 +34,13 @@ def zero_units(graph: Graph, group, units: torch.Tensor) -> None:
 def check_group(graph: Graph, index: int, inputs: Sequence[torch.Tensor], units: torch.Tensor,
                 rtol: float = 1e-4, atol: float = 1e-5) -> OracleCheck:
     """Compare zeroing and removing `units` of the `index`-th group of `find_groups(graph)`."""
-    from ..passes.prune.groups import find_groups
-    from ..passes.prune.rewrite import remove_units
-
     zeroed, pruned = graph.clone(), graph.clone()
     zero_group = find_groups(zeroed)[index]
     prune_group = find_groups(pruned)[index]
     zero_units(zeroed, zero_group, units)
     remove_units(pruned, [(prune_group, units)])
     verify(pruned)
-    expected, actual = _run(zeroed, inputs), _run(pruned, inputs)
+    expected, actual = run_graph(zeroed, inputs), run_graph(pruned, inputs)
     error = max((float((e.double() - a.double()).abs().max()) for e, a in zip(expected, actual)), default=0.0)
     ok = all(e.shape == a.shape and torch.allclose(a, e, rtol=rtol, atol=atol) for e, a in zip(expected, actual))
     return OracleCheck(prune_group.label, int(units.numel()), prune_group.units, error, ok)
@@ -51,8 +51,6 @@ def check_equivalence(graph: Graph, inputs: Sequence[torch.Tensor], fraction: fl
     """Check every exact prunable group (or `limit` of them, one of each kind first), removing a random
     `fraction` of its units (at least one, never all). Approximate groups (through a LayerNorm's
     normalized axis) change the kept outputs too, so zeroing is no model of removing them."""
-    from ..passes.prune.groups import find_groups
-
     generator = torch.Generator().manual_seed(seed)
     candidates = [(i, g) for i, g in enumerate(find_groups(graph)) if not g.blocked and not g.approximate]
     firsts = {g.kind: (i, g) for i, g in reversed(candidates)}
@@ -63,11 +61,3 @@ def check_equivalence(graph: Graph, inputs: Sequence[torch.Tensor], fraction: fl
         units = torch.randperm(group.units, generator=generator)[:count].sort().values
         checks.append(check_group(graph, index, inputs, units))
     return checks
-
-
-def _run(graph: Graph, inputs: Sequence[torch.Tensor]) -> list[torch.Tensor]:
-    from ..backends.torch import to_torch
-
-    with torch.no_grad():
-        result = to_torch(graph)(*inputs)
-    return list(result) if isinstance(result, (tuple, list)) else [result]
