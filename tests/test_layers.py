@@ -1,4 +1,4 @@
-"""The import layers of torchcarve: ir < opset < frontends, backends, analysis < passes < api < cli.
+"""The import layers of torchcarve: ir < opset < frontends, backends, analysis, draw < passes < api < cli.
 
 A module imports only its own layer or lower ones (imports under `if TYPE_CHECKING:` are annotations, not
 imports, and are skipped), and module-level imports form no cycle. Checked on the source, by AST."""
@@ -12,9 +12,9 @@ import pytest
 PACKAGE = Path(__file__).resolve().parent.parent / "torchcarve"
 # first package part below torchcarve -> layer; utilities every layer may use are layer 0
 LAYERS = {"errors": 0, "progress": 0, "fileio": 0, "ir": 1, "opset": 2, "frontends": 3, "backends": 3,
-          "analysis": 3, "passes": 4, "api": 5, "__init__": 5, "cli": 6, "__main__": 6}
+          "analysis": 3, "draw": 3, "passes": 4, "api": 5, "__init__": 5, "cli": 6, "__main__": 6}
 # modules of one layer that may not import each other (siblings)
-SIBLINGS = {"frontends", "backends", "analysis"}
+SIBLINGS = {"frontends", "backends", "analysis", "draw"}
 
 
 def _module_name(path: Path) -> str:
