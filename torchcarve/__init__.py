@@ -8,11 +8,12 @@ from .frontends.onnx import from_onnx
 from .ir import Graph, Node, ParamStore, TensorType, Value, parse, verify
 from .passes import OptimizeResult, optimize
 from .progress import show_progress
+from .tune import TuneResult, tune
 
 __version__ = "0.1.0"
 
 __all__ = [
     "CaptureError", "CarveError", "Compiled", "Graph", "Node", "OptimizeResult", "optimize", "ParamStore", "ParseError", "PipelineError",
     "ShapeError", "TensorType", "UnsupportedOpError", "Value", "VerifyError", "capture", "compile", "export_torch", "from_onnx",
-    "load", "parse", "save", "show_progress", "to_onnx", "to_torch", "verify", "with_module_weights",
+    "load", "parse", "save", "show_progress", "to_onnx", "to_torch", "TuneResult", "tune", "verify", "with_module_weights",
 ]
