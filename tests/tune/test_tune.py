@@ -148,3 +148,23 @@ def test_bad_settings_are_carve_errors(setup, options: dict, message: str) -> No
 def test_search_space_is_checked_against_the_pass_options(stage: Stage, message: str) -> None:
     with pytest.raises(tc.CarveError, match=message):
         SearchSpace(stages=(stage,))
+
+
+def test_builtin_metrics_on_known_outputs() -> None:
+    from torchcarve.tune.measure import cosine, rel_l2, top1
+
+    expected = [[torch.tensor([[1.0, 0.0], [0.0, 1.0]])]]
+    assert cosine(expected, expected) == pytest.approx(1.0) and rel_l2(expected, expected) == pytest.approx(1.0)
+    swapped = [[torch.tensor([[0.0, 1.0], [0.0, 1.0]])]]
+    assert cosine(expected, swapped) == pytest.approx(0.5) and top1(expected, swapped) == pytest.approx(0.5)
+    assert rel_l2(expected, swapped) == pytest.approx(1.0 - (2 / 2) ** 0.5)
+
+
+def test_in_process_run_leaves_torch_threads_alone(setup) -> None:
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        run(setup, trials=1, threads=1)
+        assert torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(before)

@@ -51,6 +51,7 @@ def prepared(job: Job) -> tuple[Graph, Outputs | None]:
 
 def evaluate(job: Job, spec: str) -> dict[str, Any]:
     """The record of one candidate: spec, metric, objectives, error (None when it ran), seconds."""
+    threads = torch.get_num_threads()
     torch.set_num_threads(job.threads)
     start = time.perf_counter()
     record: dict[str, Any] = {"spec": spec, "metric": None, "objectives": {}, "error": None}
@@ -61,6 +62,8 @@ def evaluate(job: Job, spec: str) -> dict[str, Any]:
         record["objectives"] = measure(job.objectives, candidate)
     except Exception as e:  # noqa: BLE001  (any failure of a candidate is its result, not the search's end)
         record["error"] = f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
+    finally:
+        torch.set_num_threads(threads)
     record["seconds"] = round(time.perf_counter() - start, 3)
     return record
 

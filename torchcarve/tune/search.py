@@ -81,19 +81,37 @@ def tune(graph: Graph, *, calibration: Any = None, eval_data: Any, metric: str |
     for each in objectives:
         if each.kind == "ort-latency":
             shaped_inputs(graph, each.shape)  # a shape that does not fit the graph is an error now, not per candidate
-    metric = resolve_metric(metric)
+    job = _job(graph, calibration, eval_data, resolve_metric(metric), objectives, seed, threads)
+    reference = _reference_score(job.metric, graph, job.eval_data)
+    budget = _budget(budget, max_drop, reference)
+    store = _cache(cache)
+    space = space or SearchSpace(sensitive_layers=_sensitive_layers(graph, job.calibration, store, job.key))
+    records = _search(job, space, store, trials, seed, budget, executor(job, workers, ray), sampler)
+    return _result(records, graph, job.calibration, seed, budget, reference, objectives)
+
+
+def measure_pipelines(graph: Graph, pipelines: Sequence[str], *, calibration: Any = None, eval_data: Any,
+                      metric: str | UserMetric = "cosine", objective: str | Sequence[str] = ("ort-latency", "file-size"),
+                      seed: int = 0, threads: int = 1, cache: str | Path | None | bool = False) -> list[Candidate]:
+    """Measure given pipelines exactly as `tune` measures its candidates (e.g. hand-picked baselines)."""
+    objectives = [parse_objective(text) for text in ([objective] if isinstance(objective, str) else objective)]
+    job = _job(graph, calibration, eval_data, resolve_metric(metric), objectives, seed, threads)
+    with step("measuring pipelines", len(pipelines)) as advance:
+        records = _run_batch(job, _cache(cache), list(pipelines), executor(job, 1, None), advance)
+    return [Candidate(r["spec"], r["metric"], r["objectives"], r["error"]) for r in records]
+
+
+def _job(graph: Graph, calibration: Any, eval_data: Any, metric: str | UserMetric, objectives: list[Objective],
+         seed: int, threads: int) -> Job:
     batches = check_batches(graph.inputs, calibration) if calibration is not None else None
     eval_batches = check_batches(graph.inputs, eval_data, "eval batch") if isinstance(metric, str) else eval_data
-    reference = _reference_score(metric, graph, eval_batches)
-    budget = _budget(budget, max_drop, reference)
-    store = Cache(None if cache is False else Path(cache) if cache else default_cache())
-    graph_hash = graph_digest(graph)
-    job = Job(job_key(graph_hash, batches, eval_batches, metric, objectives, seed), graph.to_text(),
-              {name: graph.params[name] for name in graph.params}, batches, eval_batches, metric,
-              tuple(objectives), seed, threads)
-    space = space or SearchSpace(sensitive_layers=_sensitive_layers(graph, batches, store, job.key))
-    records = _search(job, space, store, trials, seed, budget, executor(job, workers, ray), sampler)
-    return _result(records, graph, batches, seed, budget, reference, objectives)
+    key = job_key(graph_digest(graph), batches, eval_batches, metric, objectives, seed)
+    return Job(key, graph.to_text(), {name: graph.params[name] for name in graph.params}, batches, eval_batches,
+               metric, tuple(objectives), seed, threads)
+
+
+def _cache(cache: str | Path | None | bool) -> Cache:
+    return Cache(None if cache is False else Path(cache) if cache else default_cache())
 
 
 def _reference_score(metric: str | UserMetric, graph: Graph, eval_data: Any) -> float:
