@@ -133,7 +133,7 @@ def main() -> None:
     parser.add_argument("--trials", type=int, default=None, help="candidates per search (default 16; quick 6)")
     parser.add_argument("--digits-trials", type=int, default=None, help="digits CNN candidates (default 48; quick 24)")
     parser.add_argument("--threads", type=int, default=1)
-    parser.add_argument("--rounds", type=int, default=3, help="interleaved latency rounds for the winners")
+    parser.add_argument("--rounds", type=int, default=5, help="interleaved latency rounds for the winners")
     parser.add_argument("--only", choices=("minilm", "digits"), default=None)
     args = parser.parse_args()
     args.trials = args.trials or (6 if args.quick else 16)

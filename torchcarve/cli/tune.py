@@ -71,7 +71,7 @@ def front_table(result: TuneResult) -> Table:
     table.add_column("pipeline")
     table.add_column("metric", justify="right")
     for objective in result.objectives:
-        table.add_column(f"{objective.label} ({objective.unit})", justify="right")
+        table.add_column(objective.label + (f" ({objective.unit})" if objective.unit else ""), justify="right")
     for candidate in result.front:
         values = [f"{candidate.objectives[o.label]:.4g}" for o in result.objectives]
         table.add_row(cell(candidate.spec), f"{candidate.metric:.4f}", *values)

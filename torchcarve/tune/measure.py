@@ -109,7 +109,7 @@ class Objective:
         return UNITS[self.kind]
 
 
-UNITS = {"ort-latency": "ms", "file-size": "MiB", "params": "params", "macs": "MACs"}
+UNITS = {"ort-latency": "ms", "file-size": "MiB", "params": "", "macs": ""}
 
 
 def parse_objective(text: str) -> Objective:

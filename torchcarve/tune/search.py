@@ -212,7 +212,9 @@ def _optuna() -> Any:
 
 def _result(records: list[dict[str, Any]], graph: Graph, calibration: Any, seed: int, budget: float,
             reference: float, objectives: list[Objective]) -> TuneResult:
-    unique = {record["spec"]: record for record in records}
+    unique: dict[str, dict[str, Any]] = {}
+    for record in records:
+        unique.setdefault(record["spec"], record)  # a spec proposed again reads its first run from the cache
     candidates = [Candidate(r["spec"], r["metric"], r["objectives"], r["error"],
                             r["error"] is None and r["metric"] >= budget) for r in unique.values()]
     feasible = [c for c in candidates if c.feasible]

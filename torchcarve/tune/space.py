@@ -75,8 +75,9 @@ class SearchSpace:
         return ",".join(specs)
 
     def starting_points(self) -> list[dict[str, Any]]:
-        """One trial per stage alone at the pass's default options (where they lie in the space)."""
-        points = []
+        """The prefix alone (always within a budget the original meets), then each stage alone at the
+        pass's default options (where they lie in the space)."""
+        points: list[dict[str, Any]] = [{f"use-{s.pass_name}": False for s in self.stages}]
         for stage in self.stages:
             point: dict[str, Any] = {f"use-{s.pass_name}": s is stage for s in self.stages}
             defaults = {name: default for name, _, default in option_fields(PASSES[stage.pass_name])}
