@@ -133,6 +133,7 @@ def test_latency_objective_at_a_shape() -> None:
     ({"metric": "accuracy"}, "unknown metric"),
     ({"sampler": "grid"}, "unknown sampler"),
     ({"trials": 0}, "trials >= 1"),
+    ({"objective": []}, "at least one objective"),
 ])
 def test_bad_settings_are_carve_errors(setup, options: dict, message: str) -> None:
     with pytest.raises(tc.CarveError, match=message):

@@ -75,12 +75,9 @@ def tune(graph: Graph, *, calibration: Any = None, eval_data: Any, metric: str |
     more of ort-latency[:BxS][@THREADS], file-size, params, macs[:BxS]; workers > 1: a process pool;
     ray: True or a cluster address; cache: a directory (None: the user cache, False: none).
     """
-    objectives = [parse_objective(text) for text in ([objective] if isinstance(objective, str) else objective)]
-    if not objectives or trials < 1 or workers < 1 or threads < 1:
-        raise CarveError("tune needs at least one objective, trials >= 1, workers >= 1 and threads >= 1")
-    for each in objectives:
-        if each.kind == "ort-latency":
-            shaped_inputs(graph, each.shape)  # a shape that does not fit the graph is an error now, not per candidate
+    if trials < 1 or workers < 1 or threads < 1:
+        raise CarveError("tune needs trials >= 1, workers >= 1 and threads >= 1")
+    objectives = _objectives(graph, objective)
     job = _job(graph, calibration, eval_data, resolve_metric(metric), objectives, seed, threads)
     reference = _reference_score(job.metric, graph, job.eval_data)
     budget = _budget(budget, max_drop, reference)
@@ -94,11 +91,20 @@ def measure_pipelines(graph: Graph, pipelines: Sequence[str], *, calibration: An
                       metric: str | UserMetric = "cosine", objective: str | Sequence[str] = ("ort-latency", "file-size"),
                       seed: int = 0, threads: int = 1, cache: str | Path | None | bool = False) -> list[Candidate]:
     """Measure given pipelines exactly as `tune` measures its candidates (e.g. hand-picked baselines)."""
-    objectives = [parse_objective(text) for text in ([objective] if isinstance(objective, str) else objective)]
-    job = _job(graph, calibration, eval_data, resolve_metric(metric), objectives, seed, threads)
+    job = _job(graph, calibration, eval_data, resolve_metric(metric), _objectives(graph, objective), seed, threads)
     with step("measuring pipelines", len(pipelines)) as advance:
         records = _run_batch(job, _cache(cache), list(pipelines), executor(job, 1, None), advance)
     return [Candidate(r["spec"], r["metric"], r["objectives"], r["error"]) for r in records]
+
+
+def _objectives(graph: Graph, texts: str | Sequence[str]) -> list[Objective]:
+    objectives = [parse_objective(text) for text in ([texts] if isinstance(texts, str) else texts)]
+    if not objectives:
+        raise CarveError("tune needs at least one objective", hint="e.g. ort-latency:8x32, file-size")
+    for each in objectives:
+        if each.kind == "ort-latency":
+            shaped_inputs(graph, each.shape)  # a shape that does not fit the graph is an error now, not per candidate
+    return objectives
 
 
 def _job(graph: Graph, calibration: Any, eval_data: Any, metric: str | UserMetric, objectives: list[Objective],
@@ -132,7 +138,10 @@ def _sensitive_layers(graph: Graph, calibration: Any, store: Cache, key: str) ->
         return tuple(cached)
     if not calibration:
         return ()
-    report = optimize(graph, "fuse,quantize{sensitivity=true}", calibration=calibration).report
+    try:
+        report = optimize(graph, "fuse,quantize{sensitivity=true}", calibration=calibration).report
+    except CarveError:
+        return ()  # nothing quantizes here: the quantize stage's candidates will record why
     layers = report[-1].stats.get("layers") or {}
     errors = {name: row["error alone"] for name, row in layers.items() if "error alone" in row}
     ranked = sorted(errors, key=errors.get, reverse=True)
