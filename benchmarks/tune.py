@@ -69,6 +69,12 @@ def minilm(args: argparse.Namespace, cache: Path) -> None:
         rows += _minilm_rows(graph, budget, winners, parse_objective(latency), calibration, args.rounds,
                              len(result.candidates), len(result.failed))
     print(f"MiniLM: {time.perf_counter() - start:.0f} s, {args.trials} trials per budget\n")
+    print(f"| single-technique pipeline | cosine | ms ({latency}, during the search) | ONNX MiB |")
+    print("|---|---|---|---|")
+    for c in singles.values():
+        print(f"| `{c.spec}` | {c.metric:.4f} | {c.objectives[latency]:.2f} | {c.objectives['file-size']:.1f} |"
+              if c.error is None else f"| `{c.spec}` | failed: {c.error} | - | - |")
+    print()
     print(f"| cosine budget | pipeline | technique | ms ({latency}) | speed-up vs best single | cosine | ONNX MiB |")
     print("|---|---|---|---|---|---|---|")
     for row in rows:
