@@ -12,7 +12,7 @@ import pytest
 PACKAGE = Path(__file__).resolve().parent.parent / "torchcarve"
 # first package part below torchcarve -> layer; utilities every layer may use are layer 0
 LAYERS = {"errors": 0, "progress": 0, "fileio": 0, "ir": 1, "opset": 2, "frontends": 3, "backends": 3,
-          "analysis": 3, "draw": 3, "passes": 4, "api": 5, "__init__": 5, "cli": 6, "__main__": 6}
+          "analysis": 3, "draw": 3, "passes": 4, "tune": 5, "api": 5, "__init__": 5, "cli": 6, "__main__": 6}
 # modules of one layer that may not import each other (siblings)
 SIBLINGS = {"frontends", "backends", "analysis", "draw"}
 

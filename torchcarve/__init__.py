@@ -9,6 +9,7 @@ from .frontends.onnx import from_onnx
 from .ir import Graph, Node, ParamStore, TensorType, Value, parse, verify
 from .passes import OptimizeResult, optimize
 from .progress import show_progress
+from .tune import TuneResult, tune
 
 __version__ = "0.1.0"
 
@@ -17,6 +18,7 @@ Graph._repr_svg_ = notebook_svg  # type: ignore[attr-defined]
 
 __all__ = [
     "CaptureError", "CarveError", "Compiled", "Graph", "Node", "OptimizeResult", "optimize", "ParamStore", "ParseError", "PipelineError",
-    "ShapeError", "TensorType", "UnsupportedOpError", "Value", "VerifyError", "capture", "compile", "draw", "export_torch", "from_onnx",
-    "load", "parse", "save", "show_progress", "to_onnx", "to_torch", "verify", "with_module_weights",
+    "ShapeError", "TensorType", "UnsupportedOpError", "Value", "VerifyError", "capture", "compile", "draw", "export_torch",
+    "from_onnx", "load", "parse", "save", "show_progress", "to_onnx", "to_torch", "TuneResult", "tune", "verify",
+    "with_module_weights",
 ]

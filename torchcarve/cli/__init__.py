@@ -17,7 +17,7 @@ from ..progress import show_progress
 from .common import printable
 
 # subcommand modules, in the order `carve --help` lists them
-COMMANDS = ["capture", "show", "opt", "passes", "export", "demo"]
+COMMANDS = ["capture", "show", "opt", "tune", "passes", "export", "demo"]
 
 
 def build_parser() -> argparse.ArgumentParser:
