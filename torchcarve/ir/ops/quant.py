@@ -42,9 +42,10 @@ carve_dequantize.calls = (onnx_dequantize_linear,)
 carve_dynamic_linear.calls = (onnx_dynamic_quantize_matmul,)
 
 
-def carve_weight_only_linear(x, weight, weight_scale, bias=None, bits=8, block_size=0):
+def carve_weight_only_linear(x, weight, weight_scale, bias=None, bits=8, block_size=0, accuracy_level=0):
     """x @ W.T + bias, W = weight * scale dequantized at run time (ONNX Runtime's MatMulNBits): `weight`
-    [out, in] holds `bits`-bit integers; one scale per tensor, per output, or per `block_size` inputs."""
+    [out, in] holds `bits`-bit integers; one scale per tensor, per output, or per `block_size` inputs.
+    accuracy_level only tells ORT how to compute (4: int8 activations per block); here it is float."""
     axis = 1 if block_size else 0  # blocks run along the inputs; otherwise one scale per output row
     return torch.nn.functional.linear(x, onnx_dequantize_linear(weight, weight_scale, None, axis, block_size), bias)
 
@@ -155,7 +156,8 @@ DYNAMIC_LINEAR = register_op(OpDef(name="carve.dynamic_linear", fn=carve_dynamic
                                    attrs=frozenset(), infer=infer_dynamic_linear, macs=last_dim_macs(0), known=True,
                                    extra=KEEP))
 WEIGHT_ONLY_LINEAR = register_op(OpDef(name="carve.weight_only_linear", fn=carve_weight_only_linear, bind=_bind,
-                                       attrs=frozenset({"bits", "block_size"}), infer=infer_weight_only_linear,
+                                       attrs=frozenset({"bits", "block_size", "accuracy_level"}),
+                                       infer=infer_weight_only_linear,
                                        macs=last_dim_macs(0), known=True, extra=KEEP))
 QUANTIZED_EMBEDDING = register_op(OpDef(name="carve.quantized_embedding", fn=carve_quantized_embedding, bind=_bind,
                                         attrs=frozenset(), infer=infer_quantized_embedding, known=True, extra=KEEP))
