@@ -72,6 +72,8 @@ class FoldConstants(Pass):
     """Constant folding: evaluate nodes whose inputs are all weights/constants into new weights.
 
     max_elements: skip results larger than this (e.g. big zero tensors that are cheap to build).
+    A result more than GROWTH_SLACK bytes larger than its inputs (a broadcast, an expand, a lookup
+    whose indices repeat) stays computed at run time: folding it would grow the file.
     """
 
     max_elements: int = 1 << 22
@@ -98,6 +100,8 @@ class FoldConstants(Pass):
         if not all(v.type.is_static and v.type.numel() <= self.max_elements for v in node.outputs):
             return None
         tensors = [constants[v] if v in constants else graph.params[v.producer.attrs["name"]] for v in node.inputs]
+        if sum(_bytes(v.type) for v in node.outputs) > sum(_bytes(t) for t in tensors) + GROWTH_SLACK:
+            return None
         try:
             with torch.no_grad():
                 outputs = get_op(node.op).run(tensors, node.attrs)
@@ -121,6 +125,13 @@ class FoldConstants(Pass):
             value.replace_all_uses_with(param, replace_graph_outputs=True)
             created += 1
         return created
+
+
+GROWTH_SLACK = 1024  # bytes a folded result may exceed its inputs by: scalars and shape vectors still fold
+
+
+def _bytes(item: TensorType | torch.Tensor) -> int:
+    return item.numel() * (item.element_size() if isinstance(item, torch.Tensor) else item.itemsize)
 
 
 def _is_param(value: Value) -> bool:
