@@ -42,7 +42,8 @@ class Quantize(Pass):
     skip: layers kept in float (glob patterns over weight names without '.weight').
     smooth: SmoothQuant alpha (0 = off; needs calibration).
     outliers: per linear input, this many channels with the largest calibrated magnitude stay in float
-      (LLM.int8(), Dettmers et al. 2022; needs calibration).
+      (LLM.int8(), Dettmers et al. 2022; needs calibration). fold-outliers: zero them in the producing
+      linear where one exists (gelu(linear(z)): its rows) instead of a Mul over the activation.
     sensitivity: measure each layer's output error; with max-error, keep the most sensitive layers in
       float until the relative error fits.
     """
@@ -59,6 +60,7 @@ class Quantize(Pass):
     skip: tuple[str, ...] = ()
     smooth: float = 0.0
     outliers: int = 0
+    fold_outliers: bool = True
     sensitivity: bool = False
     max_error: float | None = None
 
@@ -71,7 +73,7 @@ class Quantize(Pass):
         layers = [layer for layer in found if layer.name not in skipped]
         if self.smooth and layers:
             smooth_layers(graph, layers, batches, self.smooth)
-        moved = split_outliers(graph, layers, batches, self.outliers) if self.outliers and layers else {}
+        moved = split_outliers(graph, layers, batches, self.outliers, self.fold_outliers) if self.outliers and layers else {}
         ranges = self._activation_ranges(graph, layers, batches)
         names = {layer.node.outputs[0].name: layer.name for layer in layers}
         stats: dict[str, Any] = {"mode": self.mode, "dtype": self.dtype, **self._cpu_choices(detect())}
