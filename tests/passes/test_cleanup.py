@@ -116,3 +116,5 @@ def test_fold_constants_never_grows_the_weights():
     assert result.report[0].stats["folded"] >= 2          # the weight transpose and scale still fold
     assert "aten.embedding" in result.graph.op_histogram()  # the [4, 256, 64] lookup stays a run-time op
     torch.testing.assert_close(tc.to_torch(result.graph)(x), model(x))
+    unlimited = tc.optimize(graph, "fold-constants{max-growth=none}").graph  # the old behaviour: the lookup folds
+    assert _param_bytes(unlimited) > _param_bytes(graph) + 200_000  # + the [4, 256, 64] f32 lookup (256 KiB)

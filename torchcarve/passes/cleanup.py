@@ -72,11 +72,13 @@ class FoldConstants(Pass):
     """Constant folding: evaluate nodes whose inputs are all weights/constants into new weights.
 
     max_elements: skip results larger than this (e.g. big zero tensors that are cheap to build).
-    A result more than GROWTH_SLACK bytes larger than its inputs (a broadcast, an expand, a lookup
-    whose indices repeat) stays computed at run time: folding it would grow the file.
+    max_growth: a result more than this many bytes larger than its inputs (a broadcast, an expand, a
+      lookup whose indices repeat) stays computed at run time, so folding never grows the file by more
+      (the default lets scalars and shape vectors fold); none: no limit.
     """
 
     max_elements: int = 1 << 22
+    max_growth: int | None = 1024
     exact = True
 
     def run(self, graph: Graph, ctx: PassContext) -> PassResult:
@@ -100,7 +102,8 @@ class FoldConstants(Pass):
         if not all(v.type.is_static and v.type.numel() <= self.max_elements for v in node.outputs):
             return None
         tensors = [constants[v] if v in constants else graph.params[v.producer.attrs["name"]] for v in node.inputs]
-        if sum(_bytes(v.type) for v in node.outputs) > sum(_bytes(t) for t in tensors) + GROWTH_SLACK:
+        growth = sum(_bytes(v.type) for v in node.outputs) - sum(_bytes(t) for t in tensors)
+        if self.max_growth is not None and growth > self.max_growth:
             return None
         try:
             with torch.no_grad():
@@ -125,9 +128,6 @@ class FoldConstants(Pass):
             value.replace_all_uses_with(param, replace_graph_outputs=True)
             created += 1
         return created
-
-
-GROWTH_SLACK = 1024  # bytes a folded result may exceed its inputs by: scalars and shape vectors still fold
 
 
 def _bytes(item: TensorType | torch.Tensor) -> int:
