@@ -200,3 +200,18 @@ def test_no_fold_without_a_private_producing_linear(make):
     assert graph.op_histogram()["aten.index_select"] == 1 and graph.op_histogram()["aten.mul.Tensor"] >= 1
     with torch.no_grad():
         torch.testing.assert_close(run_graph(graph, (x,))[0], model(x), rtol=1e-5, atol=1e-5)
+
+
+def test_channel_count_is_chosen_by_measured_error():
+    """fewest_channels keeps a channel float only where it measurably cuts the int8 error."""
+    from torchcarve.passes.quantize.outliers import fewest_channels
+    generator = torch.Generator().manual_seed(4)
+    x = torch.randn(256, 64, generator=generator)
+    weight = torch.randn(32, 64, generator=generator)
+    x[:, 9] *= 60.0                                   # huge: stretches the per-tensor range 15x
+    x[:, 40] *= 1.2                                   # a candidate that barely moves the range
+    candidates = torch.tensor([9, 40])
+    assert fewest_channels(x, weight, candidates, 127) == 1
+    x[:, 40] *= 50.0                                  # now both are huge: both must go
+    assert fewest_channels(x, weight, candidates, 127) == 2
+    assert fewest_channels(x, weight, torch.tensor([], dtype=torch.int64), 127) == 0

@@ -73,7 +73,8 @@ class Quantize(Pass):
         layers = [layer for layer in found if layer.name not in skipped]
         if self.smooth and layers:
             smooth_layers(graph, layers, batches, self.smooth)
-        moved = split_outliers(graph, layers, batches, self.outliers, self.fold_outliers) if self.outliers and layers else {}
+        moved = split_outliers(graph, layers, batches, self.outliers, self.fold_outliers,
+                               self._format().qmax) if self.outliers and layers else {}
         ranges = self._activation_ranges(graph, layers, batches)
         names = {layer.node.outputs[0].name: layer.name for layer in layers}
         stats: dict[str, Any] = {"mode": self.mode, "dtype": self.dtype, **self._cpu_choices(detect())}

@@ -31,20 +31,40 @@ from .rewrite import LINEAR, Layer, weight_tensor
 from .smooth import linear_groups
 
 RATIO = 6.0  # a channel is an outlier when its magnitude is this many times the median channel's
+SAMPLE_ROWS = 1024  # rows of each input kept from calibration to measure the error of each channel count
+TOLERANCE = 1.25  # the fewest float channels whose measured output error is within this factor of the best count's
+LEVELS = 255  # uint8 activations, per tensor (dynamic quantization)
 ZERO_PRESERVING = ("aten.gelu", "aten.relu")  # elementwise f with f(0) = 0: zeroed channels stay zero through them
 
 
+class SampleObserver(MinMaxObserver):
+    """Per-channel min/max of an input, and its first SAMPLE_ROWS rows (to measure errors on)."""
+
+    def __init__(self) -> None:
+        super().__init__(axis=-1)
+        self.rows: list[torch.Tensor] = []
+
+    def observe(self, tensor: torch.Tensor) -> None:
+        super().observe(tensor)
+        kept = sum(len(r) for r in self.rows)
+        if kept < SAMPLE_ROWS:
+            self.rows.append(tensor.detach().float().reshape(-1, tensor.shape[-1])[:SAMPLE_ROWS - kept])
+
+
 def split_outliers(graph: Graph, layers: list[Layer], batches: Sequence[Any], count: int,
-                   fold: bool = True) -> dict[str, int]:
+                   fold: bool = True, qmax: int = 127) -> dict[str, int]:
     """Move up to `count` outlier channels of each shared input to a float side path; returns the
-    channels moved per layer name (inputs without a channel RATIO times the median's stay as they are).
+    channels moved per layer name. Candidates are channels RATIO times the median's; of them, the
+    fewest whose measured int8 output error (weights in [-qmax, qmax]) is near the best are taken.
     fold: zero them in the producing linear where one exists (see the module docstring)."""
     groups = {x: members for x, members in linear_groups(layers).items() if x.type.shape[-1] > count}
-    observers = {x: MinMaxObserver(axis=-1) for x in groups}
+    observers = {x: SampleObserver() for x in groups}
     calibrate(graph, batches, observers)
     moved: dict[str, int] = {}
     for x, members in reversed(groups.items()):  # consumers first: a producer is still a plain linear
-        outliers = outlier_channels(observers[x], count)
+        candidates = outlier_channels(observers[x], count)
+        weight = torch.cat([weight_tensor(graph, layer).float() for layer in members])
+        outliers = candidates[:fewest_channels(torch.cat(observers[x].rows), weight, candidates, qmax)].sort().values
         if len(outliers):
             _split_group(graph, x, members, outliers, fold)
             moved.update((layer.name, len(outliers)) for layer in members)
@@ -52,10 +72,40 @@ def split_outliers(graph: Graph, layers: list[Layer], batches: Sequence[Any], co
 
 
 def outlier_channels(observer: MinMaxObserver, count: int) -> torch.Tensor:
-    """Indices (ascending) of the at most `count` largest channels that are RATIO times the median."""
+    """Indices (largest first) of the at most `count` largest channels that are RATIO times the median."""
     magnitude = torch.maximum(observer.low.abs(), observer.high.abs())
     top = magnitude.topk(count)
-    return top.indices[top.values >= RATIO * magnitude.median()].sort().values
+    return top.indices[top.values >= RATIO * magnitude.median()]
+
+
+def fewest_channels(x: torch.Tensor, weight: torch.Tensor, candidates: torch.Tensor, qmax: int) -> int:
+    """How many of `candidates` (largest first) to keep float: the fewest whose relative output error of
+    dynamic int8 `x @ weight.T`, measured on rows `x`, is within TOLERANCE of the best count's."""
+    if not len(candidates):
+        return 0
+    reference = x @ weight.t()
+    errors = []
+    for k in range(len(candidates) + 1):
+        keep = torch.ones(x.shape[-1])
+        keep[candidates[:k]] = 0.0
+        product = _fake_dynamic(x * keep) @ _fake_per_channel(weight * keep, qmax).t()
+        side = x[:, candidates[:k]] @ weight[:, candidates[:k]].t()
+        errors.append(float((product + side - reference).norm() / reference.norm().clamp(min=1e-12)))
+    best = min(errors)
+    return next(k for k, error in enumerate(errors) if error <= best * TOLERANCE)
+
+
+def _fake_dynamic(x: torch.Tensor) -> torch.Tensor:
+    """x through run-time uint8 quantization (per tensor, zero in range), as DynamicQuantizeMatMul does."""
+    low, high = min(float(x.min()), 0.0), max(float(x.max()), 0.0)
+    scale = (high - low) / LEVELS or 1.0
+    zero_point = round(-low / scale)
+    return ((x / scale).round() + zero_point).clamp(0, LEVELS).sub(zero_point) * scale
+
+
+def _fake_per_channel(weight: torch.Tensor, qmax: int) -> torch.Tensor:
+    scale = (weight.abs().amax(1, keepdim=True) / qmax).clamp(min=1e-12)
+    return (weight / scale).round().clamp(-qmax, qmax) * scale
 
 
 def _split_group(graph: Graph, x: Value, members: list[Layer], outliers: torch.Tensor, fold: bool) -> None:
