@@ -215,3 +215,45 @@ def test_channel_count_is_chosen_by_measured_error():
     x[:, 40] *= 50.0                                  # now both are huge: both must go
     assert fewest_channels(x, weight, candidates, 127) == 2
     assert fewest_channels(x, weight, torch.tensor([], dtype=torch.int64), 127) == 0
+
+
+def test_bert_fuse_outliers_folded_in_onnxruntime(tmp_path):
+    """A BERT-like random model with a huge FFN channel: `fuse` does not grow the weights (the token-type
+    lookup broadcast to [batch, seq, hidden] stays a lookup), the outlier zeroing folds into the FFN's first
+    linear, and ORT computes what the PyTorch backend does."""
+    transformers = pytest.importorskip("transformers")
+    from tests.models import TINY_TEXT
+    from torchcarve.passes.quantize.report import weight_bytes
+
+    torch.manual_seed(0)
+    config = transformers.BertConfig(**TINY_TEXT, max_position_embeddings=64, attn_implementation="eager")
+    bert = transformers.BertModel(config).eval()
+    with torch.no_grad():
+        for layer in bert.encoder.layer:
+            layer.intermediate.dense.weight[7] *= 30.0
+            layer.intermediate.dense.bias[7] += 10.0
+
+    class Hidden(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.bert = bert
+
+        def forward(self, ids: torch.Tensor) -> torch.Tensor:
+            return self.bert(input_ids=ids).last_hidden_state
+
+    generator = torch.Generator().manual_seed(5)
+    ids = [torch.randint(0, 100, (16, 32), generator=generator) for _ in range(3)]
+    graph = tc.capture(Hidden().eval(), (ids[0],))
+    fused = tc.optimize(graph, "fuse").graph
+    assert weight_bytes(fused) <= weight_bytes(graph)
+    result = tc.optimize(fused, "quantize{outliers=2}", calibration=[(t,) for t in ids[1:]])
+    rows = result.report[0].stats["layers"]
+    assert all(rows[f"bert.encoder.layer.{i}.output.dense"]["float channels"] >= 1 for i in range(2))
+    assert result.graph.op_histogram()["aten.gelu"] == 4  # each FFN's GELU and its outlier copy: folded
+    path = tmp_path / "bert.onnx"
+    tc.to_onnx(result.graph, path)
+    sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    got = sess.run(None, {sess.get_inputs()[0].name: ids[0].numpy()})[0]
+    with torch.no_grad():
+        expected = tc.to_torch(result.graph)(ids[0]).numpy()
+    np.testing.assert_allclose(got, expected, rtol=1e-4, atol=1e-4)
