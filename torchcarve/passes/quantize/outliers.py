@@ -112,7 +112,10 @@ def _split_group(graph: Graph, x: Value, members: list[Layer], outliers: torch.T
     keep = torch.ones(x.type.shape[-1], dtype=torch.float32)
     keep[outliers] = 0.0
     chain = foldable_producer(x, members) if fold else None
-    masked, picked = _fold_into_producer(graph, x, chain, outliers) if chain else _mask(graph, x, members, keep, outliers)
+    if chain:
+        masked, picked = _fold_into_producer(graph, x, chain, outliers)
+    else:
+        masked, picked = _mask(graph, x, members, keep, outliers)
     for layer in members:
         weight = weight_tensor(graph, layer).float()
         inlier_weight = graph.add_param(graph.params.unique_name(f"{layer.name}.weight_inliers"),
@@ -129,7 +132,8 @@ def _split_group(graph: Graph, x: Value, members: list[Layer], outliers: torch.T
         graph.outputs = [total if v is output else v for v in graph.outputs]
 
 
-def _mask(graph: Graph, x: Value, members: list[Layer], keep: torch.Tensor, outliers: torch.Tensor) -> tuple[Value, Value]:
+def _mask(graph: Graph, x: Value, members: list[Layer], keep: torch.Tensor,
+          outliers: torch.Tensor) -> tuple[Value, Value]:
     """x * keep for the quantized path, x[..., idx] for the float one."""
     base = members[0].name
     anchor = {"after": x.producer} if x.producer is not None else {"before": members[0].node}
