@@ -84,3 +84,37 @@ def test_fold_constants_makes_one_param_and_drops_the_old():
     assert list(graph.params) == ["folded.ws"]
     torch.testing.assert_close(graph.params["folded.ws"], params["w"].t() * 2)
     assert result.report[0].stats == {"folded": 2, "new_params": 1}
+
+
+class _Broadcasts(torch.nn.Module):
+    """A small table looked up at constant, repeated indices (BERT's token types): the result is 64x the table."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.table = torch.nn.Embedding(2, 64)
+        self.register_buffer("ids", torch.zeros(1, 256, dtype=torch.int64))
+        self.scale = torch.nn.Parameter(torch.full((64,), 2.0))
+        self.weight = torch.nn.Parameter(torch.randn(64, 64))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        types = self.table(self.ids.expand(x.shape[0], -1))   # [B, 256, 64] from a [2, 64] table
+        return x @ (self.weight.t() * self.scale) + types       # w.t() * scale: same size, still folded
+
+
+def _param_bytes(graph) -> int:
+    names = {node.attrs["name"] for node in graph.nodes if node.op == "param"}
+    return sum(graph.params[n].numel() * graph.params[n].element_size() for n in names)
+
+
+def test_fold_constants_never_grows_the_weights():
+    import torchcarve as tc
+    torch.manual_seed(0)
+    model, x = _Broadcasts().eval(), torch.randn(4, 256, 64)
+    graph = tc.capture(model, (x,))
+    result = tc.optimize(graph, "fold-constants")
+    assert _param_bytes(result.graph) <= _param_bytes(graph)
+    assert result.report[0].stats["folded"] >= 2          # the weight transpose and scale still fold
+    assert "aten.embedding" in result.graph.op_histogram()  # the [4, 256, 64] lookup stays a run-time op
+    torch.testing.assert_close(tc.to_torch(result.graph)(x), model(x))
+    unlimited = tc.optimize(graph, "fold-constants{max-growth=none}").graph  # the old behaviour: the lookup folds
+    assert _param_bytes(unlimited) > _param_bytes(graph) + 200_000  # + the [4, 256, 64] f32 lookup (256 KiB)

@@ -121,3 +121,139 @@ def test_symbolic_sequence_length_takes_the_linear_and_add_form(tmp_path):
     with torch.no_grad():
         shorter = x[:, :5]
         assert _error(model, graph, shorter) < 0.02
+
+
+class GeluFFN(nn.Module):
+    """An FFN whose hidden activation (GELU output) carries huge channels: made by `up`'s rows."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.up, self.down = nn.Linear(16, 48), nn.Linear(48, 16)
+        with torch.no_grad():
+            self.up.weight[[5, 30]] *= 40.0
+            self.up.bias[[5, 30]] += 20.0
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x + self.down(torch.nn.functional.gelu(self.up(x)))
+
+
+def _ffn() -> tuple[nn.Module, list[tuple[torch.Tensor]], torch.Tensor]:
+    torch.manual_seed(0)
+    generator = torch.Generator().manual_seed(2)
+    calibration = [(torch.randn(2, 8, 16, generator=generator),) for _ in range(4)]
+    return GeluFFN().eval(), calibration, torch.randn(2, 8, 16, generator=generator)
+
+
+def test_folded_outlier_path_equals_the_unfolded_one():
+    """Zeroing the GELU input's producer rows computes what the Mul + Gather path does, to float rounding,
+    quantized or not, and leaves no pass over the hidden activation."""
+    model, calibration, x = _ffn()
+    graph = tc.capture(model, (x,))
+    folded, unfolded = graph.clone(), graph.clone()
+    assert split_outliers(folded, find_layers(folded, "dynamic"), calibration, 2) == {"down": 2}
+    assert split_outliers(unfolded, find_layers(unfolded, "dynamic"), calibration, 2, fold=False) == {"down": 2}
+    histogram = folded.op_histogram()
+    assert "aten.mul.Tensor" not in histogram and "aten.index_select" not in histogram
+    assert histogram["aten.gelu"] == 2 and histogram["aten.linear"] == 3  # up, its 2-row copy, down
+    assert unfolded.op_histogram()["aten.index_select"] == 1
+    with torch.no_grad():
+        a, b = run_graph(folded, (x,))[0], run_graph(unfolded, (x,))[0]
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(a, model(x), rtol=1e-5, atol=1e-5)
+    quantized = {fold: tc.optimize(graph, f"quantize{{outliers=2,fold-outliers={fold}}}", calibration=calibration).graph
+                 for fold in ("true", "false")}
+    with torch.no_grad():
+        outs = {fold: tc.to_torch(g)(x) for fold, g in quantized.items()}
+    scale = float(outs["false"].abs().max())
+    # the folded graph quantizes `up` without its 2 outlier rows (they are float): close, not bit-equal
+    assert float((outs["true"] - outs["false"]).abs().max()) < 0.02 * scale
+    assert _error(model, quantized["true"], x) <= _error(model, quantized["false"], x) * 1.05
+
+
+def test_folded_outlier_path_runs_in_onnxruntime(tmp_path):
+    model, calibration, x = _ffn()
+    graph = tc.optimize(tc.capture(model, (x,)), "quantize{outliers=2}", calibration=calibration).graph
+    assert "aten.index_select" not in graph.op_histogram()
+    path = tmp_path / "folded.onnx"
+    tc.to_onnx(graph, path)
+    sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    got = sess.run(None, {sess.get_inputs()[0].name: x.numpy()})[0]
+    with torch.no_grad():
+        expected = tc.to_torch(graph)(x).numpy()
+    np.testing.assert_allclose(got, expected, rtol=1e-4, atol=1e-4)
+
+
+class SharedHidden(GeluFFN):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = torch.nn.functional.gelu(self.up(x))
+        return self.down(h) + h.mean(-1, keepdim=True)
+
+
+@pytest.mark.parametrize("make", [SharedHidden, Outliers])
+def test_no_fold_without_a_private_producing_linear(make):
+    """A hidden value read elsewhere too, or made by no linear, keeps the Mul + Gather (and stays exact)."""
+    _, calibration, _ = _ffn() if make is SharedHidden else _setup()
+    torch.manual_seed(0)
+    model, x = make().eval(), calibration[0][0]
+    graph = tc.capture(model, (x,))
+    split_outliers(graph, find_layers(graph, "dynamic"), calibration, 2)
+    assert graph.op_histogram()["aten.index_select"] == 1 and graph.op_histogram()["aten.mul.Tensor"] >= 1
+    with torch.no_grad():
+        torch.testing.assert_close(run_graph(graph, (x,))[0], model(x), rtol=1e-5, atol=1e-5)
+
+
+def test_channel_count_is_chosen_by_measured_error():
+    """fewest_channels keeps a channel float only where it measurably cuts the int8 error."""
+    from torchcarve.passes.quantize.outliers import fewest_channels
+    generator = torch.Generator().manual_seed(4)
+    x = torch.randn(256, 64, generator=generator)
+    weight = torch.randn(32, 64, generator=generator)
+    x[:, 9] *= 60.0                                   # huge: stretches the per-tensor range 15x
+    x[:, 40] *= 1.2                                   # a candidate that barely moves the range
+    candidates = torch.tensor([9, 40])
+    assert fewest_channels(x, weight, candidates, 127) == 1
+    x[:, 40] *= 50.0                                  # now both are huge: both must go
+    assert fewest_channels(x, weight, candidates, 127) == 2
+    assert fewest_channels(x, weight, torch.tensor([], dtype=torch.int64), 127) == 0
+
+
+def test_bert_fuse_outliers_folded_in_onnxruntime(tmp_path):
+    """A BERT-like random model with a huge FFN channel: `fuse` does not grow the weights (the token-type
+    lookup broadcast to [batch, seq, hidden] stays a lookup), the outlier zeroing folds into the FFN's first
+    linear, and ORT computes what the PyTorch backend does."""
+    transformers = pytest.importorskip("transformers")
+    from tests.models import TINY_TEXT
+    from torchcarve.passes.quantize.report import weight_bytes
+
+    torch.manual_seed(0)
+    config = transformers.BertConfig(**TINY_TEXT, max_position_embeddings=64, attn_implementation="eager")
+    bert = transformers.BertModel(config).eval()
+    with torch.no_grad():
+        for layer in bert.encoder.layer:
+            layer.intermediate.dense.weight[7] *= 30.0
+            layer.intermediate.dense.bias[7] += 10.0
+
+    class Hidden(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.bert = bert
+
+        def forward(self, ids: torch.Tensor) -> torch.Tensor:
+            return self.bert(input_ids=ids).last_hidden_state
+
+    generator = torch.Generator().manual_seed(5)
+    ids = [torch.randint(0, 100, (16, 32), generator=generator) for _ in range(3)]
+    graph = tc.capture(Hidden().eval(), (ids[0],))
+    fused = tc.optimize(graph, "fuse").graph
+    assert weight_bytes(fused) <= weight_bytes(graph)
+    result = tc.optimize(fused, "quantize{outliers=2}", calibration=[(t,) for t in ids[1:]])
+    rows = result.report[0].stats["layers"]
+    assert all(rows[f"bert.encoder.layer.{i}.output.dense"]["float channels"] >= 1 for i in range(2))
+    assert result.graph.op_histogram()["aten.gelu"] == 4  # each FFN's GELU and its outlier copy: folded
+    path = tmp_path / "bert.onnx"
+    tc.to_onnx(result.graph, path)
+    sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    got = sess.run(None, {sess.get_inputs()[0].name: ids[0].numpy()})[0]
+    with torch.no_grad():
+        expected = tc.to_torch(result.graph)(ids[0]).numpy()
+    np.testing.assert_allclose(got, expected, rtol=1e-4, atol=1e-4)

@@ -89,9 +89,13 @@ class FoldConstants(Pass):
     """Constant folding: evaluate nodes whose inputs are all weights/constants into new weights.
 
     max_elements: skip results larger than this (e.g. big zero tensors that are cheap to build).
+    max_growth: a result more than this many bytes larger than its inputs (a broadcast, an expand, a
+      lookup whose indices repeat) stays computed at run time, so folding never grows the file by more
+      (the default lets scalars and shape vectors fold); none: no limit.
     """
 
     max_elements: int = 1 << 22
+    max_growth: int | None = 1024
     exact = True
 
     def run(self, graph: Graph, ctx: PassContext) -> PassResult:
@@ -115,6 +119,9 @@ class FoldConstants(Pass):
         if not all(v.type.is_static and v.type.numel() <= self.max_elements for v in node.outputs):
             return None
         tensors = [constants[v] if v in constants else graph.params[v.producer.attrs["name"]] for v in node.inputs]
+        growth = sum(_bytes(v.type) for v in node.outputs) - sum(_bytes(t) for t in tensors)
+        if self.max_growth is not None and growth > self.max_growth:
+            return None
         try:
             with torch.no_grad():
                 outputs = get_op(node.op).run(tensors, node.attrs)
@@ -138,6 +145,10 @@ class FoldConstants(Pass):
             value.replace_all_uses_with(param, replace_graph_outputs=True)
             created += 1
         return created
+
+
+def _bytes(item: TensorType | torch.Tensor) -> int:
+    return item.numel() * (item.element_size() if isinstance(item, torch.Tensor) else item.itemsize)
 
 
 def _is_param(value: Value) -> bool:

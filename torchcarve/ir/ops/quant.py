@@ -41,9 +41,10 @@ carve_dequantize.calls = (onnx_dequantize_linear,)
 carve_dynamic_linear.calls = (onnx_dynamic_quantize_matmul,)
 
 
-def carve_weight_only_linear(x, weight, weight_scale, bias=None, bits=8, block_size=0):
+def carve_weight_only_linear(x, weight, weight_scale, bias=None, bits=8, block_size=0, accuracy_level=0):
     """x @ W.T + bias, W = weight * scale dequantized at run time (ONNX Runtime's MatMulNBits): `weight`
-    [out, in] holds `bits`-bit integers; one scale per tensor, per output, or per `block_size` inputs."""
+    [out, in] holds `bits`-bit integers; one scale per tensor, per output, or per `block_size` inputs.
+    accuracy_level only tells ORT how to compute (4: int8 activations per block); here it is float."""
     axis = 1 if block_size else 0  # blocks run along the inputs; otherwise one scale per output row
     return torch.nn.functional.linear(x, onnx_dequantize_linear(weight, weight_scale, None, axis, block_size), bias)
 
@@ -153,7 +154,8 @@ DEQUANTIZE = OpDef(name="carve.dequantize", fn=carve_dequantize, bind=_bind,
 DYNAMIC_LINEAR = OpDef(name="carve.dynamic_linear", fn=carve_dynamic_linear, bind=_bind,
                        attrs=frozenset(), infer=infer_dynamic_linear, extra=KEEP)
 WEIGHT_ONLY_LINEAR = OpDef(name="carve.weight_only_linear", fn=carve_weight_only_linear, bind=_bind,
-                           attrs=frozenset({"bits", "block_size"}), infer=infer_weight_only_linear, extra=KEEP)
+                           attrs=frozenset({"bits", "block_size", "accuracy_level"}),
+                           infer=infer_weight_only_linear, extra=KEEP)
 QUANTIZED_EMBEDDING = OpDef(name="carve.quantized_embedding", fn=carve_quantized_embedding, bind=_bind,
                             attrs=frozenset(), infer=infer_quantized_embedding, extra=KEEP)
 OPS = [QUANTIZE, DEQUANTIZE, DYNAMIC_LINEAR, WEIGHT_ONLY_LINEAR, QUANTIZED_EMBEDDING]

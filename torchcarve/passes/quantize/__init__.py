@@ -5,6 +5,7 @@ from dataclasses import dataclass
 from fnmatch import fnmatchcase
 from typing import Any, Literal, Sequence
 
+from ...analysis.cpu import CpuInt8, detect
 from ...errors import CarveError
 from ...ir import Graph
 from ..base import Pass, PassContext, PassResult, register_pass
@@ -34,11 +35,15 @@ class Quantize(Pass):
     activations: the static range observer, minmax | percentile | mse | entropy (percentile: its p).
     group-size: int4 weights share a scale per this many inputs. reduce-range: 7-bit int8 weights, so
       x86 AVX2 u8*s8 kernels cannot saturate (ORT's results then equal the PyTorch backend's exactly);
-      dynamic and static only (weight-only dequantizes to float: always 8 bits).
+      dynamic and static only (weight-only dequantizes to float: always 8 bits). auto: 7 bits only
+      where this CPU's kernels saturate (AVX2 without VNNI), all 8 with VNNI/AMX or on ARM.
+    compute: weight-only MatMulNBits arithmetic in ORT, float (accuracy_level 0: equals the PyTorch
+      backend) or int8 (accuracy_level 4: activations quantized per block); auto: int8 with VNNI/AMX.
     skip: layers kept in float (glob patterns over weight names without '.weight').
     smooth: SmoothQuant alpha (0 = off; needs calibration).
     outliers: per linear input, this many channels with the largest calibrated magnitude stay in float
-      (LLM.int8(), Dettmers et al. 2022; needs calibration).
+      (LLM.int8(), Dettmers et al. 2022; needs calibration). fold-outliers: zero them in the producing
+      linear where one exists (gelu(linear(z)): its rows) instead of a Mul over the activation.
     sensitivity: measure each layer's output error; with max-error, keep the most sensitive layers in
       float until the relative error fits.
     """
@@ -49,11 +54,13 @@ class Quantize(Pass):
     activations: Literal["minmax", "percentile", "mse", "entropy"] = "minmax"
     percentile: float = 99.99
     group_size: int = 128
-    reduce_range: bool = True
+    reduce_range: bool | Literal["auto"] = "auto"
+    compute: Literal["float", "int8", "auto"] = "float"
     embeddings: bool = True
     skip: tuple[str, ...] = ()
     smooth: float = 0.0
     outliers: int = 0
+    fold_outliers: bool = True
     sensitivity: bool = False
     max_error: float | None = None
 
@@ -66,10 +73,11 @@ class Quantize(Pass):
         layers = [layer for layer in found if layer.name not in skipped]
         if self.smooth and layers:
             smooth_layers(graph, layers, batches, self.smooth)
-        moved = split_outliers(graph, layers, batches, self.outliers) if self.outliers and layers else {}
+        moved = split_outliers(graph, layers, batches, self.outliers, self.fold_outliers,
+                               self._format().qmax) if self.outliers and layers else {}
         ranges = self._activation_ranges(graph, layers, batches)
         names = {layer.node.outputs[0].name: layer.name for layer in layers}
-        stats: dict[str, Any] = {"mode": self.mode, "dtype": self.dtype}
+        stats: dict[str, Any] = {"mode": self.mode, "dtype": self.dtype, **self._cpu_choices(detect())}
         chosen, sensitivity = self._choose(graph, names, ranges, batches, stats)
         self._apply(graph, chosen, ranges)
         precision = {layer.name: self._precision(layer) for layer in found}
@@ -95,10 +103,33 @@ class Quantize(Pass):
         needs = self.mode == "static" or self.smooth or self.outliers or self.sensitivity or self.max_error is not None
         return ctx.require_calibration(self.spec()) if needs else []
 
+    def _reduce_range(self, cpu: CpuInt8) -> bool:
+        if self.mode == "weight-only":
+            return False  # weight-only has no integer products
+        return cpu.saturates if self.reduce_range == "auto" else self.reduce_range
+
+    def _accuracy_level(self, cpu: CpuInt8) -> int:
+        """MatMulNBits' accuracy_level: 4 computes in int8, 0 in float."""
+        int8 = cpu.int8_compute if self.compute == "auto" else self.compute == "int8"
+        return 4 if int8 and self.mode == "weight-only" else 0
+
+    def _cpu_choices(self, cpu: CpuInt8) -> dict[str, str]:
+        """What the CPU decided, and why: the report's `cpu`, `weight bits` and `compute` lines."""
+        choices = {"cpu": cpu.describe()}
+        if self.mode != "weight-only":
+            reason = "AVX2 vpmaddubsw saturates" if cpu.saturates else "int8 dot products accumulate in int32"
+            why = f"auto: {reason}" if self.reduce_range == "auto" else f"reduce-range={str(self.reduce_range).lower()}"
+            choices["weight bits"] = f"{7 if self._reduce_range(cpu) else 8} ({why})"
+        else:
+            level = self._accuracy_level(cpu)
+            choices["compute"] = f"{'int8' if level else 'float'} (MatMulNBits accuracy_level={level}, {self.compute})"
+        return choices
+
     def _format(self) -> WeightFormat:
         group = self.group_size if self.dtype == "int4" else 0
-        reduce_range = self.reduce_range and self.mode != "weight-only"  # weight-only has no integer products
-        return WeightFormat(QMAX[self.dtype, reduce_range], self.weights == "per-channel", group)
+        cpu = detect()
+        return WeightFormat(QMAX[self.dtype, self._reduce_range(cpu)], self.weights == "per-channel", group,
+                            self._accuracy_level(cpu))
 
     def _precision(self, layer: Layer) -> str:
         if layer.node.op == EMBEDDING:

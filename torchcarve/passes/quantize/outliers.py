@@ -10,6 +10,11 @@ else coarsely. For the linears reading one activation x:
 `keep` zeroes the outlier channels `idx`, so the quantized linear (and its run-time range) never
 sees them; the second, float product adds their exact contribution back (k inputs: cheap; one Gemm
 that also does the sum).
+
+Where x is made only for these linears by a linear through ops with f(0) = 0 (an FFN's
+`gelu(linear(z, W1, b1))`), the zeroing is folded into the producer instead: rows `idx` of W1 and b1
+are zeroed (gelu(0) = 0 keeps them zero) and a k-output float linear computes the outlier channels,
+`x[..., idx] = gelu(linear(z, W1[idx], b1[idx]))`. No pass over x remains: no Mul, no Gather.
 """
 from __future__ import annotations
 
@@ -22,37 +27,114 @@ from ...ir.node import Node
 from ...ir.value import Value
 from .calibrate import calibrate
 from .observers import MinMaxObserver
-from .rewrite import Layer, weight_tensor
+from .rewrite import LINEAR, Layer, weight_tensor
 from .smooth import linear_groups
 
 RATIO = 6.0  # a channel is an outlier when its magnitude is this many times the median channel's
+SAMPLE_ROWS = 1024  # rows of each input kept from calibration to measure the error of each channel count
+TOLERANCE = 1.25  # the fewest float channels whose measured output error is within this factor of the best count's
+LEVELS = 255  # uint8 activations, per tensor (dynamic quantization)
+ZERO_PRESERVING = ("aten.gelu", "aten.relu")  # elementwise f with f(0) = 0: zeroed channels stay zero through them
 
 
-def split_outliers(graph: Graph, layers: list[Layer], batches: Sequence[Any], count: int) -> dict[str, int]:
+class SampleObserver(MinMaxObserver):
+    """Per-channel min/max of an input, and its first SAMPLE_ROWS rows (to measure errors on)."""
+
+    def __init__(self) -> None:
+        super().__init__(axis=-1)
+        self.rows: list[torch.Tensor] = []
+
+    def observe(self, tensor: torch.Tensor) -> None:
+        super().observe(tensor)
+        kept = sum(len(r) for r in self.rows)
+        if kept < SAMPLE_ROWS:
+            self.rows.append(tensor.detach().float().reshape(-1, tensor.shape[-1])[:SAMPLE_ROWS - kept])
+
+
+def split_outliers(graph: Graph, layers: list[Layer], batches: Sequence[Any], count: int,
+                   fold: bool = True, qmax: int = 127) -> dict[str, int]:
     """Move up to `count` outlier channels of each shared input to a float side path; returns the
-    channels moved per layer name (inputs without a channel RATIO times the median's stay as they are)."""
+    channels moved per layer name. Candidates are channels RATIO times the median's; of them, the
+    fewest whose measured int8 output error (weights in [-qmax, qmax]) is near the best are taken.
+    fold: zero them in the producing linear where one exists (see the module docstring)."""
     groups = {x: members for x, members in linear_groups(layers).items() if x.type.shape[-1] > count}
-    observers = {x: MinMaxObserver(axis=-1) for x in groups}
+    observers = {x: SampleObserver() for x in groups}
     calibrate(graph, batches, observers)
     moved: dict[str, int] = {}
-    for x, members in groups.items():
-        outliers = outlier_channels(observers[x], count)
+    for x, members in reversed(groups.items()):  # consumers first: a producer is still a plain linear
+        candidates = outlier_channels(observers[x], count)
+        weight = torch.cat([weight_tensor(graph, layer).float() for layer in members])
+        outliers = candidates[:fewest_channels(torch.cat(observers[x].rows), weight, candidates, qmax)].sort().values
         if len(outliers):
-            _split_group(graph, x, members, outliers)
+            _split_group(graph, x, members, outliers, fold)
             moved.update((layer.name, len(outliers)) for layer in members)
     return moved
 
 
 def outlier_channels(observer: MinMaxObserver, count: int) -> torch.Tensor:
-    """Indices (ascending) of the at most `count` largest channels that are RATIO times the median."""
+    """Indices (largest first) of the at most `count` largest channels that are RATIO times the median."""
     magnitude = torch.maximum(observer.low.abs(), observer.high.abs())
     top = magnitude.topk(count)
-    return top.indices[top.values >= RATIO * magnitude.median()].sort().values
+    return top.indices[top.values >= RATIO * magnitude.median()]
 
 
-def _split_group(graph: Graph, x: Value, members: list[Layer], outliers: torch.Tensor) -> None:
+def fewest_channels(x: torch.Tensor, weight: torch.Tensor, candidates: torch.Tensor, qmax: int) -> int:
+    """How many of `candidates` (largest first) to keep float: the fewest whose relative output error of
+    dynamic int8 `x @ weight.T`, measured on rows `x`, is within TOLERANCE of the best count's."""
+    if not len(candidates):
+        return 0
+    reference = x @ weight.t()
+    errors = []
+    for k in range(len(candidates) + 1):
+        keep = torch.ones(x.shape[-1])
+        keep[candidates[:k]] = 0.0
+        product = _fake_dynamic(x * keep) @ _fake_per_channel(weight * keep, qmax).t()
+        side = x[:, candidates[:k]] @ weight[:, candidates[:k]].t()
+        errors.append(float((product + side - reference).norm() / reference.norm().clamp(min=1e-12)))
+    best = min(errors)
+    return next(k for k, error in enumerate(errors) if error <= best * TOLERANCE)
+
+
+def _fake_dynamic(x: torch.Tensor) -> torch.Tensor:
+    """x through run-time uint8 quantization (per tensor, zero in range), as DynamicQuantizeMatMul does."""
+    low, high = min(float(x.min()), 0.0), max(float(x.max()), 0.0)
+    scale = (high - low) / LEVELS or 1.0
+    zero_point = round(-low / scale)
+    return ((x / scale).round() + zero_point).clamp(0, LEVELS).sub(zero_point) * scale
+
+
+def _fake_per_channel(weight: torch.Tensor, qmax: int) -> torch.Tensor:
+    scale = (weight.abs().amax(1, keepdim=True) / qmax).clamp(min=1e-12)
+    return (weight / scale).round().clamp(-qmax, qmax) * scale
+
+
+def _split_group(graph: Graph, x: Value, members: list[Layer], outliers: torch.Tensor, fold: bool) -> None:
     keep = torch.ones(x.type.shape[-1], dtype=torch.float32)
     keep[outliers] = 0.0
+    chain = foldable_producer(x, members) if fold else None
+    if chain:
+        masked, picked = _fold_into_producer(graph, x, chain, outliers)
+    else:
+        masked, picked = _mask(graph, x, members, keep, outliers)
+    for layer in members:
+        weight = weight_tensor(graph, layer).float()
+        inlier_weight = graph.add_param(graph.params.unique_name(f"{layer.name}.weight_inliers"),
+                                        (weight * keep).contiguous())
+        original = layer.weight.producer
+        layer.node.set_input(0, masked)
+        layer.node.set_input(1, inlier_weight)
+        graph.erase_unused([original])
+        output = layer.node.outputs[0]
+        users = output.uses
+        total = _add_side_path(graph, layer, picked, weight[:, outliers])
+        for user, position in users:
+            user.set_input(position, total)
+        graph.outputs = [total if v is output else v for v in graph.outputs]
+
+
+def _mask(graph: Graph, x: Value, members: list[Layer], keep: torch.Tensor,
+          outliers: torch.Tensor) -> tuple[Value, Value]:
+    """x * keep for the quantized path, x[..., idx] for the float one."""
     base = members[0].name
     anchor = {"after": x.producer} if x.producer is not None else {"before": members[0].node}
     keep_param = graph.add_param(graph.params.unique_name(f"{base}.outlier_keep"), keep)
@@ -60,20 +142,51 @@ def _split_group(graph: Graph, x: Value, members: list[Layer], outliers: torch.T
     index = graph.add_param(graph.params.unique_name(f"{base}.outlier_index"), outliers.to(torch.int64))
     picked = graph.add_node("aten.index_select", [x, index], {"dim": x.type.rank - 1},
                             names=[f"{x.name}_outliers"], after=masked)
-    for layer in members:
-        weight = weight_tensor(graph, layer).float()
-        inlier_weight = graph.add_param(graph.params.unique_name(f"{layer.name}.weight_inliers"),
-                                        (weight * keep).contiguous())
-        original = layer.weight.producer
-        layer.node.set_input(0, masked.output)
-        layer.node.set_input(1, inlier_weight)
-        graph.erase_unused([original])
-        output = layer.node.outputs[0]
-        users = output.uses
-        total = _add_side_path(graph, layer, picked.output, weight[:, outliers])
-        for user, position in users:
-            user.set_input(position, total)
-        graph.outputs = [total if v is output else v for v in graph.outputs]
+    return masked.output, picked.output
+
+
+def foldable_producer(x: Value, members: list[Layer]) -> list[Node] | None:
+    """[the linear making x, then the ZERO_PRESERVING ops from it to x] when x and every value on the way
+    are read by nothing else (the members alone read x); else None."""
+    readers = {layer.node for layer in members}
+    if x.is_graph_output or not set(x.users) <= readers:
+        return None
+    chain, value = [], x
+    while value.producer is not None and value.producer.op in ZERO_PRESERVING and len(value.producer.inputs) == 1:
+        chain.insert(0, value.producer)
+        value = value.producer.inputs[0]
+        if value.is_graph_output or len(value.uses) != 1:
+            return None
+    producer = value.producer
+    if producer is None or producer.op != LINEAR or not all(_is_param(v) for v in producer.inputs[1:]):
+        return None
+    return [producer, *chain]
+
+
+def _fold_into_producer(graph: Graph, x: Value, chain: list[Node], outliers: torch.Tensor) -> tuple[Value, Value]:
+    """Zero the outlier rows of the producing linear (x itself then carries zeros there) and compute those
+    channels with a k-output copy of the linear and the ops after it; returns (x, the outlier channels)."""
+    linear, *after = chain
+    z, *weights = linear.inputs  # weight [n, in], bias [n]
+    originals = [graph.params[v.producer.attrs["name"]] for v in weights]
+    keep = torch.ones(originals[0].shape[0], dtype=originals[0].dtype)
+    keep[outliers] = 0
+    side_inputs = [z]
+    for position, (value, tensor) in enumerate(zip(weights, originals), start=1):
+        name = value.producer.attrs["name"]
+        zeroed = (tensor * keep.view(-1, *[1] * (tensor.dim() - 1))).contiguous()
+        linear.set_input(position, graph.add_param(graph.params.unique_name(f"{name}_inliers"), zeroed))
+        side_inputs.append(graph.add_param(graph.params.unique_name(f"{name}_outliers"), tensor[outliers].contiguous()))
+        graph.erase_unused([value.producer])
+    node = graph.add_node(LINEAR, side_inputs, names=[f"{x.name}_outliers_pre"], scope=linear.scope, after=linear)
+    for op in after:
+        node = graph.add_node(op.op, [node.output], dict(op.attrs), names=[f"{op.output.name}_outliers"],
+                              scope=op.scope, after=node)
+    return x, node.output
+
+
+def _is_param(value: Value) -> bool:
+    return value.producer is not None and value.producer.op == "param"
 
 
 def _add_side_path(graph: Graph, layer: Layer, picked: Value, side_weight: torch.Tensor) -> Value:

@@ -46,6 +46,7 @@ class WeightFormat:
     qmax: int
     per_channel: bool
     group_size: int = 0
+    accuracy_level: int = 0  # weight-only: MatMulNBits' compute, 0 float, 4 int8
 
     @property
     def bits(self) -> int:
@@ -130,7 +131,8 @@ def to_weight_only(graph: Graph, layer: Layer, fmt: WeightFormat) -> Node:
     """linear -> carve.weight_only_linear: int8/int4 weights, dequantized inside the matmul."""
     q, scale = quantized_weight(graph, layer, fmt)
     x, _, *bias = layer.node.inputs
-    attrs = {"bits": fmt.bits, **({"block_size": fmt.group_size} if scale.type.rank == 2 else {})}
+    attrs = {"bits": fmt.bits, **({"block_size": fmt.group_size} if scale.type.rank == 2 else {}),
+             **({"accuracy_level": fmt.accuracy_level} if fmt.accuracy_level else {})}
     return _replace(graph, layer.node, "carve.weight_only_linear", [x, q, scale, *bias], attrs)
 
 
