@@ -202,6 +202,33 @@ def repvgg():
     return _randomize_batchnorm(RepVGGBlock()), (torch.randn(2, 8, 8, 8),)
 
 
+def _ffn(width: int) -> nn.Module:
+    return nn.Sequential(nn.Linear(width, 2 * width), nn.ReLU(), nn.Linear(2 * width, width))
+
+
+class MultiTaskDAG(nn.Module):
+    """A shared trunk wired as a DAG (residual blocks, a two-branch join, an edge across blocks), two task heads."""
+
+    def __init__(self, width: int = 32) -> None:
+        super().__init__()
+        self.stem = nn.Linear(16, width)
+        self.block1, self.block2a, self.block2b, self.block3 = (_ffn(width) for _ in range(4))
+        self.head_cls = nn.Sequential(nn.Linear(width, 16), nn.ReLU(), nn.Linear(16, 5))
+        self.head_reg = nn.Linear(width, 1)
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        x0 = torch.relu(self.stem(x))
+        x1 = x0 + self.block1(x0)
+        x2 = x1 + self.block2a(x1) + self.block2b(x1)
+        x3 = x2 + self.block3(x2 + x0)
+        return self.head_cls(x3), self.head_reg(x2)
+
+
+@register("multitask_dag")
+def multitask_dag():
+    return MultiTaskDAG(), (torch.randn(4, 16),)
+
+
 # ---- HF transformers (random init, tiny configs) ------------------------------------------
 
 try:
