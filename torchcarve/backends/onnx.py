@@ -375,3 +375,4 @@ def _size_known(model: onnx.ModelProto) -> bool:
 
 from . import onnx_quant  # noqa: E402,F401  (registers the quantization lowerings)
 from . import onnx_attention  # noqa: E402,F401  (registers the attention lowerings)
+from . import onnx_moe  # noqa: E402,F401  (registers the mixture-of-experts lowering)

@@ -104,3 +104,4 @@ def op_name(overload: torch._ops.OpOverload) -> str:
 from . import core, onnx_ops  # noqa: E402,F401
 from . import quant  # noqa: E402,F401
 from . import attention  # noqa: E402,F401
+from . import moe  # noqa: E402,F401
