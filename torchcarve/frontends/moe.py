@@ -119,8 +119,12 @@ def _expert_layouts(router: nn.Linear, linears: list[list[nn.Linear]]) -> Iterat
     for order in orders:
         parts = [[ls[i] for ls in linears] for i in order]
         shapes = [{tuple(p.weight.shape) for p in part} for part in parts]
-        if any(len(s) != 1 for s in shapes) or not all(all(p.bias is not None for p in part) == (
-                parts[0][0].bias is not None) for part in parts):
+        biases = {p.bias is not None for part in parts for p in part}
+        if any(len(s) != 1 for s in shapes) or len(biases) != 1:
+            continue
+        width, hidden = router.in_features, parts[-1][0].in_features
+        if any(part[0].weight.shape != (hidden, width) for part in parts[:-1]) or \
+                parts[-1][0].weight.shape != (width, hidden):
             continue
         stacked = [(torch.stack([p.weight for p in part]), _stack_bias(part)) for part in parts]
         if len(parts) == 3:
@@ -128,8 +132,6 @@ def _expert_layouts(router: nn.Linear, linears: list[list[nn.Linear]]) -> Iterat
             up_w, up_b = torch.cat([gate_w, up_w], 1), None if up_b is None else torch.cat([gate_b, up_b], 1)
         else:
             (up_w, up_b), (down_w, down_b) = stacked
-        if up_w.shape[2] != router.in_features or down_w.shape[1] != router.in_features:
-            continue
         yield len(parts) == 3, {"router_w": router.weight, "router_b": router.bias, "up_w": up_w, "up_b": up_b,
                                 "down_w": down_w, "down_b": down_b}
 
