@@ -151,3 +151,19 @@ def test_bad_options_are_clear_errors(spec, message):
     model, inputs = MODELS["multitask_dag"]()
     with pytest.raises(CarveError, match=message):
         optimize(tc.capture(model, inputs), spec)
+
+
+def test_consecutive_layers_go_together_and_equal_the_model_without_them():
+    model, inputs = MODELS["hf_bert"]()
+    result = optimize(tc.capture(model, inputs), "prune-blocks{n=2,span=2,criterion=last}")
+    assert sorted(row["layer"] for row in removed_rows(result)) == ["encoder.layer.0", "encoder.layer.1"]
+    shallow = copy.deepcopy(model)
+    del shallow.encoder.layer[1]
+    del shallow.encoder.layer[0]
+    assert_all_close(outputs(tc.to_torch(result.graph), inputs), outputs(shallow, inputs))
+
+
+def test_the_global_and_local_experts_are_branches_of_one_join():
+    model, inputs = MODELS["global_local"]()
+    blocks = find_blocks(tc.capture(model, inputs))
+    assert sorted((b.name, b.kind) for b in blocks) == [("global_expert", "branch"), ("local_expert", "branch")]

@@ -264,7 +264,8 @@ class PruneBlocks(Pass):
         chosen = _choose(blocks, scores, count)
         before = graph_cost(graph)
         feeds = [_feeds(graph, b.end) for b in blocks]
-        for block in chosen:
+        position = {node: i for i, node in enumerate(graph.nodes)}
+        for block in sorted(chosen, key=lambda b: position[b.end.producer], reverse=True):  # later layers first
             block.end.replace_all_uses_with(block.kept, replace_graph_outputs=True)
         removed_nodes = graph.erase_unused(set().union(*(b.dead for b in chosen))) if chosen else 0
         after = graph_cost(graph)
@@ -286,16 +287,15 @@ class PruneBlocks(Pass):
 
 
 def _choose(blocks: list[Block], scores: list[float], count: int) -> list[Block]:
-    """The lowest-scoring blocks that do not overlap (a block inside a removed one is gone with it)."""
+    """The lowest-scoring blocks that do not overlap (a block inside a removed one is gone with it); a
+    chosen block may start at another's end (consecutive layers)."""
     chosen: list[Block] = []
     taken: set[Node] = set()
     for i in sorted(range(len(blocks)), key=lambda i: scores[i]):
         if len(chosen) == count:
             break
         block = blocks[i]
-        if block.dead & taken or block.kept.producer in taken:
-            continue
-        if any(b.kept.producer in block.dead for b in chosen):
+        if block.dead & taken or any(_cuts(block, b) or _cuts(b, block) for b in chosen):
             continue
         chosen.append(block)
         taken |= block.dead
@@ -303,6 +303,11 @@ def _choose(blocks: list[Block], scores: list[float], count: int) -> list[Block]
         raise CarveError(f"only {len(chosen)} of the {count} blocks asked for can be removed together "
                          "(the others overlap them)", hint="lower n= or ratio=")
     return chosen
+
+
+def _cuts(block: Block, other: Block) -> bool:
+    """Removing `block` would take away what `other` keeps (unless `other` starts right at its end)."""
+    return other.kept.producer in block.dead and other.kept is not block.end
 
 
 def _feeds(graph: Graph, value: Value) -> str:
