@@ -70,17 +70,19 @@ def moe_section(args, out: Path) -> None:
     print("| expert | routed | gate mass |\n|---|---:|---:|")
     for row in table:
         print(f"| {row['layer']} | {row['routed']} | {row['gate mass']} |")
-    print("\n| experts kept | criterion | params | token cosine | ORT ms | ORT speed-up |\n|---|---|---:|---:|---:|---:|")
+    print("\n| experts kept | criterion | params | MACs | token cosine | ORT ms | ORT speed-up |\n"
+          "|---|---|---:|---:|---:|---:|---:|")
     base_ms, _ = speedup(reference_session, reference_session, feeds, args.runs, rounds=1)
-    print(f"| {EXPERTS} (dense carve.moe) | - | {tc.optimize(graph, 'dce').report[0].params[0]:,} | 1.0000 | "
-          f"{base_ms:.2f} | 1.00x |")
+    line = tc.optimize(graph, "dce").report[0]
+    print(f"| {EXPERTS} (dense carve.moe) | - | {line.params[0]:,} | 1.00x | 1.0000 | {base_ms:.2f} | 1.00x |")
     for keep in (6, 4):
         for criterion in ("frequency", "gate-mass"):
             result = tc.optimize(graph, f"prune-experts{{keep={keep},criterion={criterion}}}", calibration=calibration)
             tc.to_onnx(result.graph, out / "pruned_moe.onnx")
             sess = session(out / "pruned_moe.onnx", args.threads)
             ms, ratio = speedup(reference_session, sess, feeds, args.runs)
-            print(f"| {keep} | {criterion} | {result.report[0].params[1]:,} | "
+            line = result.report[0]
+            print(f"| {keep} | {criterion} | {line.params[1]:,} | {line.macs[1] / line.macs[0]:.2f}x | "
                   f"{token_cosine(sess.run(None, feeds)[0], reference):.4f} | {ms:.2f} | {ratio:.2f}x |", flush=True)
 
 
@@ -97,11 +99,11 @@ def blocks_section(args, out: Path) -> None:
     expected = embeddings(reference, feeds)
     print(f"\nall-MiniLM-L6-v2 (real weights), prune-blocks span=2 (one layer = attention + MLP); calibration "
           f"{len(calibration)}x{batch} windows of {seq} tokens, held-out {batch} windows of other sentences\n")
-    print("| layers removed | criterion | removed | embedding cosine | ORT speed-up |\n|---:|---|---|---:|---:|")
+    print("| layers removed | criterion | removed | MACs | embedding cosine | ORT speed-up |\n|---:|---|---|---:|---:|---:|")
     for count in (1, 2, 3):
         for criterion in ("flow", "output-error", "last", "random"):
             seeds = RANDOM_SEEDS if criterion == "random" else (0,)
-            cosines, speedups, removed = [], [], []
+            cosines, speedups, removed, macs = [], [], [], []
             for seed in seeds:
                 result = tc.optimize(graph, f"prune-blocks{{n={count},span=2,criterion={criterion}}}",
                                      calibration=calibration, seed=seed)
@@ -110,11 +112,12 @@ def blocks_section(args, out: Path) -> None:
                 sess = session(path, args.threads)
                 cosines.append(float((embeddings(sess, feeds) * expected).sum(1).mean()))
                 speedups.append(speedup(reference, sess, feeds, args.runs)[1])
+                macs.append(result.report[0].macs[1] / result.report[0].macs[0])
                 removed.append(",".join(r["layer"].rsplit(".", 1)[-1] for r in result.report[0].stats["layers"]
                                         if r["removed"] == "yes"))
             label = criterion + (f" (mean of {len(seeds)})" if len(seeds) > 1 else "")
-            print(f"| {count} | {label} | {' / '.join(removed)} | {np.mean(cosines):.4f} | {np.mean(speedups):.2f}x |",
-                  flush=True)
+            print(f"| {count} | {label} | {' / '.join(removed)} | {np.mean(macs):.2f}x | {np.mean(cosines):.4f} | "
+                  f"{np.mean(speedups):.2f}x |", flush=True)
 
 
 def main() -> None:

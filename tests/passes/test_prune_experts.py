@@ -97,7 +97,6 @@ def test_a_graph_without_moe_is_unchanged():
 
 
 @pytest.mark.parametrize("spec, message", [
-    ("prune-experts{keep=2,ratio=0.5}", "not both"),
     ("prune-experts{keep=0}", "at least 1"),
     ("prune-experts{ratio=1.0}", "ratio"),
     ("prune-experts{keep=9}", "only 8 experts"),

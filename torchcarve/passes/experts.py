@@ -18,12 +18,9 @@ from ..analysis.cost import graph_cost
 from ..errors import CarveError
 from ..ir import Graph
 from ..ir.node import Node
-from ..ir.ops.moe import moe_weights
+from ..ir.ops.moe import moe_routing, moe_weights
 from ..ir.types import TensorType
 from .base import Pass, PassContext, PassResult, register_pass
-
-CRITERIA = ("frequency", "gate-mass")
-
 
 @dataclass
 class Usage:
@@ -31,7 +28,6 @@ class Usage:
 
     frequency: torch.Tensor  # [E] token-slots routed to each expert
     mass: torch.Tensor       # [E] routing weight received
-    tokens: int = 0
 
 
 def routing(node: Node, params: dict[str, torch.Tensor], x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -39,11 +35,8 @@ def routing(node: Node, params: dict[str, torch.Tensor], x: torch.Tensor) -> tup
     roles = moe_weights(node)
     weight = params[roles["router_w"].producer.attrs["name"]]
     bias = params[roles["router_b"].producer.attrs["name"]] if roles["router_b"] is not None else None
-    tokens = x.reshape(-1, x.shape[-1])
-    probs = torch.softmax(torch.nn.functional.linear(tokens, weight, bias).float(), dim=-1)
-    top, index = torch.topk(probs, node.attrs["top_k"], dim=-1)
-    if node.attrs.get("norm_topk", True):
-        top = top / top.sum(dim=-1, keepdim=True)
+    top, index = moe_routing(x.reshape(-1, x.shape[-1]), weight, bias, node.attrs["top_k"],
+                             node.attrs.get("norm_topk", True))
     return index, top
 
 
@@ -57,7 +50,6 @@ def expert_usage(graph: Graph, nodes: list[Node], batches: Sequence[tuple]) -> d
             stats = usage[node]
             stats.frequency += torch.bincount(index.flatten(), minlength=_experts(node)).float()
             stats.mass += torch.zeros(_experts(node)).index_add(0, index.flatten(), top.flatten().float())
-            stats.tokens += index.shape[0]
         return observe
 
     observers = {}
@@ -77,20 +69,18 @@ def _experts(node: Node) -> int:
 class PruneExperts(Pass):
     """Expert pruning: remove each MoE layer's least-routed experts (calibration routing statistics).
 
-    keep: experts kept per layer | ratio: fraction of each layer's experts removed (0.5 when neither is
-    given). criterion: frequency (times among a token's top-k) | gate-mass (routing weight received).
+    keep: experts kept per layer (when given, instead of ratio) | ratio: fraction of each layer's experts
+    removed. criterion: frequency (times among a token's top-k) | gate-mass (routing weight received).
     """
 
     keep: int | None = None
-    ratio: float | None = None
+    ratio: float = 0.5
     criterion: Literal["frequency", "gate-mass"] = "frequency"
 
     def __post_init__(self) -> None:
-        if self.keep is not None and self.ratio is not None:
-            raise CarveError(f"{self.spec()}: give keep= or ratio=, not both")
         if self.keep is not None and self.keep < 1:
             raise CarveError(f"{self.spec()}: keep must be at least 1, got {self.keep}")
-        if self.ratio is not None and not 0.0 <= self.ratio < 1.0:
+        if not 0.0 <= self.ratio < 1.0:
             raise CarveError(f"{self.spec()}: ratio must be in [0, 1), got {self.ratio}")
 
     def run(self, graph: Graph, ctx: PassContext) -> PassResult:
@@ -118,7 +108,7 @@ class PruneExperts(Pass):
 
     def _kept(self, stats: Usage) -> torch.Tensor:
         total = len(stats.frequency)
-        count = self.keep if self.keep is not None else total - round((0.5 if self.ratio is None else self.ratio) * total)
+        count = self.keep if self.keep is not None else total - round(self.ratio * total)
         if count > total:
             raise CarveError(f"{self.spec()}: keep={count} but a MoE layer has only {total} experts")
         score = stats.frequency if self.criterion == "frequency" else stats.mass

@@ -33,11 +33,8 @@ def carve_moe(x, *weights, top_k, act, norm_topk=True, gated=False, router_bias=
     down_w = weights.pop(0)
     down_b = weights.pop(0) if expert_bias else None
     tokens = x.reshape(-1, x.shape[-1])
-    probs = torch.softmax(torch.nn.functional.linear(tokens, router_w, router_b).float(), dim=-1)
-    top, index = torch.topk(probs, top_k, dim=-1)
-    if norm_topk:
-        top = top / top.sum(dim=-1, keepdim=True)
-    routing = torch.zeros_like(probs).scatter(1, index, top).to(x.dtype)
+    top, index = moe_routing(tokens, router_w, router_b, top_k, norm_topk)
+    routing = torch.zeros(tokens.shape[0], router_w.shape[0], dtype=top.dtype).scatter(1, index, top).to(x.dtype)
     hidden = torch.matmul(tokens, up_w.transpose(1, 2))
     if up_b is not None:
         hidden = hidden + up_b.unsqueeze(1)
@@ -53,6 +50,15 @@ def carve_moe(x, *weights, top_k, act, norm_topk=True, gated=False, router_bias=
     return out.reshape(x.shape)
 
 
+def moe_routing(tokens, router_w, router_b, top_k, norm_topk):
+    """Each token's top-k experts and their weights: softmax router probabilities, renormalised when `norm_topk`."""
+    probs = torch.softmax(torch.nn.functional.linear(tokens, router_w, router_b).float(), dim=-1)
+    top, index = torch.topk(probs, top_k, dim=-1)
+    if norm_topk:
+        top = top / top.sum(dim=-1, keepdim=True)
+    return top, index
+
+
 def _activation(x, act):
     if act == "gelu":
         return torch.nn.functional.gelu(x)
@@ -63,7 +69,7 @@ def _activation(x, act):
     return torch.relu(x)
 
 
-carve_moe.calls = (_activation,)
+carve_moe.calls = (moe_routing, _activation)
 
 
 def moe_weights(node: Any) -> dict[str, Any]:
