@@ -60,7 +60,7 @@ class DenseMoE(nn.Module):
         super().__init__()
         for name, tensor in weights.items():
             if tensor is not None:
-                self.register_parameter(name, nn.Parameter(tensor.detach().clone(), requires_grad=False))
+                self.register_parameter(name, nn.Parameter(tensor.detach(), requires_grad=False))  # shared, not copied
         self.form, self.gated, self.extra = form, gated, extra
         self.router_bias, self.expert_bias = weights.get("router_b") is not None, weights.get("up_b") is not None
 
