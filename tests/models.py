@@ -202,6 +202,123 @@ def repvgg():
     return _randomize_batchnorm(RepVGGBlock()), (torch.randn(2, 8, 8, 8),)
 
 
+def _ffn(width: int) -> nn.Module:
+    return nn.Sequential(nn.Linear(width, 2 * width), nn.ReLU(), nn.Linear(2 * width, width))
+
+
+class MultiTaskDAG(nn.Module):
+    """A shared trunk wired as a DAG (residual blocks, a two-branch join, an edge across blocks), two task heads."""
+
+    def __init__(self, width: int = 32) -> None:
+        super().__init__()
+        self.stem = nn.Linear(16, width)
+        self.block1, self.block2a, self.block2b, self.block3 = (_ffn(width) for _ in range(4))
+        self.head_cls = nn.Sequential(nn.Linear(width, 16), nn.ReLU(), nn.Linear(16, 5))
+        self.head_reg = nn.Linear(width, 1)
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        x0 = torch.relu(self.stem(x))
+        x1 = x0 + self.block1(x0)
+        x2 = x1 + self.block2a(x1) + self.block2b(x1)
+        x3 = x2 + self.block3(x2 + x0)
+        return self.head_cls(x3), self.head_reg(x2)
+
+
+@register("multitask_dag")
+def multitask_dag():
+    return MultiTaskDAG(), (torch.randn(4, 16),)
+
+
+class TopKMoE(nn.Module):
+    """A user-written top-k MoE: softmax router, experts in an nn.ModuleList, renormalised top-k, index_add."""
+
+    def __init__(self, width: int = 16, hidden: int = 32, experts: int = 8, top_k: int = 2) -> None:
+        super().__init__()
+        self.gate = nn.Linear(width, experts, bias=False)
+        self.experts = nn.ModuleList(nn.Sequential(nn.Linear(width, hidden), nn.GELU(), nn.Linear(hidden, width))
+                                     for _ in range(experts))
+        self.top_k = top_k
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        weights, index = torch.topk(torch.softmax(self.gate(x), dim=-1), self.top_k, dim=-1)
+        weights = weights / weights.sum(dim=-1, keepdim=True)
+        out = torch.zeros_like(x)
+        for e, expert in enumerate(self.experts):
+            token, slot = torch.where(index == e)
+            out = out.index_add(0, token, expert(x[token]) * weights[token, slot, None])
+        return out
+
+
+class SwiGLUExpert(nn.Module):
+    def __init__(self, width: int, hidden: int) -> None:
+        super().__init__()
+        self.w1, self.w2, self.w3 = nn.Linear(width, hidden), nn.Linear(hidden, width), nn.Linear(width, hidden)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.w2(nn.functional.silu(self.w1(x)) * self.w3(x))
+
+
+class ScatterMoE(nn.Module):
+    """Top-k MoE with SwiGLU experts, un-normalised top-k probabilities and a scatter_add combine."""
+
+    def __init__(self, width: int = 16, hidden: int = 24, experts: int = 4, k: int = 2) -> None:
+        super().__init__()
+        self.router = nn.Linear(width, experts)
+        self.experts = nn.ModuleList(SwiGLUExpert(width, hidden) for _ in range(experts))
+        self.k = k
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        weights, index = torch.topk(torch.softmax(self.router(x), dim=-1), self.k, dim=-1)
+        out = torch.zeros_like(x)
+        for e, expert in enumerate(self.experts):
+            token, slot = torch.where(index == e)
+            y = expert(x[token]) * weights[token, slot, None]
+            out = out.scatter_add(0, token[:, None].expand(-1, x.shape[1]), y)
+        return out
+
+
+class MoENet(nn.Module):
+    """Tokens in, a residual MoE layer, a head: the MoE inside a network."""
+
+    def __init__(self, moe: nn.Module) -> None:
+        super().__init__()
+        self.embed, self.moe, self.head = nn.Linear(12, 16), moe, nn.Linear(16, 4)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.embed(x)
+        return self.head(h + self.moe(h))
+
+
+class GlobalLocal(nn.Module):
+    """A trained global expert, a small local expert for one user's data, and a learned gate between them."""
+
+    def __init__(self, width: int = 16, classes: int = 10) -> None:
+        super().__init__()
+        self.global_expert = nn.Sequential(nn.Linear(width, 128), nn.ReLU(), nn.Linear(128, 128), nn.ReLU(),
+                                           nn.Linear(128, classes))
+        self.local_expert = nn.Sequential(nn.Linear(width, 4), nn.ReLU(), nn.Linear(4, classes))
+        self.gate = nn.Linear(width, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        g = torch.sigmoid(self.gate(x))
+        return g * self.global_expert(x) + (1 - g) * self.local_expert(x)
+
+
+@register("topk_moe", fx=False)
+def topk_moe():
+    return MoENet(TopKMoE()), (torch.randn(12, 12),)
+
+
+@register("scatter_moe", fx=False)
+def scatter_moe():
+    return MoENet(ScatterMoE()), (torch.randn(12, 12),)
+
+
+@register("global_local")
+def global_local():
+    return GlobalLocal(), (torch.randn(4, 16),)
+
+
 # ---- HF transformers (random init, tiny configs) ------------------------------------------
 
 try:

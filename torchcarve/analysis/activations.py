@@ -33,7 +33,7 @@ def run_observed(graph: Graph, inputs: Sequence[torch.Tensor], observers: dict[V
             for value, result in zip(node.outputs, results):
                 env[value] = result
                 _observe(observers, value, result)
-            for value in node.inputs:
+            for value in set(node.inputs):  # a node may read one value twice (x * x)
                 if last_use.get(value) == index:
                     del env[value]
     return [env[v] for v in graph.outputs]

@@ -14,6 +14,7 @@ from ..ir import Graph
 from ..ir.types import DTYPES, SYMBOL_RE
 from .export import capture_export
 from .fx import capture_fx
+from .moe import dense_moe
 
 METHODS = {"export": capture_export, "fx": capture_fx}
 
@@ -38,10 +39,10 @@ def capture(model: torch.nn.Module, example_inputs: Any, method: str = "auto", *
     input_names = _input_names(model, len(inputs))
     dims = dynamic_dims(inputs, input_names, dynamic, dynamic_batch)
     errors: list[CaptureError] = []
-    with _eval_mode(model), _quiet_torch_logs():
+    with _eval_mode(model), _quiet_torch_logs(), dense_moe(model, inputs) as target:
         for each in methods:
             try:
-                return METHODS[each](model, inputs, dynamic=dims, name=graph_name, input_names=input_names)
+                return METHODS[each](target, inputs, dynamic=dims, name=graph_name, input_names=input_names)
             except CaptureError as e:
                 errors.append(CaptureError(f"{each}: {e.args[0]}", hint=e.hint))
     if len(errors) == 1:

@@ -14,6 +14,7 @@ from ..ir.infer import InferenceUnavailable, infer_types
 from ..ir.names import first_free
 from ..ir.ops import get_op, op_name
 from ..ir.types import Dim, dtype_name, normalize_dim, size_attr
+from .moe import moe_node_parts, moe_op
 
 # overloads that require a device argument -> the device-free overload doing the same math
 # (the IR never pins a device: generated code follows its inputs)
@@ -162,6 +163,9 @@ def convert(fx_graph: torch.fx.Graph, params: dict[str, ParamSource], name: str,
     return graph
 
 
+CARVE_CALLS = {moe_op._opoverload: ("carve.moe", moe_node_parts)}  # custom op -> (IR op, its inputs and attrs)
+
+
 def _convert_node(graph: Graph, node: torch.fx.Node, env: dict, params: dict[str, ParamSource],
                   symbols: SymbolNames) -> Any:
     if node.op == "placeholder":
@@ -180,6 +184,8 @@ def _convert_node(graph: Graph, node: torch.fx.Node, env: dict, params: dict[str
                            hint="capture with method='export', which lowers python calls to aten ops")
     if not node.target._schema.returns:
         return None  # runtime assertions (aten._assert_tensor_metadata): nothing to compute
+    if node.target in CARVE_CALLS:
+        return _carve_call(graph, node, env)
     functional = functional_overload(node.target)
     if functional is None:
         return _call(graph, node, node.target, env, symbols)
@@ -266,6 +272,14 @@ def _call(graph: Graph, node: torch.fx.Node, overload: torch._ops.OpOverload, en
     ir_node = graph.add_node(name, inputs, attrs, output_types=types, names=[node.name] if len(types) == 1 else (),
                              scope=_scope(node))
     return ir_node.outputs[0] if _single_result(overload) else list(ir_node.outputs)
+
+
+def _carve_call(graph: Graph, node: torch.fx.Node, env: dict) -> Any:
+    """A torchcarve custom op (put there by a capture-time swap, e.g. frontends/moe.py) as its carve.* node."""
+    name, parts = CARVE_CALLS[node.target]
+    inputs, attrs = parts(*torch.fx.node.map_arg((node.args, node.kwargs), lambda n: env[n]))
+    types = infer_types(get_op(name), attrs, [v.type for v in inputs])
+    return graph.add_node(name, inputs, attrs, output_types=types, names=[node.name], scope=_scope(node)).output
 
 
 def _device_free(overload: torch._ops.OpOverload, args: tuple, kwargs: dict) -> tuple[Any, tuple, dict]:

@@ -1,6 +1,6 @@
 """The op catalog: everything the compiler knows about an op beyond its kernel, one declaration per op.
 
-Each family module (elementwise, conv, norm, shape, reduce, attention, quant, creation) builds one table
+Each family module (elementwise, conv, norm, shape, reduce, attention, quant, creation, moe) builds one table
 of `OpDecl`s; `CATALOG` composes them here, explicitly (a name declared twice is an error). Passes,
 backends and frontends ask the lookups below. An op is *known* when it is declared: passes may reason
 about it; an undeclared op is a barrier they leave alone.
@@ -19,12 +19,13 @@ from .creation import CREATION
 from .decl import OpDecl, compose
 from .elementwise import ELEMENTWISE
 from .lowerings import lower_onnx_op
+from .moe import MOE
 from .norm import NORM
 from .quant import QUANT
 from .reduce import REDUCE
 from .shape import SHAPE
 
-CATALOG: dict[str, OpDecl] = compose(ELEMENTWISE, CONV, NORM, SHAPE, REDUCE, ATTENTION, QUANT, CREATION)
+CATALOG: dict[str, OpDecl] = compose(ELEMENTWISE, CONV, NORM, SHAPE, REDUCE, ATTENTION, QUANT, CREATION, MOE)
 VIEW_OPS = frozenset(name for name, decl in CATALOG.items() if decl.view)
 
 

@@ -372,16 +372,20 @@ def softmax(op_type: str) -> Rule:
 
 def gelu(ctx: "LoweringContext", node: Node) -> None:
     """0.5 x (1 + erf(x / sqrt 2)), or the tanh approximation."""
-    args = arguments(node)
-    x, dtype = ctx.name(node.inputs[0]), node.outputs[0].type.dtype
-    if args["approximate"] == "tanh":
+    tanh = arguments(node)["approximate"] == "tanh"
+    decomposed_gelu(ctx, ctx.name(node.inputs[0]), node.outputs[0].type.dtype, tanh, _out(ctx, node))
+
+
+def decomposed_gelu(ctx: "LoweringContext", x: str, dtype: str, tanh: bool, out: list[str] | int = 1) -> str:
+    """Gelu of the ONNX value `x` in Erf (or Tanh) arithmetic; returns the output name."""
+    if tanh:
         cube = ctx.emit("Mul", [ctx.emit("Mul", [x, x])[0], x])[0]
         inner = ctx.emit("Add", [x, ctx.emit("Mul", [cube, ctx.scalar(0.044715, dtype)])[0]])[0]
         inner = ctx.emit("Tanh", [ctx.emit("Mul", [inner, ctx.scalar(math.sqrt(2 / math.pi), dtype)])[0]])[0]
     else:
         inner = ctx.emit("Erf", [ctx.emit("Div", [x, ctx.scalar(math.sqrt(2.0), dtype)])[0]])[0]
     half = ctx.emit("Mul", [x, ctx.scalar(0.5, dtype)])[0]
-    ctx.emit("Mul", [half, ctx.emit("Add", [inner, ctx.scalar(1.0, dtype)])[0]], _out(ctx, node))
+    return ctx.emit("Mul", [half, ctx.emit("Add", [inner, ctx.scalar(1.0, dtype)])[0]], out)[0]
 
 
 def gelu_op(ctx: "LoweringContext", node: Node) -> None:

@@ -16,3 +16,5 @@ __all__ = [
 ]
 from . import quantize  # noqa: E402,F401  (registration)
 from . import prune  # noqa: E402,F401  (registration)
+from . import blocks  # noqa: E402,F401  (registration)
+from . import experts  # noqa: E402,F401  (registration)
