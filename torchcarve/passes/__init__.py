@@ -16,3 +16,4 @@ __all__ = [
 ]
 from . import quantize  # noqa: E402,F401  (registration)
 from . import prune  # noqa: E402,F401  (registration)
+from . import kan  # noqa: E402,F401  (registration)

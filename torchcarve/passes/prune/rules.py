@@ -456,6 +456,24 @@ def select(node: Node, port: Port, axis: int, idx: torch.Tensor) -> list[Link]:
     return [(X, in_axis, idx), (OUT, out_axis, idx)]
 
 
+def gather(node: Node, port: Port, axis: int, idx: torch.Tensor) -> list[Link]:
+    """gather along `dim`: that axis is a barrier; the others map 1:1 between self, index and output."""
+    if axis == _arg(node, "dim") % len(shape(node, port)):
+        raise Barrier(f"{node.op} gathers along axis {axis}")
+    return [(p, axis, idx) for p in (X, W, OUT) if shape(node, p)[axis] == shape(node, port)[axis]]
+
+
+def stack(node: Node, port: Port, axis: int, idx: torch.Tensor) -> list[Link]:
+    """stack along a new `dim`: that axis is a barrier; the others map 1:1 between every input and the output."""
+    rank = len(shape(node, OUT))
+    dim = _arg(node, "dim") % rank
+    out_axis = axis + (1 if port != OUT and axis >= dim else 0)
+    if out_axis == dim:
+        raise Barrier(f"{node.op} stacks along axis {dim}")
+    in_axis = out_axis - (1 if out_axis > dim else 0)
+    return [(("in", i), in_axis, idx) for i in range(len(node.inputs))] + [(OUT, out_axis, idx)]
+
+
 def _full_slice(node: Node, size: Any) -> bool:
     if node.op != "aten.slice.Tensor" or not isinstance(size, int):
         return False
@@ -595,6 +613,7 @@ ELEMENTWISE = [
     "clamp_min", "clamp_max", "dropout", "alias", "detach", "_to_copy", "to.dtype", "contiguous", "clone",
     "lift_fresh_copy", "to.dtype_layout", "where.self", "where.ScalarOther", "where.ScalarSelf", "where.Scalar",
     "add_.Tensor", "mul_.Tensor", "hardtanh_", "silu_", "gelu_", "masked_fill.Scalar", "masked_fill.Tensor",
+    "floor", "nan_to_num", "ones_like", "zeros_like", "__and__.Tensor", "__or__.Tensor", "logical_and", "logical_or",
 ] + [f"{op}.{overload}" for op in ("add", "sub", "mul", "div", "pow", "rsub", "eq", "ne", "lt", "le", "gt", "ge",
                                    "minimum", "maximum", "bitwise_and", "bitwise_or", "bitwise_not", "logical_not",
                                    "floor_divide", "remainder") for overload in ("Tensor", "Scalar", "Tensor_Scalar",
@@ -624,7 +643,8 @@ DIM_RULES: dict[str, Rule] = {
     "aten.scaled_dot_product_attention": attention,
     "aten.cat": cat, "aten.split.Tensor": split, "aten.split_with_sizes": split,
     "aten.permute": permute, "aten.transpose.int": permute, "aten.t": permute,
-    "aten.select.int": select, "aten.slice.Tensor": select, "aten.expand": expand,
+    "aten.select.int": select, "aten.slice.Tensor": select, "aten.expand": expand, "aten.gather": gather,
+    "aten.stack": stack,
     "aten.mean.dim": reduce_rule(), "aten.sum.dim_IntList": reduce_rule(), "aten.amax": reduce_rule(),
     "aten.max.dim": reduce_rule(),
 }
