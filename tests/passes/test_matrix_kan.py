@@ -17,7 +17,7 @@ from ..kan_models import KAN, ConvKAN, KANLinear, KANTransformerBlock
 from .helpers import onnx_parity
 
 RECURSION_OPS = ("aten.div.Tensor", "aten.ge.Tensor")
-NEW_OPS = ("aten.floor", "aten.clamp", "aten.stack", "aten.matmul", "aten.constant_pad_nd", "aten.gather")
+NEW_OPS = ("aten.floor", "aten.clamp", "aten.embedding", "aten.stack", "aten.matmul", "aten.constant_pad_nd", "aten.gather")
 REL_ERROR = 1e-5  # float32 rounding the pass may add, relative to the output's scale
 
 
@@ -88,7 +88,7 @@ class Bases(torch.nn.Module):
         return self.layer.b_splines(x) * 1.0
 
 
-@pytest.mark.parametrize("k,G", [(1, 5), (3, 5), (8, 5), (8, 20)])
+@pytest.mark.parametrize("k,G", [(1, 5), (1, 20), (3, 5), (8, 5), (8, 20)])
 def test_basis_error_against_float64(k: int, G: int) -> None:
     """The rewritten bases are no further from the exact (float64) bases than float32 rounding: pass is exact."""
     layer = KANLinear(6, 2, G, k)
@@ -114,7 +114,9 @@ def test_ir_before_and_after() -> None:
     assert before.count("aten.div.Tensor") == 2 and before.count("aten.slice.Tensor") >= 8
     assert after == [
         "aten.reshape", "aten.silu", "aten.linear",
-        "aten.sub.Tensor", "aten.mul.Tensor", "aten.floor", "aten.clamp", "aten.sub.Tensor", "aten.clamp",
+        "aten.sub.Tensor", "aten.mul.Tensor", "aten.floor", "aten.clamp",
+        "aten.to.dtype", "aten.add.Tensor", "aten.embedding", "aten.squeeze.dim",  # the interval's own knot
+        "aten.sub.Tensor", "aten.mul.Tensor", "aten.clamp",
         "aten.ones_like", "aten.stack", "aten.matmul",
         "aten.ge.Tensor", "aten.lt.Tensor", "aten.__and__.Tensor", "aten.to.dtype", "aten.unsqueeze", "aten.mul.Tensor",
         "aten.constant_pad_nd", "aten.unsqueeze", "aten.sub.Tensor", "aten.clamp", "aten.to.dtype", "aten.gather",

@@ -62,9 +62,14 @@ def emit_matrix_basis(graph: Graph, recursion: Recursion, t0: torch.Tensor, h: t
         return graph.add_node(name, inputs, attrs, scope=anchor.scope, before=anchor).outputs[0]
 
     first, last = param("t0", grid[:, 0]), param("t_end", grid[:, -1])
-    scaled = op("aten.mul.Tensor", [op("aten.sub.Tensor", [x, first]), param("inv_h", 1 / h)])
+    inverse = param("inv_h", 1 / h)
+    scaled = op("aten.mul.Tensor", [op("aten.sub.Tensor", [x, first]), inverse])
     interval = op("aten.clamp", [op("aten.floor", [scaled])], min=0.0, max=float(intervals - 1))
-    local = op("aten.clamp", [op("aten.sub.Tensor", [scaled, interval])], min=0.0, max=1.0)
+    # u from x's distance to its own knot t[j], read from the grid: (x - t0) / h loses bits as it grows with G
+    row_start = graph.add_param(f"{prefix}.row_start", torch.arange(grid.shape[0]) * grid.shape[1])
+    flat = op("aten.add.Tensor", [op("aten.to.dtype", [interval], dtype=torch.int64), row_start])
+    knot = op("aten.squeeze.dim", [op("aten.embedding", [param("knots", grid.reshape(-1, 1)), flat])], dim=-1)
+    local = op("aten.clamp", [op("aten.mul.Tensor", [op("aten.sub.Tensor", [x, knot]), inverse])], min=0.0, max=1.0)
     powers = [op("aten.ones_like", [local]), local]
     while len(powers) < k + 1:
         powers.append(op("aten.mul.Tensor", [powers[-1], local]))
