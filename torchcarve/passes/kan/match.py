@@ -56,12 +56,13 @@ class Constants:
     def __init__(self, graph: Graph) -> None:
         self.graph = graph
         self.known: dict[Value, torch.Tensor] = {}
+        self.constant: set[Value] = set()
+        for node in graph.nodes:  # in order: a node is constant when all its inputs are
+            if node.op == "param" or (node.inputs and not is_random(node) and all(v in self.constant for v in node.inputs)):
+                self.constant.update(node.outputs)
 
     def is_constant(self, value: Value) -> bool:
-        node = value.producer
-        if node is None or is_random(node):
-            return False
-        return node.op == "param" or (bool(node.inputs) and all(self.is_constant(v) for v in node.inputs))
+        return value in self.constant
 
     def value(self, value: Value) -> torch.Tensor:
         if value not in self.known:
@@ -116,7 +117,7 @@ def _match(graph: Graph, constants: Constants, x: Value, compares: list[Node]) -
         return None, grid
     region = _region(graph, constants, x)
     width = grid.shape[1] - 1
-    for out in _exits(region, x):
+    for out in _exits(region):
         k = width - out.type.shape[-1] if isinstance(out.type.shape[-1], int) else 0
         if out.type.rank != x.type.rank + 1 or not 1 <= k < width or out.type.shape[:-1] != x.type.shape:
             continue
@@ -161,7 +162,7 @@ def _region(graph: Graph, constants: Constants, x: Value) -> list[Node]:
     return region
 
 
-def _exits(region: list[Node], x: Value) -> list[Value]:
+def _exits(region: list[Node]) -> list[Value]:
     """Region values read outside the region (or returned)."""
     members = set(region)
     return [v for node in region for v in node.outputs
