@@ -6,8 +6,8 @@ generated PyTorch module and in onnxruntime; ratios (before / after); the larges
 each form against float64, relative to the largest output; pykan's own forward (MultKAN, the
 MatrixKAN paper's baseline) beside them when pykan is installed.
 
-    python benchmarks/kan.py                 # k = 1..8, G = 5 and 20 (long on a small machine)
-    python benchmarks/kan.py --quick         # width 64, batch 256, k in 1, 3, 8, G = 5
+    python benchmarks/matrix_kan.py                 # k = 1..8, G = 5 and 20 (long on a small machine)
+    python benchmarks/matrix_kan.py --quick         # width 64, batch 256, k in 1, 3, 8, G = 5
 """
 from __future__ import annotations
 
@@ -21,8 +21,7 @@ from pathlib import Path
 
 import torch
 
-# the repository root instead of benchmarks/, where this file would shadow pykan's `kan` package
-sys.path[0] = str(Path(__file__).resolve().parents[1])
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import torchcarve as tc  # noqa: E402
 from benchmarks.machine import header  # noqa: E402
@@ -103,7 +102,7 @@ def main() -> None:
     orders = args.orders or ([1, 3, 8] if args.quick else list(range(1, 9)))
     grids = args.grids or ([5] if args.quick else [5, 20])
     torch.set_num_threads(args.threads)
-    print(header("python benchmarks/kan.py " + " ".join(sys.argv[1:])))
+    print(header("python benchmarks/matrix_kan.py " + " ".join(sys.argv[1:])))
     print(f"KAN MLP: 3 KANLinear layers, width {width}, batch {batch}, {args.threads} threads; times in ms "
           "(median); ratio = before / after\n")
     print("| G | k | MLP torch before | after | ratio | MLP ORT before | after | ratio | bases torch ratio "
