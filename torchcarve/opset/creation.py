@@ -17,7 +17,8 @@ CREATION = table(
       for op in ("new_zeros", "new_ones")),
     *(OpDecl(f"aten.{op}", prune=prune.sized, attr_fix=SIZED, no_lowering=NO_ONNX_FORM, shape_only=True)
       for op in ("new_full", "new_empty")),
-    *(OpDecl(f"aten.{op}", lower=lower.like_fill, shape_only=True) for op in ("zeros_like", "ones_like", "full_like")),
+    *(OpDecl(f"aten.{op}", prune=prune.elementwise, lower=lower.like_fill, shape_only=True)
+      for op in ("zeros_like", "ones_like", "full_like")),
     OpDecl("aten.empty_like", no_lowering=NO_ONNX_FORM, shape_only=True),
     OpDecl("aten.scalar_tensor", no_lowering="no ONNX lowering written yet (folded when constant)"),
 )

@@ -12,11 +12,11 @@ UNARY = {"relu": "Relu", "sigmoid": "Sigmoid", "tanh": "Tanh", "erf": "Erf", "ex
          "log": "Log", "sqrt": "Sqrt", "neg": "Neg", "abs": "Abs", "reciprocal": "Reciprocal", "sin": "Sin",
          "cos": "Cos", "floor": "Floor", "ceil": "Ceil", "logical_not": "Not", "bitwise_not": "Not", "sign": "Sign",
          "round": "Round"}
-UNARY_UNPRUNED = {"floor", "ceil", "logical_not", "bitwise_not", "sign", "round"}
+UNARY_UNPRUNED = {"ceil", "logical_not", "bitwise_not", "sign", "round"}
 # aten binary op (overloads .Tensor and .Scalar) -> ONNX op; the UNPRUNED ones have no pruning rule
 BINARY = {"add": "Add", "sub": "Sub", "mul": "Mul", "div": "Div", "bitwise_and": "And", "bitwise_or": "Or",
           "__and__": "And", "__or__": "Or"}
-BINARY_UNPRUNED = {"__and__", "__or__"}
+BINARY_UNPRUNED: set[str] = set()
 COMPARE = {"eq": "Equal", "lt": "Less", "le": "LessOrEqual", "gt": "Greater", "ge": "GreaterOrEqual"}
 OVERLOADS = ("Tensor", "Scalar")
 # aliases and dtype conversions: no ONNX node, or a Cast
@@ -41,6 +41,8 @@ ELEMENTWISE = table(
     *(_ew(op, lower=lower.identity, view=op in VIEWS) for op in IDENTITY),
     _ew("lift_fresh", None, lower=lower.identity),
     _ew("type_as", prune.first_input, lower=lower.identity),
+    _ew("logical_and", lower=lower.binary("And")), _ew("logical_or", lower=lower.binary("Or")),
+    _ew("nan_to_num", no_lowering=NO_ONNX_FORM),
     _ew("minimum", None, lower=lower.binary("Min")), _ew("maximum", None, lower=lower.binary("Max")),
     _ew("min.other", None, lower=lower.binary("Min")), _ew("max.other", None, lower=lower.binary("Max")),
     _ew("pow.Tensor_Scalar", lower=lower.binary("Pow", second="exponent")),

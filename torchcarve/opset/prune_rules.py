@@ -506,6 +506,13 @@ def select(node: Node, port: Port, axis: int, idx: torch.Tensor) -> list[Link]:
     return [(X, in_axis, idx), (OUT, out_axis, idx)]
 
 
+def gather(node: Node, port: Port, axis: int, idx: torch.Tensor) -> list[Link]:
+    """gather along `dim`: that axis is a barrier; the others map 1:1 between self, index and output."""
+    if axis == _arg(node, "dim") % len(shape(node, port)):
+        raise Barrier(f"{node.op} gathers along axis {axis}")
+    return [(p, axis, idx) for p in (X, W, OUT) if shape(node, p)[axis] == shape(node, port)[axis]]
+
+
 def _full_slice(node: Node, size: Any) -> bool:
     if node.op != "aten.slice.Tensor" or not isinstance(size, int):
         return False

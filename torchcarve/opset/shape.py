@@ -42,7 +42,7 @@ SHAPE = table(
     _view("narrow", lower=lower.narrow),
     OpDecl("aten.index.Tensor", prune=prune.index_tensor, lower=lower.index),
     OpDecl("aten.index_select", lower=lower.index_select),
-    OpDecl("aten.gather", lower=lower.gather),
+    OpDecl("aten.gather", prune=prune.gather, lower=lower.gather),
     OpDecl("aten.pad", prune=prune.pad, lower=lower.pad),
     OpDecl("aten.constant_pad_nd", prune=prune.pad, lower=lower.pad),
     OpDecl("aten.roll", prune=prune.roll, lower=lower.roll),
