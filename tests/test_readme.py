@@ -33,3 +33,12 @@ def test_readme_starts_with_the_two_commands() -> None:
                         'pip install -c constraints.txt ".[dev]" && python -m pytest']
     ci = (README.parent / ".ci" / "run").read_text()
     assert commands[1] in ci                    # CI runs exactly the README's test command
+
+
+def test_every_relative_link_in_the_docs_resolves() -> None:
+    root = README.parent
+    pages = [README, root / "benchmarks" / "README.md", *sorted((root / "docs").rglob("*.md"))]
+    broken = [(str(page.relative_to(root)), target) for page in pages
+              for target in re.findall(r"\]\(([^)#\s]+)(?:#[^)]*)?\)", page.read_text())
+              if not target.startswith("http") and not (page.parent / target).exists()]
+    assert len(pages) > 10 and not broken
