@@ -160,20 +160,14 @@ def _cost_chart(plt: Any, rows: list[_Row]) -> Any:
         series.append(("bytes moved", [r.bytes for r in rows]))
     figure, axes = plt.subplots(1, len(series), figsize=(3.2 * len(series), 2.8))
     for ax, (label, values) in zip(axes, series):
-        ax.bar(range(len(rows)), values, color="#2b6cb0")
-        ax.set_ylabel(label)
-        ax.set_xlabel("stage")
-        ax.set_xticks(range(len(rows)), _short([r.name for r in rows]), rotation=60, ha="right", fontsize=7)
+        _bars(ax, [r.name for r in rows], values, "#2b6cb0", label, "stage")
     figure.suptitle("cost per stage")
     return figure
 
 
 def _latency_chart(plt: Any, rows: list[_Row]) -> Any:
     figure, ax = plt.subplots(figsize=(4, 2.8))
-    ax.bar(range(len(rows)), [r.latency_ms for r in rows], color="#e6862e")
-    ax.set_ylabel("latency (ms)")
-    ax.set_xlabel("stage")
-    ax.set_xticks(range(len(rows)), _short([r.name for r in rows]), rotation=60, ha="right", fontsize=7)
+    _bars(ax, [r.name for r in rows], [r.latency_ms for r in rows], "#e6862e", "latency (ms)", "stage")
     ax.set_title("measured latency (PyTorch, best of 5)")
     return figure
 
@@ -181,14 +175,19 @@ def _latency_chart(plt: Any, rows: list[_Row]) -> Any:
 def _error_chart(plt: Any, rows: list[_Row]) -> Any:
     figure, ax = plt.subplots(figsize=(4, 2.8))
     values = [r.max_error or 0.0 for r in rows[1:]]
-    ax.bar(range(len(values)), values, color="#d62728")
+    _bars(ax, [r.name for r in rows[1:]], values, "#d62728", "max |output change|", "after pass")
     if any(v > 0 for v in values):
         ax.set_yscale("symlog", linthresh=1e-7)
-    ax.set_ylabel("max |output change|")
-    ax.set_xlabel("after pass")
-    ax.set_xticks(range(len(values)), _short([r.name for r in rows[1:]]), rotation=60, ha="right", fontsize=7)
     ax.set_title("output error vs the input of the run")
     return figure
+
+
+def _bars(ax: Any, names: list[str], values: list[float], color: str, ylabel: str, xlabel: str) -> None:
+    """One bar per stage, its name under it."""
+    ax.bar(range(len(values)), values, color=color)
+    ax.set_ylabel(ylabel)
+    ax.set_xlabel(xlabel)
+    ax.set_xticks(range(len(values)), _short(names), rotation=60, ha="right", fontsize=7)
 
 
 def _sensitivity(layers: Any) -> tuple[str, list[str], list[float]] | None:

@@ -562,22 +562,22 @@ def chunk(node: Node, port: Port, axis: int, idx: torch.Tensor) -> list[Link]:
 
 def unbind(node: Node, port: Port, axis: int, idx: torch.Tensor) -> list[Link]:
     """unbind drops `dim` (a barrier); other axes map onto every output."""
-    dim = _arg(node, "dim") % len(shape(node, X))
-    in_axis = axis + (1 if port != X and axis >= dim else 0)
-    if in_axis == dim:
-        raise Barrier(f"{node.op} on axis {dim}")
-    out_axis = in_axis - (1 if in_axis > dim else 0)
-    return [(X, in_axis, idx)] + [(("out", j), out_axis, idx) for j in range(len(node.outputs))]
+    return _around_dim(node, port, axis, idx, X, [("out", j) for j in range(len(node.outputs))])
 
 
 def stack(node: Node, port: Port, axis: int, idx: torch.Tensor) -> list[Link]:
     """stack adds `dim` (a barrier); other axes map onto every input."""
-    dim = _arg(node, "dim") % len(shape(node, OUT))
-    out_axis = axis + (1 if port != OUT and axis >= dim else 0)
-    if out_axis == dim:
+    return _around_dim(node, port, axis, idx, OUT, [("in", i) for i in range(len(node.inputs))])
+
+
+def _around_dim(node: Node, port: Port, axis: int, idx: torch.Tensor, whole: Port, parts: list[Port]) -> list[Link]:
+    """`whole` has the extra axis `dim` that `parts` lack: that axis is a barrier, the others map 1:1."""
+    dim = _arg(node, "dim") % len(shape(node, whole))
+    whole_axis = axis + (1 if port != whole and axis >= dim else 0)
+    if whole_axis == dim:
         raise Barrier(f"{node.op} on axis {dim}")
-    in_axis = out_axis - (1 if out_axis > dim else 0)
-    return [(("in", i), in_axis, idx) for i in range(len(node.inputs))] + [(OUT, out_axis, idx)]
+    part_axis = whole_axis - (1 if whole_axis > dim else 0)
+    return [(whole, whole_axis, idx)] + [(part, part_axis, idx) for part in parts]
 
 
 def roll(node: Node, port: Port, axis: int, idx: torch.Tensor) -> list[Link]:
