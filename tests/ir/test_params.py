@@ -52,3 +52,16 @@ def test_a_file_that_vanishes_before_a_lazy_read_is_a_file_format_error(tmp_path
     path.unlink()
     with pytest.raises(FileFormatError, match="cannot read tensor 'w'"):
         store["w"]
+
+
+def test_release_returns_a_file_backed_entry_to_its_file_and_counts_bytes(tmp_path):
+    store = tc.ParamStore({"w": torch.arange(6.0), "b": torch.ones(2)})
+    store.save(tmp_path / "w.safetensors")
+    lazy = tc.ParamStore.load(tmp_path / "w.safetensors")
+    assert torch.equal(lazy["w"], torch.arange(6.0)) and lazy.bytes_read == 24
+    lazy.release("w")
+    assert "w" in lazy and "w" not in lazy._tensors       # back on disk, still an entry
+    assert torch.equal(lazy["w"], torch.arange(6.0)) and lazy.bytes_read == 48
+    lazy["b"] = torch.zeros(2)                             # rewritten: no longer the file's tensor
+    lazy.release("b")
+    assert torch.equal(lazy["b"], torch.zeros(2))

@@ -14,28 +14,44 @@ class ParamStore(MutableMapping[str, torch.Tensor]):
     """Weights referenced by `param` nodes. Tensors are treated as immutable: replace, don't edit.
 
     `trainable` names the entries that were nn.Parameters (the rest are buffers/constants).
+    Entries read from a file are loaded on first access and can be `release`d back to the file;
+    `bytes_read` / `bytes_written` count the tensor bytes moved from and to disk.
     """
 
     def __init__(self, tensors: dict[str, torch.Tensor] | None = None, trainable: set[str] | None = None) -> None:
         self._tensors: dict[str, torch.Tensor] = dict(tensors or {})
-        self._lazy: dict[str, Path] = {}
+        self._lazy: dict[str, Path] = {}     # not loaded yet: name -> file holding it
+        self._loaded: dict[str, Path] = {}   # loaded from a file and unchanged since: name -> that file
+        self.bytes_read = 0
+        self.bytes_written = 0
         self.trainable: set[str] = set(trainable or ())
         self._suffixes: dict[str, int] = {}  # base name -> last suffix unique_name gave it
 
     def __getitem__(self, name: str) -> torch.Tensor:
         if name not in self._tensors and name in self._lazy:
-            self._tensors[name] = _read_tensor(self._lazy.pop(name), name)
+            path = self._lazy.pop(name)
+            tensor = self._tensors[name] = _read_tensor(path, name)
+            self._loaded[name] = path
+            self.bytes_read += tensor.numel() * tensor.element_size()
         return self._tensors[name]
 
     def __setitem__(self, name: str, tensor: torch.Tensor) -> None:
         self._lazy.pop(name, None)
+        self._loaded.pop(name, None)
         self._tensors[name] = tensor.detach()
+
+    def release(self, name: str) -> None:
+        """Drop the in-memory copy of an entry that is still the same as in its file (no-op otherwise)."""
+        if name in self._loaded:
+            self._lazy[name] = self._loaded.pop(name)
+            del self._tensors[name]
 
     def __delitem__(self, name: str) -> None:
         if name in self._lazy:
             del self._lazy[name]
         else:
             del self._tensors[name]
+            self._loaded.pop(name, None)
         self.trainable.discard(name)
 
     def __iter__(self) -> Iterator[str]:
@@ -52,6 +68,7 @@ class ParamStore(MutableMapping[str, torch.Tensor]):
         """A new store sharing the (immutable) tensors."""
         new = ParamStore(self._tensors, self.trainable)
         new._lazy = dict(self._lazy)
+        new._loaded = dict(self._loaded)
         return new
 
     def unique_name(self, base: str) -> str:
