@@ -23,8 +23,9 @@ from .opdef import OpDef
 ACTIVATIONS = ("gelu", "gelu_tanh", "silu", "relu")
 
 
-def carve_moe(x, *weights, top_k, act, norm_topk=True, gated=False, router_bias=False, expert_bias=False):
-    """Dense top-k mixture of experts (see the module docstring)."""
+def carve_moe(x, *weights, top_k, act, norm_topk=True, gated=False, router_bias=False, expert_bias=False,
+              dispatch="auto"):
+    """Top-k mixture of experts (see the module docstring) in the `dispatch` form."""
     weights = list(weights)
     router_w = weights.pop(0)
     router_b = weights.pop(0) if router_bias else None
@@ -32,22 +33,54 @@ def carve_moe(x, *weights, top_k, act, norm_topk=True, gated=False, router_bias=
     up_b = weights.pop(0) if expert_bias else None
     down_w = weights.pop(0)
     down_b = weights.pop(0) if expert_bias else None
+    experts = (up_w, up_b, down_w, down_b)
     tokens = x.reshape(-1, x.shape[-1])
     top, index = moe_routing(tokens, router_w, router_b, top_k, norm_topk)
-    routing = torch.zeros(tokens.shape[0], router_w.shape[0], dtype=top.dtype).scatter(1, index, top).to(x.dtype)
-    hidden = torch.matmul(tokens, up_w.transpose(1, 2))
+    if dispatch == "auto":
+        dispatch = moe_dispatch(tokens.shape[0], router_w.shape[0], top_k)
+    combine = moe_sparse if dispatch == "sparse" else moe_dense
+    return combine(tokens, top, index, experts, act, gated).reshape(x.shape)
+
+
+def moe_dense(tokens, top, index, experts, act, gated):
+    """Every expert on every token [E, T, D], weighed by the routing matrix [T, E] (zero off the top-k)."""
+    routing = torch.zeros(tokens.shape[0], experts[0].shape[0], dtype=top.dtype).scatter(1, index, top)
+    out = moe_ffn(tokens, *experts, act, gated)
+    return (out * routing.to(tokens.dtype).t().unsqueeze(-1)).sum(dim=0)
+
+
+def moe_sparse(tokens, top, index, experts, act, gated):
+    """Each expert on the tokens routed to it only (data-dependent sizes), added into the output by index."""
+    out = torch.zeros_like(tokens)
+    for e in range(experts[0].shape[0]):
+        token, slot = torch.where(index == e)
+        expert = [None if w is None else w[e] for w in experts]
+        y = moe_ffn(tokens[token], *expert, act, gated)
+        out.index_add_(0, token, y * top[token, slot, None].to(tokens.dtype))
+    return out
+
+
+def moe_ffn(x, up_w, up_b, down_w, down_b, act, gated):
+    """down(act(up(x))) (gated: down(act(gate) * up)); stacked weights [E, out, in] give [E, T, out]."""
+    hidden = torch.matmul(x, up_w.transpose(-1, -2))
     if up_b is not None:
-        hidden = hidden + up_b.unsqueeze(1)
+        hidden = hidden + up_b.unsqueeze(-2)
     if gated:
         gate, up = hidden.chunk(2, dim=-1)
         hidden = _activation(gate, act) * up
     else:
         hidden = _activation(hidden, act)
-    out = torch.matmul(hidden, down_w.transpose(1, 2))
-    if down_b is not None:
-        out = out + down_b.unsqueeze(1)
-    out = (out * routing.t().unsqueeze(-1)).sum(dim=0)
-    return out.reshape(x.shape)
+    out = torch.matmul(hidden, down_w.transpose(-1, -2))
+    return out if down_b is None else out + down_b.unsqueeze(-2)
+
+
+def moe_dispatch(tokens, experts, top_k, min_experts_per_k=8, min_tokens=64, assumed_tokens=64):
+    """The form the `auto` dispatch takes: "sparse" when the layer has at least `min_experts_per_k` experts per
+    routed slot and at least `min_tokens` tokens (enough to amortise each expert's NonZero/Gather/Scatter), else
+    "dense"; thresholds measured in onnxruntime by benchmarks/moe_dispatch.py. `tokens` None (a symbolic
+    count) is taken as `assumed_tokens`."""
+    tokens = assumed_tokens if tokens is None else tokens
+    return "sparse" if experts / top_k >= min_experts_per_k and tokens >= min_tokens else "dense"
 
 
 def moe_routing(tokens, router_w, router_b, top_k, norm_topk):
@@ -69,7 +102,9 @@ def _activation(x, act):
     return torch.relu(x)
 
 
-carve_moe.calls = (moe_routing, _activation)
+carve_moe.calls = (moe_routing, moe_dispatch, moe_dense, moe_sparse)
+moe_dense.calls = moe_sparse.calls = (moe_ffn,)
+moe_ffn.calls = (_activation,)
 
 
 def moe_weights(node: Any) -> dict[str, Any]:
@@ -89,5 +124,5 @@ def _bind(inputs: Sequence[Any], attrs: dict[str, Any]) -> tuple[list[Any], dict
 
 
 MOE = OpDef(name="carve.moe", fn=carve_moe, bind=_bind,
-            attrs=frozenset({"top_k", "act", "norm_topk", "gated", "router_bias", "expert_bias"}))
+            attrs=frozenset({"top_k", "act", "norm_topk", "gated", "router_bias", "expert_bias", "dispatch"}))
 OPS = [MOE]
