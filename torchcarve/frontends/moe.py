@@ -1,9 +1,10 @@
-"""Capture top-k mixture-of-experts layers in their dense form (the IR op carve.moe, see ir/ops/moe.py).
+"""Capture top-k mixture-of-experts layers as one opaque op each (the IR op carve.moe, see ir/ops/moe.py).
 
 A routed MoE's sparse dispatch (`torch.where(index == e)`, `x[tokens]`, `index_add`) has data-dependent
 sizes that the IR cannot carry, so capture swaps each MoE module it recognises, for the time of the
 export only, for `DenseMoE`: the same weights stacked per expert, calling the custom op `torchcarve::moe`
-that the converter turns into one carve.moe node. Recognised: HF's sparse MoE blocks (a `gate` router
+(static output shape) that the converter turns into one carve.moe node, whose kernel and ONNX lowering
+run either dispatch form. Recognised: HF's sparse MoE blocks (a `gate` router
 with `top_k` and `experts` holding gate_up_proj/down_proj; Mixtral, OLMoE, Qwen2-MoE with its shared
 expert) and user modules with a router nn.Linear [E, D] and `experts`, an nn.ModuleList of E two- or
 three-linear FFNs. Which activation, gating order and renormalisation the module uses is not guessed:

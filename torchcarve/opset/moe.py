@@ -29,7 +29,6 @@ if TYPE_CHECKING:
 
 
 SCATTER_ADD_OPSET = 16  # ScatterND's reduction="add"
-DISPATCH_FORMS = ("auto", "dense", "sparse")
 
 
 def moe(ctx: "LoweringContext", node: Node) -> None:
@@ -41,15 +40,23 @@ def moe(ctx: "LoweringContext", node: Node) -> None:
     ctx.emit("Reshape", [out, ctx.emit("Shape", [ctx.name(x)])[0]], _out(ctx, node))
 
 
-def node_dispatch(node: Node, assumed_tokens: int | None = None) -> str:
-    """The form a carve.moe node runs in: its `dispatch` attribute, or for `auto` (the default) the form
-    `moe_dispatch` picks for its token count (a symbolic count is taken as `assumed_tokens`, else the rule's)."""
+def node_dispatch(node: Node, tokens: int | None = None) -> str:
+    """The form a carve.moe node runs in: its `dispatch` attribute, or for `auto` (the default) `auto_dispatch`."""
     dispatch = node.attrs.get("dispatch", "auto")
-    if dispatch != "auto":
-        return dispatch
-    shape = node.inputs[0].type.shape[:-1]
-    tokens = math.prod(shape) if all(isinstance(d, int) for d in shape) else assumed_tokens
+    return dispatch if dispatch != "auto" else auto_dispatch(node, tokens)
+
+
+def auto_dispatch(node: Node, tokens: int | None = None) -> str:
+    """The form the measured rule `moe_dispatch` picks for the node at `tokens` tokens (default: its static token
+    count; a symbolic count is taken as the rule's assumed count)."""
+    tokens = static_tokens(node) if tokens is None else tokens
     return moe_dispatch(tokens, moe_weights(node)["router_w"].type.shape[0], node.attrs["top_k"])
+
+
+def static_tokens(node: Node) -> int | None:
+    """How many tokens the node's input holds (all dims but the last), None when that is symbolic."""
+    shape = node.inputs[0].type.shape[:-1]
+    return math.prod(shape) if all(isinstance(d, int) for d in shape) else None
 
 
 def _dense(ctx: "LoweringContext", tokens: str, routed: tuple[str, str, str], roles: dict, attrs: dict,
@@ -150,10 +157,14 @@ def _activation(ctx: "LoweringContext", x: str, act: str, dtype: str) -> str:
 
 
 def moe_macs(node: Node, sizes: dict[str, int]) -> int:
-    """Router + every expert's up and down projections on every token (the dense form)."""
+    """Router + the experts' up and down projections: every expert on every token (dense), or each token's
+    top-k experts only (sparse)."""
     roles = moe_weights(node)
     tokens = node.inputs[0].type.numel(sizes) // concrete_dim(node.inputs[0].type.shape[-1], sizes)
-    return tokens * sum(roles[k].type.numel(sizes) for k in ("router_w", "up_w", "down_w"))
+    experts = sum(roles[k].type.numel(sizes) for k in ("up_w", "down_w"))
+    if node_dispatch(node, tokens) == "sparse":
+        experts = experts * node.attrs["top_k"] // roles["router_w"].type.shape[0]
+    return tokens * (roles["router_w"].type.numel(sizes) + experts)
 
 
 # prune: none, a barrier (prune-experts removes whole experts; expert-local width pruning is not done)

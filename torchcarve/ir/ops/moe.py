@@ -1,15 +1,14 @@
-"""carve.moe: a top-k routed mixture-of-experts layer in its dense form.
+"""carve.moe: a top-k routed mixture-of-experts layer, run in its dense or its sparse dispatch form.
 
 Inputs: x [..., D], router weight [E, D] (+ bias [E] when `router_bias`), expert up weights [E, H', D]
 (+ bias [E, H']), expert down weights [E, D, H] (+ bias [E, D]) when `expert_bias`. Each token's router
 probabilities softmax(x W_r^T + b_r) keep their `top_k` largest (renormalised to sum 1 when `norm_topk`),
-the others are zero; every expert runs on every token, y_e = down_e(act(up_e(x))) — with `gated`,
-up_e gives [gate; up] (H' = 2H) and y_e = down_e(act(gate) * up) — and the output is sum_e p_e y_e.
+the others are zero; expert e computes y_e = down_e(act(up_e(x))) — with `gated`, up_e gives [gate; up]
+(H' = 2H) and y_e = down_e(act(gate) * up) — and the output is sum_e p_e y_e.
 
-Why dense: the sparse dispatch (each expert on the tokens routed to it) has data-dependent sizes, which
-the IR's shapes (products of input symbols) cannot hold. The dense form computes the same outputs with
-static shapes, in E x the expert MACs of k x; for the small E of edge models that is the form
-onnxruntime runs fastest (one batched MatMul per projection, no NonZero/Gather/ScatterND).
+`dispatch`: "dense" runs every expert on every token (static shapes, E/k x the expert MACs); "sparse" runs
+each expert on the tokens routed to it (sizes that depend on the data, inside the kernel only: the output
+has x's shape either way); "auto" (the default) takes the form `moe_dispatch` picks for the token count.
 """
 from __future__ import annotations
 
@@ -17,10 +16,12 @@ from typing import Any, Sequence
 
 import torch
 
-from ..types import concrete_dim
+from ...errors import ShapeError
+from ..types import TensorType
 from .opdef import OpDef
 
 ACTIVATIONS = ("gelu", "gelu_tanh", "silu", "relu")
+DISPATCH_FORMS = ("auto", "dense", "sparse")
 
 
 def carve_moe(x, *weights, top_k, act, norm_topk=True, gated=False, router_bias=False, expert_bias=False,
@@ -74,7 +75,7 @@ def moe_ffn(x, up_w, up_b, down_w, down_b, act, gated):
     return out if down_b is None else out + down_b.unsqueeze(-2)
 
 
-def moe_dispatch(tokens, experts, top_k, min_experts_per_k=8, min_tokens=64, assumed_tokens=64):
+def moe_dispatch(tokens, experts, top_k, min_experts_per_k=2, min_tokens=1, assumed_tokens=64):
     """The form the `auto` dispatch takes: "sparse" when the layer has at least `min_experts_per_k` experts per
     routed slot and at least `min_tokens` tokens (enough to amortise each expert's NonZero/Gather/Scatter), else
     "dense"; thresholds measured in onnxruntime by benchmarks/moe_dispatch.py. `tokens` None (a symbolic
@@ -109,20 +110,49 @@ moe_ffn.calls = (_activation,)
 
 def moe_weights(node: Any) -> dict[str, Any]:
     """The node's weight inputs by role: router_w, router_b, up_w, up_b, down_w, down_b (absent ones None)."""
-    inputs = list(node.inputs[1:])
-    roles: dict[str, Any] = {"router_w": inputs.pop(0)}
-    roles["router_b"] = inputs.pop(0) if node.attrs.get("router_bias") else None
-    roles["up_w"] = inputs.pop(0)
-    roles["up_b"] = inputs.pop(0) if node.attrs.get("expert_bias") else None
-    roles["down_w"] = inputs.pop(0)
-    roles["down_b"] = inputs.pop(0) if node.attrs.get("expert_bias") else None
+    return moe_roles(list(node.inputs[1:]), node.attrs)
+
+
+def moe_roles(weights: list[Any], attrs: dict[str, Any]) -> dict[str, Any]:
+    """`weights` (the inputs after x, or their types) by role; the biases are there when the attrs say so."""
+    weights = list(weights)
+    roles: dict[str, Any] = {"router_w": weights.pop(0)}
+    roles["router_b"] = weights.pop(0) if attrs.get("router_bias") else None
+    roles["up_w"] = weights.pop(0)
+    roles["up_b"] = weights.pop(0) if attrs.get("expert_bias") else None
+    roles["down_w"] = weights.pop(0)
+    roles["down_b"] = weights.pop(0) if attrs.get("expert_bias") else None
     return roles
+
+
+def infer_moe(attrs: dict[str, Any], types: list[TensorType]) -> list[TensorType]:
+    """x's type, once the weights are checked to be one stack of E experts of x's width (either dispatch form
+    gives that shape; the sparse form's inner sizes depend on the data, so its kernel cannot run on meta)."""
+    expected = 4 + 2 * bool(attrs.get("expert_bias")) + bool(attrs.get("router_bias"))
+    _check(len(types) == expected, f"expects {expected} inputs for these attributes, got {len(types)}", types)
+    x, roles = types[0], moe_roles(types[1:], attrs)
+    experts, width = roles["router_w"].shape[0], x.shape[-1]
+    hidden = roles["down_w"].shape[-1]
+    shapes = {"router_w": (experts, width), "router_b": (experts,), "down_w": (experts, width, hidden),
+              "up_w": (experts, 2 * hidden if attrs.get("gated") else hidden, width), "down_b": (experts, width)}
+    shapes["up_b"] = shapes["up_w"][:2]
+    for role, shape in shapes.items():
+        _check(roles[role] is None or tuple(roles[role].shape) == shape, f"{role} must be {list(shape)}", types)
+    _check(1 <= attrs.get("top_k", 0) <= experts, f"top_k must be in 1..{experts}", types)
+    _check(attrs.get("dispatch", "auto") in DISPATCH_FORMS, f"dispatch must be one of {', '.join(DISPATCH_FORMS)}",
+           types)
+    return [x]
+
+
+def _check(ok: bool, why: str, types: list[TensorType]) -> None:
+    if not ok:
+        raise ShapeError(f"carve.moe {why}", hint=f"input types: {', '.join(map(str, types))}")
 
 
 def _bind(inputs: Sequence[Any], attrs: dict[str, Any]) -> tuple[list[Any], dict[str, Any]]:
     return list(inputs), dict(attrs)
 
 
-MOE = OpDef(name="carve.moe", fn=carve_moe, bind=_bind,
+MOE = OpDef(name="carve.moe", fn=carve_moe, bind=_bind, infer=infer_moe,
             attrs=frozenset({"top_k", "act", "norm_topk", "gated", "router_bias", "expert_bias", "dispatch"}))
 OPS = [MOE]
