@@ -92,8 +92,8 @@ def _sparse(ctx: "LoweringContext", tokens: str, routed: tuple[str, str, str], r
         token = ctx.emit("Gather", [pairs, ctx.ints([0])], axis=0)[0]  # [1, n]
         gate = ctx.emit("GatherND", [top, ctx.emit("Transpose", [pairs], perm=[1, 0])[0]])[0]  # [n]
         rows = ctx.emit("Gather", [tokens, ctx.emit("Squeeze", [token, ctx.ints([0])])[0]], axis=0)[0]  # [n, D]
-        hidden = _hidden(ctx, _expert_matmul(ctx, rows, roles["up_w"], roles["up_b"], e), roles, attrs, dtype)
-        y = _expert_matmul(ctx, hidden, roles["down_w"], roles["down_b"], e)
+        hidden = _hidden(ctx, _experts_matmul(ctx, rows, roles["up_w"], roles["up_b"], e), roles, attrs, dtype)
+        y = _experts_matmul(ctx, hidden, roles["down_w"], roles["down_b"], e)
         y = ctx.emit("Mul", [y, ctx.emit("Unsqueeze", [gate, ctx.ints([1])])[0]])[0]
         out = _scatter_add(ctx, out, zeros, ctx.emit("Transpose", [token], perm=[1, 0])[0], y)
     return out
@@ -119,33 +119,38 @@ def _filled(value: float, dtype: str) -> onnx.TensorProto:
     return tensor_proto("value", torch.tensor([value], dtype=TensorType((), dtype).torch_dtype))
 
 
-def _experts_matmul(ctx: "LoweringContext", x: str, weight, bias) -> str:
-    """x [T, in] or [E, T, in] times every expert's W [E, out, in] transposed, plus bias [E, out]: [E, T, out]."""
-    if weight in ctx.constants:
-        base = weight.producer.attrs["name"] if weight.producer.op == "param" else weight.name
-        weight_t = ctx.const(ctx.constants[weight].transpose(1, 2).contiguous(), f"{base}.T")
-    else:
-        weight_t = ctx.emit("Transpose", [ctx.name(weight)], perm=[0, 2, 1])[0]
-    product = ctx.emit("MatMul", [x, weight_t])[0]
+def _experts_matmul(ctx: "LoweringContext", x: str, weight, bias, expert: int | None = None) -> str:
+    """x [T, in] or [E, T, in] times every expert's W [E, out, in] transposed plus bias [E, out]: [E, T, out];
+    given `expert`, x [n, in] times that expert's W only: [n, out]."""
+    product = ctx.emit("MatMul", [x, _weight_t(ctx, weight, expert)])[0]
     if bias is None:
         return product
-    return ctx.emit("Add", [product, ctx.emit("Unsqueeze", [ctx.name(bias), ctx.ints([1])])[0]])[0]
+    if expert is None:
+        return ctx.emit("Add", [product, ctx.emit("Unsqueeze", [ctx.name(bias), ctx.ints([1])])[0]])[0]
+    return ctx.emit("Add", [product, _expert_slice(ctx, bias, expert)])[0]
 
 
-def _expert_matmul(ctx: "LoweringContext", x: str, weight, bias, expert: int) -> str:
-    """x [n, in] times expert `expert`'s W [out, in] (of the stacked [E, out, in]) transposed, plus its bias."""
+def _weight_t(ctx: "LoweringContext", weight, expert: int | None) -> str:
+    """The stacked W [E, out, in] transposed to [E, in, out], or expert `expert`'s W transposed to [in, out]."""
     if weight in ctx.constants:
-        base = weight.producer.attrs["name"] if weight.producer.op == "param" else weight.name
-        weight_t = ctx.const(ctx.constants[weight][expert].t().contiguous(), f"{base}.{expert}.T")
-    else:
-        picked = ctx.emit("Gather", [ctx.name(weight), ctx.scalar(expert, "i64")], axis=0)[0]
-        weight_t = ctx.emit("Transpose", [picked], perm=[1, 0])[0]
-    product = ctx.emit("MatMul", [x, weight_t])[0]
-    if bias is None:
-        return product
-    if bias in ctx.constants:
-        return ctx.emit("Add", [product, ctx.const(ctx.constants[bias][expert].contiguous(), f"{bias.name}.{expert}")])[0]
-    return ctx.emit("Add", [product, ctx.emit("Gather", [ctx.name(bias), ctx.scalar(expert, "i64")], axis=0)[0]])[0]
+        tensor = ctx.constants[weight] if expert is None else ctx.constants[weight][expert]
+        return ctx.const(tensor.transpose(-1, -2).contiguous(), _base(weight, expert) + ".T")
+    if expert is None:
+        return ctx.emit("Transpose", [ctx.name(weight)], perm=[0, 2, 1])[0]
+    return ctx.emit("Transpose", [_expert_slice(ctx, weight, expert)], perm=[1, 0])[0]
+
+
+def _expert_slice(ctx: "LoweringContext", stacked, expert: int) -> str:
+    """Expert `expert`'s slice of a per-expert stack (an initializer when the stack is a weight)."""
+    if stacked in ctx.constants:
+        return ctx.const(ctx.constants[stacked][expert].contiguous(), _base(stacked, expert))
+    return ctx.emit("Gather", [ctx.name(stacked), ctx.scalar(expert, "i64")], axis=0)[0]
+
+
+def _base(value, expert: int | None) -> str:
+    """An initializer's name: the weight's (or value's) name, `.e` for expert e's slice."""
+    base = value.producer.attrs["name"] if value.producer.op == "param" else value.name
+    return base if expert is None else f"{base}.{expert}"
 
 
 def _activation(ctx: "LoweringContext", x: str, act: str, dtype: str) -> str:
