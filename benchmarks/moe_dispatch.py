@@ -83,7 +83,7 @@ def main() -> None:
                     for tokens in args.tokens:
                         ms = timed(paths, tokens, width, args)
                         faster = "sparse" if ms["sparse"] < ms["dense"] else "dense"
-                        pick = moe_dispatch(tokens, count, top_k)
+                        pick = moe_dispatch(tokens, count, top_k, 3 * width * hidden)
                         mark = "" if pick == faster else " (slower)"
                         print(f"| {size} {width}/{hidden} | {count} | {top_k} | {tokens} | {ms['dense']:.3f} | "
                               f"{ms['sparse']:.3f} | {ms['dense'] / ms['sparse']:.2f}x | {pick}{mark} |", flush=True)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+from torch.utils._python_dispatch import TorchDispatchMode
 
 import torchcarve as tc
 from torchcarve.analysis.cost import graph_cost
@@ -19,6 +20,7 @@ from .helpers import ATOL, RTOL
 ort = pytest.importorskip("onnxruntime")
 
 BATCHES = (1, 3, 7)
+EXPERT_MACS = 2 * 16 * 32  # one expert of the topk_moe model (up [32, 16], down [16, 32]) per token
 FORMS = ("dense", "sparse")
 
 
@@ -107,13 +109,23 @@ def test_one_token_leaves_most_experts_empty_in_the_kernel():
     torch.testing.assert_close(sparse, dense, rtol=RTOL, atol=ATOL)
 
 
-@pytest.mark.parametrize("tokens, experts, top_k, form", [
-    (1, 8, 2, "sparse"), (8, 2, 1, "sparse"), (512, 64, 2, "sparse"), (64, 4, 2, "sparse"),
-    (512, 2, 2, "dense"), (8, 4, 4, "dense"), (64, 6, 4, "dense"),
+SMALL, MEDIUM = 3 * 64 * 128, 3 * 256 * 512  # one gated expert's MACs per token at D/H 64/128 and 256/512
+
+
+@pytest.mark.parametrize("tokens, experts, top_k, expert_macs, form", [
+    (1, 8, 2, SMALL, "dense"),        # measured: sparse 0.46x
+    (1, 8, 2, MEDIUM, "sparse"),      # 4.3x
+    (8, 16, 2, SMALL, "sparse"),      # 1.2x
+    (512, 64, 2, SMALL, "sparse"),
+    (512, 2, 2, MEDIUM, "dense"),     # E = k: every expert sees every token, nothing to save
+    (1, 2, 1, SMALL, "dense"),        # 0.8x
+    (4, 2, 1, 32768, "sparse"),       # saves exactly 65536 MACs per expert: the threshold
+    (3, 2, 1, 32768, "dense"),
+    (None, 8, 2, SMALL, "sparse"),    # a symbolic count is taken as 64 tokens
 ])
-def test_auto_follows_the_rule_table(tokens, experts, top_k, form):
-    """The measured rule (docs/moe.md): sparse once a layer has at least 2 experts per routed slot."""
-    assert moe_dispatch(tokens, experts, top_k) == form
+def test_auto_follows_the_rule_table(tokens, experts, top_k, expert_macs, form):
+    """The measured rule (docs/moe.md): sparse once skipping the unrouted experts saves each expert 65536 MACs."""
+    assert moe_dispatch(tokens, experts, top_k, expert_macs) == form
 
 
 def test_the_cost_follows_the_form(topk):
@@ -123,8 +135,9 @@ def test_the_cost_follows_the_form(topk):
     (node,) = moe_nodes(graph)
     assert "dispatch" not in node.attrs
     dense, sparse = (graph_cost(in_form(graph, form), {"batch": 12}).macs for form in FORMS)
-    assert dense - sparse == 12 * (2 * 16 * 32) * (8 - 2)
-    assert graph_cost(graph, {"batch": 12}).macs == (sparse if moe_dispatch(12, 8, 2) == "sparse" else dense)
+    assert dense - sparse == 12 * EXPERT_MACS * (8 - 2)
+    auto = graph_cost(graph, {"batch": 12}).macs
+    assert auto == (sparse if moe_dispatch(12, 8, 2, EXPERT_MACS) == "sparse" else dense)
 
 
 def test_auto_exports_the_form_the_rule_picks(topk, tmp_path):
@@ -133,7 +146,7 @@ def test_auto_exports_the_form_the_rule_picks(topk, tmp_path):
     for form in ("auto", *FORMS):
         carved = graph if form == "auto" else in_form(graph, form)
         op_types = {n.op_type for n in tc.to_onnx(carved, tmp_path / f"{form}.onnx").graph.node}
-        expected = moe_dispatch(None, 8, 2) if form == "auto" else form
+        expected = moe_dispatch(None, 8, 2, EXPERT_MACS) if form == "auto" else form
         assert ("NonZero" in op_types) == (expected == "sparse"), form
 
 
@@ -153,9 +166,35 @@ def test_pass_ir_before_and_after(topk):
 
 def test_auto_on_a_symbolic_token_count_uses_the_assumed_count(topk):
     _, graph = topk
+    forms = set()
     for tokens in (1, 64, 4096):
         (row,) = optimize(graph, f"moe-dispatch{{tokens={tokens}}}").report[0].stats["layers"]
-        assert row["form"] == moe_dispatch(tokens, 8, 2) and row["tokens"] == f"{tokens} (assumed)"
+        assert row["form"] == moe_dispatch(tokens, 8, 2, EXPERT_MACS) and row["tokens"] == f"{tokens} (assumed)"
+        forms.add(row["form"])
+    assert forms == set(FORMS)
+
+
+class AtenCalls(TorchDispatchMode):
+    """Records the aten ops run inside it."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.ops: set[str] = set()
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        self.ops.add(func.overloadpacket.__name__)
+        return func(*args, **(kwargs or {}))
+
+
+@pytest.mark.parametrize("tokens", [1, 4096])
+def test_the_kernels_auto_uses_the_real_token_count(tokens):
+    """In PyTorch `auto` is resolved per call: the sparse path (nonzero, index_add_) runs exactly when the rule
+    picks it for the tokens given."""
+    weights = (torch.randn(8, 16), torch.randn(8, 32, 16), torch.randn(8, 16, 32))
+    with AtenCalls() as calls:
+        carve_moe(torch.randn(tokens, 16), *weights, top_k=2, act="gelu")
+    sparse = moe_dispatch(tokens, 8, 2, EXPERT_MACS) == "sparse"
+    assert ("index_add_" in calls.ops) == sparse and ("nonzero" in calls.ops) == sparse
 
 
 def test_prune_experts_keeps_the_form_and_the_outputs(topk, tmp_path):

@@ -50,7 +50,10 @@ def auto_dispatch(node: Node, tokens: int | None = None) -> str:
     """The form the measured rule `moe_dispatch` picks for the node at `tokens` tokens (default: its static token
     count; a symbolic count is taken as the rule's assumed count)."""
     tokens = static_tokens(node) if tokens is None else tokens
-    return moe_dispatch(tokens, moe_weights(node)["router_w"].type.shape[0], node.attrs["top_k"])
+    roles = moe_weights(node)
+    experts = roles["router_w"].type.shape[0]
+    expert_macs = (roles["up_w"].type.numel() + roles["down_w"].type.numel()) // experts
+    return moe_dispatch(tokens, experts, node.attrs["top_k"], expert_macs)
 
 
 def static_tokens(node: Node) -> int | None:

@@ -38,7 +38,7 @@ def carve_moe(x, *weights, top_k, act, norm_topk=True, gated=False, router_bias=
     tokens = x.reshape(-1, x.shape[-1])
     top, index = moe_routing(tokens, router_w, router_b, top_k, norm_topk)
     if dispatch == "auto":
-        dispatch = moe_dispatch(tokens.shape[0], router_w.shape[0], top_k)
+        dispatch = moe_dispatch(tokens.shape[0], router_w.shape[0], top_k, up_w[0].numel() + down_w[0].numel())
     combine = moe_sparse if dispatch == "sparse" else moe_dense
     return combine(tokens, top, index, experts, act, gated).reshape(x.shape)
 
@@ -75,13 +75,14 @@ def moe_ffn(x, up_w, up_b, down_w, down_b, act, gated):
     return out if down_b is None else out + down_b.unsqueeze(-2)
 
 
-def moe_dispatch(tokens, experts, top_k, min_experts_per_k=2, min_tokens=1, assumed_tokens=64):
-    """The form the `auto` dispatch takes: "sparse" when the layer has at least `min_experts_per_k` experts per
-    routed slot and at least `min_tokens` tokens (enough to amortise each expert's NonZero/Gather/Scatter), else
-    "dense"; thresholds measured in onnxruntime by benchmarks/moe_dispatch.py. `tokens` None (a symbolic
-    count) is taken as `assumed_tokens`."""
+def moe_dispatch(tokens, experts, top_k, expert_macs, min_saved_per_expert=65536, assumed_tokens=64):
+    """The form `auto` takes: "sparse" when running each expert on its routed tokens only saves at least
+    `min_saved_per_expert` MACs per expert (tokens x (E - k) / E x one expert's MACs per token) — about what
+    an expert's NonZero/Gather/ScatterND cost in onnxruntime (benchmarks/moe_dispatch.py) — else "dense".
+    `tokens` None (a symbolic count) is taken as `assumed_tokens`."""
     tokens = assumed_tokens if tokens is None else tokens
-    return "sparse" if experts / top_k >= min_experts_per_k and tokens >= min_tokens else "dense"
+    saved = tokens * (experts - top_k) * expert_macs / experts
+    return "sparse" if saved >= min_saved_per_expert else "dense"
 
 
 def moe_routing(tokens, router_w, router_b, top_k, norm_topk):
