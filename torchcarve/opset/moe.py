@@ -50,10 +50,14 @@ def auto_dispatch(node: Node, tokens: int | None = None) -> str:
     """The form the measured rule `moe_dispatch` picks for the node at `tokens` tokens (default: its static token
     count; a symbolic count is taken as the rule's assumed count)."""
     tokens = static_tokens(node) if tokens is None else tokens
+    return moe_dispatch(tokens, *moe_sizes(node))
+
+
+def moe_sizes(node: Node) -> tuple[int, int, int]:
+    """(experts, top-k, one expert's MACs per token) of a carve.moe node."""
     roles = moe_weights(node)
     experts = roles["router_w"].type.shape[0]
-    expert_macs = (roles["up_w"].type.numel() + roles["down_w"].type.numel()) // experts
-    return moe_dispatch(tokens, experts, node.attrs["top_k"], expert_macs)
+    return experts, node.attrs["top_k"], (roles["up_w"].type.numel() + roles["down_w"].type.numel()) // experts
 
 
 def static_tokens(node: Node) -> int | None:

@@ -11,8 +11,8 @@ from typing import Any, ClassVar, Literal
 from ..errors import CarveError
 from ..ir import Graph
 from ..ir.node import Node
-from ..ir.ops.moe import moe_weights
-from ..opset.moe import auto_dispatch, static_tokens
+from ..ir.ops.moe import moe_saved_macs
+from ..opset.moe import auto_dispatch, moe_sizes, static_tokens
 from .base import Pass, PassContext, PassResult, register_pass
 
 
@@ -54,9 +54,11 @@ class MoeDispatch(Pass):
         return self.tokens if tokens is None else tokens
 
     def _row(self, node: Node, form: str) -> dict[str, Any]:
-        """The layer, its experts per routed slot, the token count the choice assumed, the form and why."""
-        experts, top_k = moe_weights(node)["router_w"].type.shape[0], node.attrs["top_k"]
+        """The layer, its size, the token count the choice assumed, the MACs per expert sparse saves, the form
+        and why."""
+        experts, top_k, expert_macs = moe_sizes(node)
         tokens = static_tokens(node)
-        why = "forced" if self.form != "auto" else "rule (benchmarks/moe_dispatch.py)"
+        saved = moe_saved_macs(self._tokens(node), experts, top_k, expert_macs)
         return {"layer": node.scope or node.output.name, "experts": experts, "top-k": top_k,
-                "tokens": tokens if tokens is not None else f"{self.tokens} (assumed)", "form": form, "why": why}
+                "tokens": tokens if tokens is not None else f"{self.tokens} (assumed)",
+                "saved MACs/expert": f"{saved:,}", "form": form, "why": "forced" if self.form != "auto" else "rule"}

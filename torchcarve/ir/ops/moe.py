@@ -81,8 +81,12 @@ def moe_dispatch(tokens, experts, top_k, expert_macs, min_saved_per_expert=65536
     an expert's NonZero/Gather/ScatterND cost in onnxruntime (benchmarks/moe_dispatch.py) — else "dense".
     `tokens` None (a symbolic count) is taken as `assumed_tokens`."""
     tokens = assumed_tokens if tokens is None else tokens
-    saved = tokens * (experts - top_k) * expert_macs / experts
-    return "sparse" if saved >= min_saved_per_expert else "dense"
+    return "sparse" if moe_saved_macs(tokens, experts, top_k, expert_macs) >= min_saved_per_expert else "dense"
+
+
+def moe_saved_macs(tokens, experts, top_k, expert_macs):
+    """MACs per expert the sparse form skips: each expert runs on k/E of the tokens instead of all."""
+    return tokens * (experts - top_k) * expert_macs // experts
 
 
 def moe_routing(tokens, router_w, router_b, top_k, norm_topk):
@@ -105,6 +109,7 @@ def _activation(x, act):
 
 
 carve_moe.calls = (moe_routing, moe_dispatch, moe_dense, moe_sparse)
+moe_dispatch.calls = (moe_saved_macs,)
 moe_dense.calls = moe_sparse.calls = (moe_ffn,)
 moe_ffn.calls = (_activation,)
 
