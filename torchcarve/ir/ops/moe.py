@@ -45,7 +45,8 @@ def carve_moe(x, *weights, top_k, act, norm_topk=True, gated=False, router_bias=
 
 def moe_dense(tokens, top, index, experts, act, gated):
     """Every expert on every token [E, T, D], weighed by the routing matrix [T, E] (zero off the top-k)."""
-    routing = torch.zeros(tokens.shape[0], experts[0].shape[0], dtype=top.dtype).scatter(1, index, top)
+    routing = torch.zeros(tokens.shape[0], experts[0].shape[0], dtype=top.dtype, device=top.device)
+    routing = routing.scatter(1, index, top)
     out = moe_ffn(tokens, *experts, act, gated)
     return (out * routing.to(tokens.dtype).t().unsqueeze(-1)).sum(dim=0)
 
