@@ -14,6 +14,7 @@ from ..ir.ops.moe import moe_weights
 from ..ir.types import concrete_dim
 from .decl import OpDecl, table
 from .lowerings import _out, _static, decomposed_gelu
+from .prune_rules import expert_sources, expert_units
 
 if TYPE_CHECKING:
     from ..backends.onnx import LoweringContext
@@ -76,5 +77,5 @@ def moe_macs(node: Node, sizes: dict[str, int]) -> int:
     return tokens * sum(roles[k].type.numel(sizes) for k in ("router_w", "up_w", "down_w"))
 
 
-# prune: none, a barrier (prune-experts removes whole experts; expert-local width pruning is not done)
-MOE = table(OpDecl("carve.moe", macs=moe_macs, lower=moe))
+# prune: each expert's hidden units, expert by expert (prune-experts removes whole experts)
+MOE = table(OpDecl("carve.moe", macs=moe_macs, prune=expert_units, prune_source=expert_sources, lower=moe))

@@ -19,6 +19,7 @@ from typing import Any, Literal, Sequence
 import torch
 
 from ..analysis.cost import graph_cost
+from ..analysis.heads import Heads
 from ..errors import CarveError
 from ..ir import Graph
 from ..ir.node import Node
@@ -263,7 +264,8 @@ class PruneBlocks(Pass):
         scores = self._scores(graph, blocks, ctx)
         chosen = _choose(blocks, scores, count)
         before = graph_cost(graph)
-        feeds = [_feeds(graph, b.end) for b in blocks]
+        heads = Heads(graph)
+        feeds = [heads.fed_by([b.end]) for b in blocks]
         position = {node: i for i, node in enumerate(graph.nodes)}
         for block in sorted(chosen, key=lambda b: position[b.end.producer], reverse=True):  # later layers first
             block.end.replace_all_uses_with(block.kept, replace_graph_outputs=True)
@@ -308,20 +310,6 @@ def _choose(blocks: list[Block], scores: list[float], count: int) -> list[Block]
 def _cuts(block: Block, other: Block) -> bool:
     """Removing `block` would take away what `other` keeps (unless `other` starts right at its end)."""
     return other.kept.producer in block.dead and other.kept is not block.end
-
-
-def _feeds(graph: Graph, value: Value) -> str:
-    """The graph outputs (heads) `value` reaches."""
-    names = graph.signature_names()[1]
-    reached, stack, seen = set(), [value], set()
-    while stack:
-        current = stack.pop()
-        if current in seen:
-            continue
-        seen.add(current)
-        reached |= {i for i, out in enumerate(graph.outputs) if out is current}
-        stack.extend(out for user in current.users for out in user.outputs)
-    return ",".join(names[i] or f"output_{i}" for i in sorted(reached))
 
 
 def _row(block: Block, score: float, removed: bool, feeds: str) -> dict[str, Any]:
