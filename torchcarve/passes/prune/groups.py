@@ -63,6 +63,7 @@ class _Search:
     norms: bool
     covered: dict[Slot, torch.Tensor] = field(default_factory=dict)
     attempts: int = 0
+    fence: frozenset[Node] = frozenset()  # nodes the search does not cross
 
 
 def find_groups(graph: Graph, protect: tuple[str, ...] = (), norms: bool = True) -> list[Group]:
@@ -77,6 +78,16 @@ def find_groups(graph: Graph, protect: tuple[str, ...] = (), norms: bool = True)
             _claim(search, group if not group.blocked or group.units > 1 else Group({slot: root}, group.label))
             groups.append(group)
     return groups
+
+
+def reader_group(graph: Graph, value: Value, axis: int, indices: torch.Tensor) -> Group | None:
+    """`indices` of `value`'s `axis` as one unit, followed through what reads them but never back through
+    `value`'s producer (the channels a concat join's branch feeds); None when units would be merged or split."""
+    search = _Search(graph, (), True, fence=frozenset({value.producer}))
+    try:
+        return _explore(search, (value, axis), indices.view(1, -1), "channels")
+    except (Merge, Divide):
+        return None
 
 
 def _seeds(graph: Graph) -> list[Slot]:
@@ -135,6 +146,8 @@ def _explore(search: _Search, seed: Slot, root: torch.Tensor, kind: str) -> Grou
     while queue and not group.blocked:  # a blocked closure is left alone: the rest of it, seeded
         value, axis = slot = queue.pop()  # later, reaches this claimed part ("overlaps") or the barrier
         for node, port in _endpoints(value):
+            if node in search.fence:
+                continue
             for link in _links(group, node, port, axis, group.members[slot], search.norms):
                 if _add(group, link):
                     queue.append(link[0])
