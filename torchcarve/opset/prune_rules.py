@@ -795,15 +795,14 @@ def expert_units(node: Node, port: Port, axis: Axis, idx: torch.Tensor) -> list[
     roles = moe_weights(node)
     hidden_axes = {"up_w": (0, 1), "up_b": (0, 1), "down_w": (0, 2)}
     value = port_value(node, port)
-    role = next((r for r, v in roles.items() if v is value), "tokens")
+    role = next((r for r, v in roles.items() if v is value), "output" if port[0] == "out" else "tokens")
     if axis != hidden_axes.get(role):
         raise Barrier(f"{role} axis {axis} (only each expert's own hidden units are pruned)")
     hidden, rows = roles["down_w"].type.shape[2], roles["up_w"].type.shape[1]
     units = idx if role == "down_w" else idx // rows * hidden + idx % rows % hidden
-    keys = [row.unique() for row in units]
-    if len({k.numel() for k in keys}) != 1:
+    keys = _distinct_rows(units)
+    if keys is None:
         raise Barrier("carve.moe units of unequal hidden sizes")
-    keys = torch.stack(keys)
     up = _expert_rows(keys, hidden, rows, bool(node.attrs.get("gated")))
     if role != "down_w" and not torch.equal(up.sort(dim=1).values, idx.sort(dim=1).values):
         labels = _components(units)  # a gate row without its up row: merge the pair
@@ -812,6 +811,17 @@ def expert_units(node: Node, port: Port, axis: Axis, idx: torch.Tensor) -> list[
         raise Barrier("carve.moe unit spans two experts")
     ports = {r: ("in", node.inputs.index(roles[r])) for r in hidden_axes if roles[r] is not None}
     return [(ports[r], hidden_axes[r], up if r != "down_w" else keys) for r in ports]
+
+
+def _distinct_rows(keys: torch.Tensor) -> torch.Tensor | None:
+    """Each row's distinct entries, sorted (vectorised: one row per hidden unit of every expert); None
+    unless every row has as many."""
+    rows = keys.sort(dim=1).values
+    fresh = torch.cat([torch.ones_like(rows[:, :1], dtype=torch.bool), rows[:, 1:] != rows[:, :-1]], dim=1)
+    counts = fresh.sum(dim=1)
+    if bool((counts != counts[0]).any()):
+        return None
+    return rows[fresh].view(rows.shape[0], -1)
 
 
 def _expert_rows(keys: torch.Tensor, hidden: int, rows: int, gated: bool) -> torch.Tensor:
