@@ -108,3 +108,14 @@ def test_taylor_importance_counts_only_routed_tokens():
     importance = unit_importance(group, weight_scores(graph, "taylor", [inputs], 0), {})
     chosen = torch.isin(group.segments, routed)
     assert (importance[~chosen] == 0).all() and (importance[chosen] > 0).all()
+
+
+@pytest.mark.parametrize("name", ["topk_moe", "scatter_moe"])
+def test_the_equivalence_oracle_checks_the_expert_group(name):
+    """Zeroing as many random units of every expert in the original equals removing them in a copy."""
+    from torchcarve.passes.prune.oracle import check_equivalence
+
+    model, inputs = MODELS[name]()
+    checks = check_equivalence(tc.capture(model, inputs), inputs)
+    (check,) = [c for c in checks if "down_w" in c.label]
+    assert check.ok and 0 < check.removed < check.units and check.removed % 8 == 0  # same count per expert
