@@ -134,8 +134,10 @@ def _axes(value: Value) -> list[tuple[Axis, int]]:
 
 
 def _scaling_axes(node: Node) -> list[tuple[Axis, int]]:
+    """The axes of the node's largest weight (a conv/linear weight, a mixture's stacked expert weights),
+    else of its output."""
     weights = [v for v in node.inputs if v.producer is not None and v.producer.op == "param" and v.type.rank >= 2]
-    return _axes(weights[0] if weights else node.outputs[0])
+    return _axes(max(weights, key=lambda v: v.type.numel()) if weights else node.outputs[0])
 
 
 def measure_latency(graph: Graph, repeats: int = 5) -> dict[Node, float]:
