@@ -123,3 +123,13 @@ def test_the_equivalence_oracle_checks_the_expert_group(name):
     checks = check_equivalence(tc.capture(model, inputs), inputs)
     (check,) = [c for c in checks if "down_w" in c.label]
     assert check.ok and 0 < check.removed < check.units and check.removed % 8 == 0  # same count per expert
+
+
+def test_whole_experts_then_each_experts_width(tmp_path):
+    model, inputs = MODELS["scatter_moe"]()  # 4 SwiGLU experts of 24 hidden units
+    result = optimize(tc.capture(model, inputs), "prune-experts{keep=3},prune{ratio=0.5,round-to=1}",
+                      calibration=[inputs])
+    _, down = weight(result.graph, "down_w")
+    _, up = weight(result.graph, "up_w")
+    assert down.shape == (3, 16, 12) and up.shape == (3, 24, 16)
+    onnx_parity(result.graph, inputs, tmp_path)
