@@ -105,9 +105,12 @@ def _join_blocks(join: Node, position: dict[Node, int]) -> list[Block]:
 def _concat_blocks(graph: Graph, join: Node, position: dict[Node, int]) -> list[Block]:
     """Each input of a concat join that only the join reads and whose channels only its readers take."""
     pieces = list(join.inputs)
-    dim = arguments(join)["dim"] % join.output.type.rank
+    rank = join.output.type.rank
+    if len(set(pieces)) < 2 or len(set(pieces)) != len(pieces) or any(v.type.rank != rank for v in pieces):
+        return []  # (a legacy empty 1-D piece has another rank)
+    dim = arguments(join)["dim"] % rank
     sizes = [v.type.shape[dim] for v in pieces]
-    if len(set(pieces)) < 2 or len(set(pieces)) != len(pieces) or not all(isinstance(n, int) for n in sizes):
+    if not all(isinstance(n, int) and n > 0 for n in sizes):
         return []
     readers = _descendants(join)
     blocks = []
