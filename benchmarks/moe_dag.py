@@ -2,8 +2,9 @@
 
 1. A small random-init Mixtral (8 experts, top-2), captured with its MoE layers in the dense carve.moe
    form: the expert routing table on calibration tokens, then prune-experts 8 -> 6 and 8 -> 4 by
-   frequency and by gate mass: last-hidden-state cosine to the unpruned model on held-out tokens and
-   ORT latency against the unpruned ONNX model.
+   frequency and by gate mass, and expert-local width pruning (prune: every expert keeps half of its
+   hidden units, its own ones) by L1 and by Taylor: last-hidden-state cosine to the unpruned model on
+   held-out tokens and ORT latency against the unpruned ONNX model.
 2. all-MiniLM-L6-v2: prune-blocks removing 1, 2 and 3 of its 6 layers (span=2: attention + MLP) chosen
    by flow and by output-error, beside removing the last layers and random layers (mean of 3 seeds):
    sentence-embedding cosine (mean pooling) on held-apart sentences and ORT speed-up.
@@ -75,15 +76,18 @@ def moe_section(args, out: Path) -> None:
     base_ms, _ = speedup(reference_session, reference_session, feeds, args.runs, rounds=1)
     line = tc.optimize(graph, "dce").report[0]
     print(f"| {EXPERTS} (dense carve.moe) | - | {line.params[0]:,} | 1.00x | 1.0000 | {base_ms:.2f} | 1.00x |")
-    for keep in (6, 4):
-        for criterion in ("frequency", "gate-mass"):
-            result = tc.optimize(graph, f"prune-experts{{keep={keep},criterion={criterion}}}", calibration=calibration)
-            tc.to_onnx(result.graph, out / "pruned_moe.onnx")
-            sess = session(out / "pruned_moe.onnx", args.threads)
-            ms, ratio = speedup(reference_session, sess, feeds, args.runs)
-            line = result.report[0]
-            print(f"| {keep} | {criterion} | {line.params[1]:,} | {line.macs[1] / line.macs[0]:.2f}x | "
-                  f"{token_cosine(sess.run(None, feeds)[0], reference):.4f} | {ms:.2f} | {ratio:.2f}x |", flush=True)
+    runs = [(str(keep), criterion, f"prune-experts{{keep={keep},criterion={criterion}}}")
+            for keep in (6, 4) for criterion in ("frequency", "gate-mass")]
+    runs += [(f"{EXPERTS}, each at half width", criterion, f"prune{{ratio=0.5,heads=false,criterion={criterion}}}")
+             for criterion in ("l1", "taylor")]
+    for kept, criterion, pipeline in runs:
+        result = tc.optimize(graph, pipeline, calibration=calibration)
+        tc.to_onnx(result.graph, out / "pruned_moe.onnx")
+        sess = session(out / "pruned_moe.onnx", args.threads)
+        ms, ratio = speedup(reference_session, sess, feeds, args.runs)
+        line = result.report[0]
+        print(f"| {kept} | {criterion} | {line.params[1]:,} | {line.macs[1] / line.macs[0]:.2f}x | "
+              f"{token_cosine(sess.run(None, feeds)[0], reference):.4f} | {ms:.2f} | {ratio:.2f}x |", flush=True)
 
 
 def blocks_section(args, out: Path) -> None:

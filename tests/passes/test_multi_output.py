@@ -41,3 +41,15 @@ def test_every_head_survives(pipeline, exact, tmp_path):
     ran = session.run(None, {session.get_inputs()[0].name: inputs[0].numpy()})
     for a, o in zip(actual, ran):
         torch.testing.assert_close(torch.from_numpy(o), a, rtol=1e-3, atol=1e-4)
+
+
+def test_the_prune_report_says_which_heads_each_group_feeds():
+    from torchcarve.cli.opt import layers_table
+
+    model, inputs = MODELS["multitask_dag"]()
+    result = optimize(tc.capture(model, inputs), "prune{ratio=0.25,round-to=1}")
+    rows = result.report[0].stats["layers"]
+    feeds = {row["layer"]: row["feeds"] for row in rows}
+    assert feeds["head_cls.0"] == feeds["block3.0"] == "output_0"  # only the classification head reads them
+    assert feeds["stem"] == feeds["block1.0"] == "output_0,output_1"  # the shared trunk
+    assert "feeds" in [column.header for column in layers_table("prune", rows).columns]

@@ -1,5 +1,5 @@
-"""prune-blocks: residual blocks and join branches found, scored and removed; every head kept; exact
-when the removed branch is zero; equal to the model with the layer deleted; ORT parity."""
+"""prune-blocks: residual blocks, add-join and concat-join branches found, scored and removed; every head
+kept; exact when the removed branch is zero; equal to the model with the layer deleted; ORT parity."""
 from __future__ import annotations
 
 import copy
@@ -167,3 +167,57 @@ def test_the_global_and_local_experts_are_branches_of_one_join():
     model, inputs = MODELS["global_local"]()
     blocks = find_blocks(tc.capture(model, inputs))
     assert sorted((b.name, b.kind) for b in blocks) == [("global_expert", "branch"), ("local_expert", "branch")]
+
+
+class InceptionCat(torch.nn.Module):
+    """Two conv branches joined by a channel concat, a 1x1 conv reading the join, a pooled linear head."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.stem = torch.nn.Conv2d(3, 8, 3, padding=1)
+        self.narrow = torch.nn.Sequential(torch.nn.Conv2d(8, 4, 1), torch.nn.ReLU())
+        self.wide = torch.nn.Sequential(torch.nn.Conv2d(8, 12, 3, padding=1), torch.nn.ReLU())
+        self.mix = torch.nn.Conv2d(16, 8, 1)
+        self.head = torch.nn.Linear(8, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = torch.relu(self.stem(x))
+        return self.head(self.mix(torch.cat([self.narrow(h), self.wide(h)], dim=1)).mean(dim=(2, 3)))
+
+
+class CatPlusSkip(torch.nn.Module):
+    """cat([f(h), g(h)]) + h: the join's channels are h's channels too, so no branch of it can go alone."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.stem, self.f, self.g, self.head = (torch.nn.Linear(*sizes) for sizes in ((6, 8), (8, 4), (8, 4), (8, 2)))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.stem(x)
+        return self.head(torch.cat([self.f(h), self.g(h)], dim=-1) + h)
+
+
+@pytest.mark.parametrize("criterion", ["flow", "output-error"])
+@pytest.mark.parametrize("branch, width", [("narrow", 4), ("wide", 12)])
+def test_a_zero_concat_branch_goes_exactly(criterion, branch, width, tmp_path):
+    torch.manual_seed(0)
+    model = InceptionCat().eval()
+    with torch.no_grad():
+        model.get_submodule(branch)[0].weight.zero_()
+        model.get_submodule(branch)[0].bias.zero_()
+    inputs = (torch.randn(2, 3, 8, 8),)
+    graph = tc.capture(model, inputs)
+    assert sorted((b.name, b.kind) for b in find_blocks(graph)) == [("narrow", "concat"), ("wide", "concat")]
+    result = optimize(graph, f"prune-blocks{{n=1,criterion={criterion}}}", calibration=[inputs, (torch.randn(2, 3, 8, 8),)])
+    assert [(row["layer"], row["kind"]) for row in removed_rows(result)] == [(branch, "concat")]
+    assert not any(name.startswith(branch + ".") for name in result.graph.params)
+    assert result.graph.params["mix.weight"].shape[1] == 16 - width and graph.params["mix.weight"].shape[1] == 16
+    expected = outputs(model, inputs)
+    assert_all_close(outputs(tc.to_torch(result.graph), inputs), expected)
+    assert_all_close(ort_outputs(result.graph, inputs, tmp_path), expected)
+
+
+def test_concat_channels_reaching_past_the_join_are_no_candidate():
+    model, inputs = CatPlusSkip(), (torch.randn(3, 6),)
+    blocks = find_blocks(tc.capture(model, inputs))
+    assert [b.kind for b in blocks] == ["residual"]  # the whole cat([f, g]) is a residual branch of + h

@@ -57,8 +57,8 @@ def attr_fix(op: str) -> Callable | None:
     return decl.attr_fix if decl else None
 
 
-def prune_sources(op: str) -> tuple[tuple[int, int], ...]:
-    """(input position, axis) of weights whose axis is `op`'s output channels."""
+def prune_sources(op: str) -> tuple[tuple[int, int], ...] | Callable:
+    """(input position, axis) of weights whose axis is `op`'s output channels (or node -> those pairs)."""
     decl = CATALOG.get(op)
     return decl.prune_source if decl else ()
 

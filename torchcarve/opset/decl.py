@@ -16,7 +16,8 @@ class OpDecl:
 
     macs:         (node, sizes) -> multiply-accumulates; None means 0.
     prune:        pruning dimension rule (prune_rules.py); None: the op is a pruning barrier.
-    prune_source: (input position, axis) of weights whose axis is the op's output channels: groups start there.
+    prune_source: (input position, axis) of weights whose axis is the op's output channels: groups start there;
+                  or node -> those pairs, for ops whose weights' positions depend on attributes (carve.moe).
     attr_fix:     (node, new output types) -> attrs after a prune changed the op's sizes.
     lower:        ONNX lowering rule (ctx, node) (lowerings.py; `forms(...)` for per-opset variants).
     no_lowering:  why there is no lowering (required when `lower` is None).
@@ -27,7 +28,7 @@ class OpDecl:
     name: str
     macs: Callable[..., int] | None = None
     prune: Callable[..., Any] | None = None
-    prune_source: tuple[tuple[int, int], ...] = ()
+    prune_source: tuple[tuple[int, Any], ...] | Callable[..., tuple] = ()
     attr_fix: Callable[..., dict] | None = None
     lower: Callable[..., None] | None = None
     no_lowering: str = ""

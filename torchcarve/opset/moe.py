@@ -23,6 +23,7 @@ from ..ir.types import TensorType, concrete_dim
 from .decl import OpDecl, table
 from .lowerings import _out, _static, decomposed_gelu
 from .onnx_proto import tensor_proto
+from .prune_rules import expert_sources, expert_units
 
 if TYPE_CHECKING:
     from ..backends.onnx import LoweringContext
@@ -179,5 +180,5 @@ def moe_macs(node: Node, sizes: dict[str, int]) -> int:
     return tokens * (roles["router_w"].type.numel(sizes) + experts)
 
 
-# prune: none, a barrier (prune-experts removes whole experts; expert-local width pruning is not done)
-MOE = table(OpDecl("carve.moe", macs=moe_macs, lower=moe))
+# prune: each expert's hidden units, expert by expert (prune-experts removes whole experts)
+MOE = table(OpDecl("carve.moe", macs=moe_macs, prune=expert_units, prune_source=expert_sources, lower=moe))

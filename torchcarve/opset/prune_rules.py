@@ -8,6 +8,10 @@ be coarsened first (channels -> whole heads / conv groups), Divide when units go
 only (LayerNorm/RMSNorm over channels: allowed unless `prune{norms=false}`). Ops without a rule are
 barriers. An attribute fix (`fix_*`) rewrites size-carrying attributes after a prune. The op
 catalog (the family modules of torchcarve.opset) says which rule and fix belong to which op.
+
+An axis is an int, or a pair (outer, inner): the inner axis taken apart in every slice of the outer
+one, index = slice * size(inner) + position (each expert's own hidden units in a stacked [E, H, D]
+weight). Every slice then keeps as many indices as the others, so the tensor stays rectangular.
 """
 from __future__ import annotations
 
@@ -18,11 +22,13 @@ import torch
 
 from ..ir.node import Node
 from ..ir.ops.aten import attr_with_default
+from ..ir.ops.moe import moe_weights
 from ..ir.types import size_attr
 
 Port = tuple[str, int]
-Link = tuple[Port, int, torch.Tensor]
-Rule = Callable[[Node, Port, int, torch.Tensor], list[Link]]
+Axis = int | tuple[int, int]  # an axis, or (outer, inner): the inner axis slice by slice of the outer
+Link = tuple[Port, Axis, torch.Tensor]
+Rule = Callable[[Node, Port, Axis, torch.Tensor], list[Link]]
 X, W, B, OUT = ("in", 0), ("in", 1), ("in", 2), ("out", 0)
 
 
@@ -728,6 +734,105 @@ def _symbolic_run(src: tuple, dst: tuple, axis: int) -> tuple[int, int, int, int
             run = _run(src[s_lo + 1:s_hi], dst[d_lo + 1:d_hi], axis - s_lo - 1)
             return None if run is None else (run[0] + s_lo + 1, run[1] + s_lo + 1, run[2] + d_lo + 1, run[3] + d_lo + 1)
     return None
+
+
+# ---- axis pairs: each expert's own hidden units (carve.moe) -------------------------------------
+
+def axis_size(shape: tuple, axis: Axis) -> Any:
+    """How many indices `axis` has (an axis pair: slices times the inner size)."""
+    if isinstance(axis, int):
+        return shape[axis]
+    outer, inner = axis
+    return shape[outer] * shape[inner]
+
+
+def resized(shape: tuple, axis: Axis, count: int) -> tuple:
+    """`shape` once `count` indices of `axis` are kept (an axis pair: count / slices per slice)."""
+    sizes = list(shape)
+    if isinstance(axis, int):
+        sizes[axis] = count
+    else:
+        sizes[axis[1]] = count // shape[axis[0]]
+    return tuple(sizes)
+
+
+def _slices_first(tensor: torch.Tensor, axis: tuple[int, int]) -> torch.Tensor:
+    return tensor.movedim(axis, (0, 1))
+
+
+def axis_sums(tensor: torch.Tensor, axis: Axis) -> torch.Tensor:
+    """Per index of `axis`, the sum over every other axis (1-D)."""
+    front = tensor.movedim(axis, 0) if isinstance(axis, int) else _slices_first(tensor, axis).flatten(0, 1)
+    return front.sum(dim=list(range(1, front.dim()))) if front.dim() > 1 else front
+
+
+def take(tensor: torch.Tensor, axis: Axis, indices: torch.Tensor) -> torch.Tensor:
+    """`tensor` with only `indices` of `axis` (an axis pair: each slice keeps its own, as many as the others)."""
+    if isinstance(axis, int):
+        return tensor.index_select(axis, indices)
+    slices, size = tensor.shape[axis[0]], tensor.shape[axis[1]]
+    rows = indices.sort().values.view(slices, -1) if indices.numel() % slices == 0 else None
+    if rows is None or not bool((rows // size == torch.arange(slices).view(-1, 1)).all()):
+        raise ValueError(f"axis pair {axis}: every slice must keep as many indices as the others")
+    front = _slices_first(tensor, axis)
+    return front[torch.arange(slices).view(-1, 1), rows % size].movedim((0, 1), axis)
+
+
+def fill(tensor: torch.Tensor, axis: Axis, indices: torch.Tensor, value: float) -> torch.Tensor:
+    """A copy of `tensor` with `indices` of `axis` set to `value`."""
+    if isinstance(axis, int):
+        return tensor.index_fill(axis, indices, value)
+    front = _slices_first(tensor, axis).clone(memory_format=torch.contiguous_format)
+    front.view(-1, *front.shape[2:])[indices] = value
+    return front.movedim((0, 1), axis)
+
+
+def expert_units(node: Node, port: Port, axis: Axis, idx: torch.Tensor) -> list[Link]:
+    """carve.moe: an expert's hidden unit h is row h of its up weight/bias (rows h and H + h, gate and up,
+    when gated) and column h of its down weight, expert by expert: axis pairs (0, 1) and (0, 2), so each
+    expert keeps its own channels. The model width, the expert axis (prune-experts) and the hidden axis
+    of all experts at once are barriers."""
+    roles = moe_weights(node)
+    hidden_axes = {"up_w": (0, 1), "up_b": (0, 1), "down_w": (0, 2)}
+    value = port_value(node, port)
+    role = next((r for r, v in roles.items() if v is value), "output" if port[0] == "out" else "tokens")
+    if axis != hidden_axes.get(role):
+        raise Barrier(f"{role} axis {axis} (only each expert's own hidden units are pruned)")
+    hidden, rows = roles["down_w"].type.shape[2], roles["up_w"].type.shape[1]
+    units = idx if role == "down_w" else idx // rows * hidden + idx % rows % hidden
+    keys = _distinct_rows(units)
+    if keys is None:
+        raise Barrier("carve.moe units of unequal hidden sizes")
+    up = _expert_rows(keys, hidden, rows, bool(node.attrs.get("gated")))
+    if role != "down_w" and not torch.equal(up.sort(dim=1).values, idx.sort(dim=1).values):
+        labels = _components(units)  # a gate row without its up row: merge the pair
+        raise Merge([labels], "channels") if labels is not None else Barrier("carve.moe gate/up rows")
+    if not bool((keys // hidden == keys[:, :1] // hidden).all()):
+        raise Barrier("carve.moe unit spans two experts")
+    ports = {r: ("in", node.inputs.index(roles[r])) for r in hidden_axes if roles[r] is not None}
+    return [(ports[r], hidden_axes[r], up if r != "down_w" else keys) for r in ports]
+
+
+def _distinct_rows(keys: torch.Tensor) -> torch.Tensor | None:
+    """Each row's distinct entries, sorted (vectorised: one row per hidden unit of every expert); None
+    unless every row has as many."""
+    rows = keys.sort(dim=1).values
+    fresh = torch.cat([torch.ones_like(rows[:, :1], dtype=torch.bool), rows[:, 1:] != rows[:, :-1]], dim=1)
+    counts = fresh.sum(dim=1)
+    if bool((counts != counts[0]).any()):
+        return None
+    return rows[fresh].view(rows.shape[0], -1)
+
+
+def _expert_rows(keys: torch.Tensor, hidden: int, rows: int, gated: bool) -> torch.Tensor:
+    """Hidden units e * hidden + h -> their up rows e * rows + h (and + hidden: the up half when gated)."""
+    first = keys // hidden * rows + keys % hidden
+    return torch.cat([first, first + hidden], dim=1) if gated else first
+
+
+def expert_sources(node: Node) -> tuple[tuple[int, Axis], ...]:
+    """Each expert's hidden units start at the down weight's axis pair (0, 2)."""
+    return (node.inputs.index(moe_weights(node)["down_w"]), (0, 2)),
 
 
 # ---- attribute fixes after pruning -----------------------------------------------------------

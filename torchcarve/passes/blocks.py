@@ -4,10 +4,13 @@ A candidate block is one input of an add join whose other input has the join's t
 (a residual branch) or `g(x) + f(x)` (one edge of a parallel join). Removing it replaces the
 block's end (the join, or the end of the same-type chain of norms/activations after it, as in
 post-LN transformers and ResNet's add-relu) by the kept input; everything only the removed
-branch used dies. Scores: `flow` = ||end - kept|| / ||end|| (||f(x)|| / ||x + f(x)|| for a plain
-residual; the flow-based DAG reduction of "Dynamic Neural Network for Multi-Task Learning
-Searching across Diverse Network Topologies"), `output-error` = the relative change of every
-graph output (each head weighs the same) when the block alone is removed.
+branch used dies. One input of a concat join, `cat([f(x), g(x)])`, is a candidate too: it leaves
+the join and its channels leave everything that reads them (the readers' input channels, sliced
+by the pruning rewrite), when those channels reach nothing upstream of the join. Scores: `flow` =
+||end - kept|| / ||end|| (||f(x)|| / ||x + f(x)|| for a plain residual, the branch's share for a
+concat; the flow-based DAG reduction of "Dynamic Neural Network for Multi-Task Learning Searching
+across Diverse Network Topologies"), `output-error` = the relative change of every graph output
+(each head weighs the same) when the block alone is removed (a concat branch: its channels zero).
 """
 from __future__ import annotations
 
@@ -19,6 +22,7 @@ from typing import Any, Literal, Sequence
 import torch
 
 from ..analysis.cost import graph_cost
+from ..analysis.heads import Heads
 from ..errors import CarveError
 from ..ir import Graph
 from ..ir.node import Node
@@ -27,25 +31,51 @@ from ..ir.ops.aten import arguments
 from ..ir.signature import bind_inputs
 from ..ir.value import Value
 from .base import Pass, PassContext, PassResult, register_pass
+from .prune.groups import Group, reader_group
+from .prune.rewrite import remove_units
 
 JOINS = ("aten.add.Tensor",)
+CONCATS = ("aten.cat",)
+
+
+@dataclass
+class ConcatCut:
+    """A concat branch's removal: `branch` leaves the join; channels start:stop of axis `dim` of the join's
+    output leave every reader (`group`)."""
+
+    branch: Value
+    dim: int
+    start: int
+    stop: int
+    group: Group
 
 
 @dataclass
 class Block:
-    """Replace `end` by `kept`: the nodes in `dead` go. `span` consecutive branches along the trunk."""
+    """Replace `end` by `kept` (a concat branch: `cut` instead): the nodes in `dead` go. `span`
+    consecutive branches along the trunk."""
 
     kept: Value
     end: Value
     dead: set[Node]
     name: str
-    kind: str  # residual | branch
+    kind: str  # residual | branch | concat
+    cut: ConcatCut | None = None
+
+    def without(self, values: dict[Value, Any]) -> torch.Tensor:
+        """What `end` becomes once the block is removed (a concat branch: its channels zero)."""
+        if self.cut is None:
+            return values[self.kept]
+        out = values[self.end].clone()
+        out.narrow(self.cut.dim, self.cut.start, self.cut.stop - self.cut.start).zero_()
+        return out
 
 
 def find_blocks(graph: Graph, span: int = 1) -> list[Block]:
-    """Every removable branch of an add join, merged `span` at a time along chains of residual blocks."""
+    """Every removable branch of an add or concat join, merged `span` at a time along chains of residual blocks."""
     position = {node: i for i, node in enumerate(graph.nodes)}
     raw = {node: _join_blocks(node, position) for node in graph.nodes if _is_join(node)}
+    raw |= {node: _concat_blocks(graph, node, position) for node in graph.nodes if node.op in CONCATS}
     joins = {join for join, found in raw.items() if found}
     blocks = [b for join, found in raw.items() for b in found  # a branch holding other blocks is no leaf
               if not any(n in joins and n is not join for n in b.dead)]
@@ -70,6 +100,54 @@ def _join_blocks(join: Node, position: dict[Node, int]) -> list[Block]:
             kind = "residual" if _reaches(kept, branch) else "branch"
             blocks.append(Block(kept, end, dead, _block_name(dead, end), kind))
     return blocks
+
+
+def _concat_blocks(graph: Graph, join: Node, position: dict[Node, int]) -> list[Block]:
+    """Each input of a concat join that only the join reads and whose channels only its readers take."""
+    pieces = list(join.inputs)
+    rank = join.output.type.rank
+    if len(set(pieces)) < 2 or len(set(pieces)) != len(pieces) or any(v.type.rank != rank for v in pieces):
+        return []  # (a legacy empty 1-D piece has another rank)
+    dim = arguments(join)["dim"] % rank
+    sizes = [v.type.shape[dim] for v in pieces]
+    if not all(isinstance(n, int) and n > 0 for n in sizes):
+        return []
+    readers = _descendants(join)
+    blocks = []
+    for i, branch in enumerate(pieces):
+        if branch.producer is None or branch.is_graph_output or branch.users != [join]:
+            continue
+        start = sum(sizes[:i])
+        group = reader_group(graph, join.output, dim, torch.arange(start, start + sizes[i]))
+        if group is None or group.blocked or group.approximate or not _only_readers(group, readers):
+            continue
+        keep = set().union(*(_ancestors(v) for v in pieces if v is not branch))
+        dead = _dying({branch.producer}, keep, position)
+        cut = ConcatCut(branch, dim, start, start + sizes[i], group)
+        blocks.append(Block(join.output, join.output, dead, _block_name(dead, branch), "concat", cut))
+    return blocks
+
+
+def _descendants(node: Node) -> set[Node]:
+    seen: set[Node] = set()
+    stack = [node]
+    while stack:
+        current = stack.pop()
+        if current in seen:
+            continue
+        seen.add(current)
+        stack.extend(user for v in current.outputs for user in v.users)
+    return seen
+
+
+def _only_readers(group: Group, readers: set[Node]) -> bool:
+    """Every member of `group` is made by `readers`, or is a weight only they read."""
+    for value, _ in group.members:
+        producer = value.producer
+        if producer in readers or (producer is not None and producer.op == "param" and set(value.users) <= readers):
+            continue
+        return False
+    return True
 
 
 def _chain_after(join: Node) -> list[Node]:
@@ -206,7 +284,7 @@ def flow_scores(graph: Graph, blocks: list[Block], batches: Sequence[tuple]) -> 
         values = _forward(graph, batch)
         for i, block in enumerate(blocks):
             end = values[block.end].double()
-            branch[i] += (end - values[block.kept].double()).square().sum()
+            branch[i] += (end - block.without(values).double()).square().sum()
             total[i] += end.square().sum()
     return (branch / total.clamp_min(1e-30)).sqrt().tolist()
 
@@ -221,7 +299,7 @@ def output_error_scores(graph: Graph, blocks: list[Block], batches: Sequence[tup
         outs = [values[v].double() for v in graph.outputs]
         norm += torch.stack([o.square().sum() for o in outs])
         for i, block in enumerate(blocks):
-            pruned = _forward(graph, batch, values, {block.end: values[block.kept]})
+            pruned = _forward(graph, batch, values, {block.end: block.without(values)})
             change[i] += torch.stack([(pruned[v].double() - o).square().sum() for v, o in zip(graph.outputs, outs)])
     return (change / norm.clamp_min(1e-30)).sqrt().sum(dim=1).tolist()
 
@@ -263,9 +341,12 @@ class PruneBlocks(Pass):
         scores = self._scores(graph, blocks, ctx)
         chosen = _choose(blocks, scores, count)
         before = graph_cost(graph)
-        feeds = [_feeds(graph, b.end) for b in blocks]
+        heads = Heads(graph)
+        feeds = [heads.fed_by([b.end]) for b in blocks]
+        _cut_concat_branches([b for b in chosen if b.cut is not None], graph)
         position = {node: i for i, node in enumerate(graph.nodes)}
-        for block in sorted(chosen, key=lambda b: position[b.end.producer], reverse=True):  # later layers first
+        joined = [b for b in chosen if b.cut is None]
+        for block in sorted(joined, key=lambda b: position[b.end.producer], reverse=True):  # later layers first
             block.end.replace_all_uses_with(block.kept, replace_graph_outputs=True)
         removed_nodes = graph.erase_unused(set().union(*(b.dead for b in chosen))) if chosen else 0
         after = graph_cost(graph)
@@ -286,6 +367,14 @@ class PruneBlocks(Pass):
         return rule(graph, blocks, batches)
 
 
+def _cut_concat_branches(blocks: list[Block], graph: Graph) -> None:
+    """Take each branch out of its join, then slice its channels out of every reader (one rewrite)."""
+    for block in blocks:
+        join = block.end.producer
+        join.set_inputs([v for v in join.inputs if v is not block.cut.branch])
+    remove_units(graph, [(block.cut.group, torch.tensor([0])) for block in blocks])
+
+
 def _choose(blocks: list[Block], scores: list[float], count: int) -> list[Block]:
     """The lowest-scoring blocks that do not overlap (a block inside a removed one is gone with it); a
     chosen block may start at another's end (consecutive layers)."""
@@ -295,7 +384,7 @@ def _choose(blocks: list[Block], scores: list[float], count: int) -> list[Block]
         if len(chosen) == count:
             break
         block = blocks[i]
-        if block.dead & taken or any(_cuts(block, b) or _cuts(b, block) for b in chosen):
+        if block.dead & taken or any(_cuts(block, b) or _cuts(b, block) or b.end is block.end for b in chosen):
             continue
         chosen.append(block)
         taken |= block.dead
@@ -308,20 +397,6 @@ def _choose(blocks: list[Block], scores: list[float], count: int) -> list[Block]
 def _cuts(block: Block, other: Block) -> bool:
     """Removing `block` would take away what `other` keeps (unless `other` starts right at its end)."""
     return other.kept.producer in block.dead and other.kept is not block.end
-
-
-def _feeds(graph: Graph, value: Value) -> str:
-    """The graph outputs (heads) `value` reaches."""
-    names = graph.signature_names()[1]
-    reached, stack, seen = set(), [value], set()
-    while stack:
-        current = stack.pop()
-        if current in seen:
-            continue
-        seen.add(current)
-        reached |= {i for i, out in enumerate(graph.outputs) if out is current}
-        stack.extend(out for user in current.users for out in user.outputs)
-    return ",".join(names[i] or f"output_{i}" for i in sorted(reached))
 
 
 def _row(block: Block, score: float, removed: bool, feeds: str) -> dict[str, Any]:

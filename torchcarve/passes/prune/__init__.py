@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from typing import Literal
 
 from ...analysis.cost import graph_cost, node_cost
+from ...analysis.heads import Heads
 from ...errors import CarveError
 from ...ir import Graph
 from ..base import Pass, PassContext, PassResult, register_pass
@@ -60,13 +61,15 @@ class Prune(Pass):
         before = graph_cost(graph)
         removals = self._choose(graph, prunable, calibration, ctx.seed) if self.ratio > 0 else []
         layer_costs = [_layer_cost(g) for g, _ in removals]
+        heads = Heads(graph)
+        feeds = [heads.fed_by(value for value, _ in g.members) for g, _ in removals]
         remove_units(graph, removals)
         after = graph_cost(graph)
         return PassResult(any(len(u) for _, u in removals), {
             "groups": len(groups), "prunable": len(prunable), "pruned": sum(1 for _, u in removals if len(u)),
             "approximate": sum(1 for g, u in removals if len(u) and g.approximate),
             "params": (before.params, after.params), "macs": (before.macs, after.macs),
-            "layers": [_layer_row(g, u, cost) for (g, u), cost in zip(removals, layer_costs)],
+            "layers": [_layer_row(g, u, cost, f) for (g, u), cost, f in zip(removals, layer_costs, feeds)],
             "blocked": dict(Counter(_reason(g) for g in groups if g not in prunable)),
         })
 
@@ -85,14 +88,15 @@ class Prune(Pass):
                                  hint="use a parameter name (layer1.0.conv1.weight) or a module path (layer1.0)")
 
 
-def _layer_row(group: Group, units, before: tuple[int, int]) -> dict:
+def _layer_row(group: Group, units, before: tuple[int, int], feeds: str) -> dict:
     """Channels (or head channels) before/after; params of the group's weights and MACs of the ops
-    touching it, [before, after] (ops shared by two groups count in both rows)."""
+    touching it, [before, after] (ops shared by two groups count in both rows); the graph outputs
+    (task heads) its channels reach."""
     after = _layer_cost(group)
     return {"layer": group.label, "kind": group.kind, "exact": not group.approximate,
             "before": group.units * group.unit_size,
             "after": (group.units - len(units)) * group.unit_size,
-            "params": [before[0], after[0]], "macs": [before[1], after[1]]}
+            "params": [before[0], after[0]], "macs": [before[1], after[1]], "feeds": feeds}
 
 
 def _layer_cost(group: Group) -> tuple[int, int]:

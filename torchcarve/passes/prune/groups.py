@@ -17,9 +17,9 @@ import torch
 from ...ir import Graph, Value
 from ...ir.node import Node
 from ...opset import dim_rule, prune_sources
-from ...opset.prune_rules import Approximate, Barrier, Divide, Merge, Port, port_value
+from ...opset.prune_rules import Approximate, Axis, Barrier, Divide, Merge, Port, axis_size, port_value
 
-Slot = tuple[Value, int]
+Slot = tuple[Value, Axis]
 MAX_ATTEMPTS = 64  # restarts (merges, divisions, alternatives) allowed per seed
 
 
@@ -41,7 +41,16 @@ class Group:
     def unit_size(self) -> int:
         return next(iter(self.members.values())).shape[1]
 
-    def params(self) -> list[tuple[str, int, torch.Tensor]]:
+    @property
+    def segments(self) -> torch.Tensor | None:
+        """Per unit, its slice of an axis pair (its expert), or None: each slice must lose as many units
+        as the others so the stacked weights stay rectangular."""
+        for (value, axis), idx in self.members.items():
+            if not isinstance(axis, int):
+                return idx[:, 0] // value.type.shape[axis[1]]
+        return None
+
+    def params(self) -> list[tuple[str, Axis, torch.Tensor]]:
         """(param name, axis, idx) of every weight in the group."""
         return [(value.producer.attrs["name"], axis, idx) for (value, axis), idx in self.members.items()
                 if value.producer is not None and value.producer.op == "param"]
@@ -54,6 +63,7 @@ class _Search:
     norms: bool
     covered: dict[Slot, torch.Tensor] = field(default_factory=dict)
     attempts: int = 0
+    fence: frozenset[Node] = frozenset()  # nodes the search does not cross
 
 
 def find_groups(graph: Graph, protect: tuple[str, ...] = (), norms: bool = True) -> list[Group]:
@@ -70,11 +80,22 @@ def find_groups(graph: Graph, protect: tuple[str, ...] = (), norms: bool = True)
     return groups
 
 
+def reader_group(graph: Graph, value: Value, axis: int, indices: torch.Tensor) -> Group | None:
+    """`indices` of `value`'s `axis` as one unit, followed through what reads them but never back through
+    `value`'s producer (the channels a concat join's branch feeds); None when units would be merged or split."""
+    search = _Search(graph, (), True, fence=frozenset({value.producer}))
+    try:
+        return _explore(search, (value, axis), indices.view(1, -1), "channels")
+    except (Merge, Divide):
+        return None
+
+
 def _seeds(graph: Graph) -> list[Slot]:
     """Out-channel weight axes first (so groups are named after the layer that makes them), then all."""
     first: list[Slot] = []
     for node in graph.nodes:
-        for position, axis in prune_sources(node.op):
+        sources = prune_sources(node.op)
+        for position, axis in (sources(node) if callable(sources) else sources):
             if position < len(node.inputs) and _is_param(node.inputs[position]):
                 first.append((node.inputs[position], axis))
     rest = [(node.output, axis) for node in graph.param_nodes() for axis in range(node.output.type.rank)]
@@ -87,7 +108,7 @@ def _is_param(value: Value) -> bool:
 
 def _uncovered(search: _Search, slot: Slot) -> torch.Tensor | None:
     value, axis = slot
-    size = value.type.shape[axis]
+    size = axis_size(value.type.shape, axis)
     if not isinstance(size, int) or size < 2:
         return None
     mask = search.covered.get(slot)
@@ -125,6 +146,8 @@ def _explore(search: _Search, seed: Slot, root: torch.Tensor, kind: str) -> Grou
     while queue and not group.blocked:  # a blocked closure is left alone: the rest of it, seeded
         value, axis = slot = queue.pop()  # later, reaches this claimed part ("overlaps") or the barrier
         for node, port in _endpoints(value):
+            if node in search.fence:
+                continue
             for link in _links(group, node, port, axis, group.members[slot], search.norms):
                 if _add(group, link):
                     queue.append(link[0])
@@ -137,9 +160,12 @@ def _endpoints(value: Value) -> list[tuple[Node, Port]]:
     return ends + ([(value.producer, ("out", value.index))] if value.producer is not None else [])
 
 
-def _links(group: Group, node: Node, port: Port, axis: int, idx: torch.Tensor,
+def _links(group: Group, node: Node, port: Port, axis: Axis, idx: torch.Tensor,
            norms: bool) -> list[tuple[Slot, torch.Tensor]]:
     rule = dim_rule(node.op)
+    if not isinstance(axis, int) and len(port_value(node, port).uses) > 1:
+        group.blocked = group.blocked or f"{node.op}: an axis pair of a tensor other ops read too"
+        return []
     if rule is None:
         group.blocked = group.blocked or f"{node.op} has no pruning rule"
         return []
@@ -203,7 +229,7 @@ def _protection(search: _Search, group: Group) -> str:
 
 def _claim(search: _Search, group: Group) -> None:
     for (value, axis), idx in group.members.items():
-        size = value.type.shape[axis]
+        size = axis_size(value.type.shape, axis)
         if not isinstance(size, int):
             continue
         mask = search.covered.setdefault((value, axis), torch.zeros(size, dtype=torch.bool))
@@ -213,4 +239,6 @@ def _claim(search: _Search, group: Group) -> None:
 def _label(seed: Slot) -> str:
     value, axis = seed
     name = value.producer.attrs["name"] if _is_param(value) else value.name
+    if not isinstance(axis, int):
+        return name.removesuffix(".weight") + f"[axis {axis[1]} per slice of axis {axis[0]}]"
     return name.removesuffix(".weight") + ("" if axis == 0 else f"[axis {axis}]")

@@ -8,6 +8,7 @@ from typing import Sequence
 import torch
 
 from ...ir import Graph, verify
+from ...opset.prune_rules import fill
 from ..manager import run_graph
 from .groups import find_groups
 from .rewrite import remove_units
@@ -28,7 +29,7 @@ def zero_units(graph: Graph, group, units: torch.Tensor) -> None:
     """Zero, in place, every weight slice of `group`'s `units` (the graph keeps its shapes)."""
     for name, axis, idx in group.params():
         tensor = graph.params[name]
-        graph.params[name] = tensor.index_fill(axis, idx[units].flatten(), 0)
+        graph.params[name] = fill(tensor, axis, idx[units].flatten(), 0)
 
 
 def check_group(graph: Graph, index: int, inputs: Sequence[torch.Tensor], units: torch.Tensor,
@@ -57,7 +58,15 @@ def check_equivalence(graph: Graph, inputs: Sequence[torch.Tensor], fraction: fl
     ordered = list(dict.fromkeys(sorted(firsts.values(), key=lambda c: c[0]) + candidates))
     checks = []
     for index, group in ordered[:limit]:
-        count = min(group.units - 1, max(1, int(group.units * fraction)))
-        units = torch.randperm(group.units, generator=generator)[:count].sort().values
-        checks.append(check_group(graph, index, inputs, units))
+        checks.append(check_group(graph, index, inputs, _random_units(group, fraction, generator)))
     return checks
+
+
+def _random_units(group, fraction: float, generator: torch.Generator) -> torch.Tensor:
+    """A random `fraction` of the units (at least one, never all), as many from every slice of a segmented group."""
+    labels = group.segments if group.segments is not None else torch.zeros(group.units, dtype=torch.long)
+    per_slice = group.units // (int(labels.max()) + 1)
+    count = min(per_slice - 1, max(1, int(per_slice * fraction)))
+    picks = [torch.nonzero(labels == s).flatten()[torch.randperm(per_slice, generator=generator)[:count]]
+             for s in labels.unique()]
+    return torch.cat(picks).sort().values

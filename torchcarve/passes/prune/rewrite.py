@@ -12,6 +12,7 @@ from ...ir import Graph, TensorType, Value
 from ...ir.infer import InferenceUnavailable, infer_types
 from .groups import Group, Slot
 from ...opset import attr_fix
+from ...opset.prune_rules import Axis, axis_size, resized, take
 
 Removal = tuple[Group, torch.Tensor]  # a group and the units (row numbers) to remove
 
@@ -24,7 +25,7 @@ def kept_indices(removals: Sequence[Removal]) -> dict[Slot, torch.Tensor]:
             removed[slot].append(idx[units].flatten())
     keep = {}
     for (value, axis), parts in removed.items():
-        mask = torch.ones(value.type.shape[axis], dtype=torch.bool)
+        mask = torch.ones(axis_size(value.type.shape, axis), dtype=torch.bool)
         mask[torch.cat(parts)] = False
         keep[(value, axis)] = mask.nonzero().flatten()
     return keep
@@ -35,7 +36,7 @@ def remove_units(graph: Graph, removals: Sequence[Removal]) -> None:
     keep = kept_indices([(g, u) for g, u in removals if len(u)])
     if not keep:
         return
-    by_value: dict[Value, dict[int, torch.Tensor]] = defaultdict(dict)
+    by_value: dict[Value, dict[Axis, torch.Tensor]] = defaultdict(dict)
     for (value, axis), indices in keep.items():
         by_value[value][axis] = indices
     readers = Counter(node.attrs["name"] for node in graph.param_nodes())
@@ -45,12 +46,15 @@ def remove_units(graph: Graph, removals: Sequence[Removal]) -> None:
     _retype(graph, by_value)
 
 
-def _slice_param(graph: Graph, value: Value, axes: dict[int, torch.Tensor], readers: Counter) -> None:
+def _slice_param(graph: Graph, value: Value, axes: dict[Axis, torch.Tensor], readers: Counter) -> None:
     node = value.producer
     name = node.attrs["name"]
     tensor = graph.params[name]
     for axis, indices in axes.items():
-        tensor = tensor.index_select(axis, indices)
+        try:
+            tensor = take(tensor, axis, indices)
+        except ValueError as e:
+            raise CarveError(f"prune: weight {name}: {e}", hint="remove as many units from every slice") from e
     if readers[name] > 1:  # another param node reads the unsliced tensor: store this one apart
         new_name = graph.params.unique_name(name)
         if name in graph.params.trainable:
@@ -61,14 +65,14 @@ def _slice_param(graph: Graph, value: Value, axes: dict[int, torch.Tensor], read
     value.type = TensorType.of(graph.params[name])
 
 
-def _new_type(value: Value, axes: dict[int, torch.Tensor]) -> TensorType:
-    shape = list(value.type.shape)
+def _new_type(value: Value, axes: dict[Axis, torch.Tensor]) -> TensorType:
+    shape = tuple(value.type.shape)
     for axis, indices in axes.items():
-        shape[axis] = int(indices.numel())
-    return TensorType(tuple(shape), value.type.dtype)
+        shape = resized(shape, axis, int(indices.numel()))
+    return TensorType(shape, value.type.dtype)
 
 
-def _retype(graph: Graph, by_value: dict[Value, dict[int, torch.Tensor]]) -> None:
+def _retype(graph: Graph, by_value: dict[Value, dict[Axis, torch.Tensor]]) -> None:
     changed = {v for v in by_value}
     for node in graph.nodes:
         if node.op == "param" or not (changed & set(node.inputs) or changed & set(node.outputs)):

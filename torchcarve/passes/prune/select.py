@@ -21,6 +21,7 @@ from ...ir import Graph, Value
 from ...ir.node import Node
 from ...ir.ops import get_op
 from ...ir.types import attr_symbols
+from ...opset.prune_rules import axis_sums, resized
 from ...progress import track
 from .groups import Group
 from .rewrite import Removal, kept_indices
@@ -92,8 +93,7 @@ def unit_importance(group: Group, scores: dict[str, torch.Tensor], fallback: dic
         for name, axis, idx in group.params():
             if name in table:
                 score = table[name]  # per-index sums first: no copy of the weight is made
-                others = [d for d in range(score.dim()) if d != axis]
-                per_index = (score.sum(dim=others) if others else score).double()  # (dtype=float64 would copy)
+                per_index = axis_sums(score, axis).double()  # (dtype=float64 would copy)
                 del score
                 total += per_index[idx].sum(dim=1)
         if total.any():
@@ -134,8 +134,10 @@ def _axes(value: Value) -> list[tuple[Axis, int]]:
 
 
 def _scaling_axes(node: Node) -> list[tuple[Axis, int]]:
+    """The axes of the node's largest weight (a conv/linear weight, a mixture's stacked expert weights),
+    else of its output."""
     weights = [v for v in node.inputs if v.producer is not None and v.producer.op == "param" and v.type.rank >= 2]
-    return _axes(weights[0] if weights else node.outputs[0])
+    return _axes(max(weights, key=lambda v: v.type.numel()) if weights else node.outputs[0])
 
 
 def measure_latency(graph: Graph, repeats: int = 5) -> dict[Node, float]:
@@ -207,16 +209,31 @@ def select_units(groups: Sequence[Group], importance: Sequence[torch.Tensor], co
 
 def _units_to_remove(group: Group, order: torch.Tensor, normalized: torch.Tensor, knob: float,
                      budget: Budget) -> torch.Tensor:
+    """The least important units; a segmented group (each expert's hidden units) loses as many from every
+    slice, each slice its own least important ones."""
     n = group.units
     wanted = int(n * knob) if budget.scope == "local" else int((normalized < knob).sum())
+    labels = group.segments
+    if labels is None:
+        return order[: n - _kept(n, wanted, group.unit_size, budget)].sort().values
+    slices = int(labels.max()) + 1
+    per_slice = n // slices
+    drop = per_slice - _kept(per_slice, wanted // slices, group.unit_size, budget)
+    return torch.cat([order[labels[order] == s][:drop] for s in range(slices)]).sort().values
+
+
+def _kept(n: int, wanted: int, unit_size: int, budget: Budget) -> int:
+    """Units kept of `n` when `wanted` should go: capped per layer, rounded up to the channel multiple."""
     wanted = min(wanted, int(n * budget.max_per_layer))
-    step = max(1, budget.round_to // group.unit_size)
+    step = max(1, budget.round_to // unit_size)
     keep = max(n - wanted, min(n, step))
-    keep = min(n, math.ceil(keep / step) * step)
-    return order[: n - keep].sort().values
+    return min(n, math.ceil(keep / step) * step)
 
 
 def _kept_counts(removals: list[Removal]) -> dict[Axis, int]:
-    kept: dict[Axis, int] = {slot: idx.numel() for slot, idx in kept_indices([(g, u) for g, u in removals if len(u)]).items()}
+    kept: dict[Axis, int] = {}
+    for (value, axis), idx in kept_indices([(g, u) for g, u in removals if len(u)]).items():
+        plain = axis if isinstance(axis, int) else axis[1]  # an axis pair: the inner axis, per slice
+        kept[(value, plain)] = int(resized(value.type.shape, axis, idx.numel())[plain])
     kept.update({(group, 0): group.units - len(units) for group, units in removals})
     return kept
