@@ -133,3 +133,14 @@ def test_whole_experts_then_each_experts_width(tmp_path):
     _, up = weight(result.graph, "up_w")
     assert down.shape == (3, 16, 12) and up.shape == (3, 24, 16)
     onnx_parity(result.graph, inputs, tmp_path)
+
+
+@pytest.mark.parametrize("form", ["dense", "sparse"])
+def test_pruned_experts_run_in_either_dispatch_form(form, tmp_path):
+    model, inputs = MODELS["scatter_moe"]()
+    graph = tc.capture(model, inputs)
+    pruned = optimize(graph, "prune{ratio=0.5,round-to=1}").graph
+    result = optimize(pruned, f"moe-dispatch{{form={form}}}").graph
+    assert moe_node(result).attrs["dispatch"] == form
+    assert torch.allclose(run(result, inputs), run(pruned, inputs), rtol=RTOL, atol=ATOL)
+    onnx_parity(result, inputs, tmp_path)
