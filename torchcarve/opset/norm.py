@@ -19,11 +19,10 @@ LAYER_NORM = forms((BASE, lower.decomposed_layer_norm), (17, lower.layer_norm))
 
 def skip_layer_norm(ctx: "LoweringContext", node: Node) -> None:
     """com.microsoft SkipLayerNormalization; the sum is its 4th output, written only when something reads it."""
-    total = node.outputs[1]
-    outputs = ctx.output_names(node)
-    wanted = outputs if total.uses or total.is_graph_output else outputs[:1]
+    out, total = ctx.output_names(node)
+    read = node.outputs[1].uses or node.outputs[1].is_graph_output
     ctx.extra_domains[MICROSOFT] = 1
-    ctx.emit("SkipLayerNormalization", [ctx.name(v) for v in node.inputs], wanted[:1] + ["", ""] + wanted[1:],
+    ctx.emit("SkipLayerNormalization", [ctx.name(v) for v in node.inputs], [out, "", "", total] if read else [out],
              domain=MICROSOFT, epsilon=float(node.attrs["eps"]))
 
 NORM = table(
