@@ -182,3 +182,14 @@ def test_cli_export_contrib(tmp_path):
     assert {"FastGelu", "SkipLayerNormalization"} <= {n.op_type for n in onnx.load(str(out)).graph.node}
     assert main(["export", str(tmp_path / "mlp.carve"), "--to", "torch", "-o", str(tmp_path / "t"),
                  "--contrib", "onnxruntime"]) != 0
+
+
+@pytest.mark.parametrize("pipeline, attention", [("fuse", "Attention"), ("fuse,quantize", "QAttention")])
+def test_dynamic_batch(pipeline, attention, tmp_path):
+    """A symbolic batch: the mask reaches the fused attention at run time; another batch size runs."""
+    model, inputs = bert_with_mask("sdpa")
+    graph = tc.optimize(tc.capture(model, inputs, dynamic_batch=True), pipeline, calibration=[inputs]).graph
+    bigger = (torch.randint(0, 100, (3, 8)), torch.ones(3, 8, dtype=torch.int64))
+    bigger[1][2, 4:] = 0
+    _, after = compare(graph, bigger, eager(tc.to_torch(graph), bigger), tmp_path)
+    assert after[attention] == 2 and after["SkipLayerNormalization"] == 4
