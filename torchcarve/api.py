@@ -13,7 +13,8 @@ from .fileio import atomic_directory, committed_file
 from .frontends import capture
 from .ir import Graph, ParamStore, parse, verify
 
-CONTRIB_PASSES = {"onnxruntime": "simplify,fuse-attention,ort-contrib"}  # to_onnx(contrib=...) -> the passes emitting them
+# to_onnx(contrib=...) -> the passes that rewrite the graph into that runtime's fused ops
+CONTRIB_PASSES = {"onnxruntime": "simplify,fuse-attention,ort-contrib"}
 GRAPH_FILE = "graph.ir"
 WEIGHTS_FILE = "weights.safetensors"
 SAVE_FILES = (GRAPH_FILE, WEIGHTS_FILE)   # what `save` writes; the first names the rest (see fileio)
@@ -52,9 +53,9 @@ def to_onnx(graph: Graph, path: str | Path | None = None, opset: int | None = No
             contrib: str | None = None) -> Any:
     """Lower `graph` to ONNX (`torchcarve.backends.onnx.to_onnx`); returns the ModelProto.
 
-    contrib="onnxruntime" first rewrites a copy of the graph with `simplify,fuse-attention,ort-contrib`, so the file holds ONNX
-    Runtime's fused com.microsoft kernels (SkipLayerNormalization, BiasGelu/FastGelu, Attention/QAttention)
-    wherever the structure allows; None writes standard ONNX ops only (docs/onnx.md).
+    contrib="onnxruntime" first rewrites a copy of the graph with `simplify,fuse-attention,ort-contrib`, so the
+    file holds ONNX Runtime's fused com.microsoft kernels (SkipLayerNormalization, BiasGelu/FastGelu,
+    Attention/QAttention) wherever the structure allows; None writes standard ONNX ops only (docs/onnx.md).
     """
     from .backends.onnx import to_onnx as lower
 

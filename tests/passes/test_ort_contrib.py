@@ -176,7 +176,8 @@ def test_cli_export_contrib(tmp_path):
     torch.manual_seed(0)
     tc.save(tc.capture(GeluMLP().eval(), (torch.randn(2, 5, 16),)), tmp_path / "mlp.carve")
     out = tmp_path / "mlp.onnx"
-    assert main(["export", str(tmp_path / "mlp.carve"), "--to", "onnx", "-o", str(out), "--contrib", "onnxruntime"]) == 0
+    saved = str(tmp_path / "mlp.carve")
+    assert main(["export", saved, "--to", "onnx", "-o", str(out), "--contrib", "onnxruntime"]) == 0
     import onnx
 
     assert {"FastGelu", "SkipLayerNormalization"} <= {n.op_type for n in onnx.load(str(out)).graph.node}

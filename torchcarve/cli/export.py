@@ -31,7 +31,8 @@ def run(args: argparse.Namespace) -> int:
 
     refuse_overwriting_input(args.graph, args.output, EXPORT_FILES if args.to == "torch" else ())
     if args.contrib and args.to != "onnx":
-        raise CarveError(f"--contrib {args.contrib} applies to ONNX output only", hint="drop --contrib or use --to onnx")
+        raise CarveError(f"--contrib {args.contrib} applies to ONNX output only",
+                         hint="drop --contrib or use --to onnx")
     graph = read_graph(args.graph)
     if args.to == "torch":
         from ..backends.torch import export_torch

@@ -39,12 +39,10 @@ def skip_layer_norm(rw: Rewriter, total: Value, out: Value) -> list[Value] | Non
     x, bias = _without_bias(rw, x)
     if bias is None:
         skip, bias = _without_bias(rw, skip)
-    width = out.type.shape[-1]
-    gamma = args["weight"] if args["weight"] is not None else rw.param(torch.ones(width, dtype=out.type.torch_dtype), "ln.ones")
-    beta = args["bias"] if args["bias"] is not None else rw.param(torch.zeros(width, dtype=out.type.torch_dtype), "ln.zeros")
+    gamma, beta = _affine_or(rw, args["weight"], 1.0, out), _affine_or(rw, args["bias"], 0.0, out)
     inputs = [x, skip, gamma, beta] + ([bias] if bias is not None else [])
     fused = rw.add("carve.skip_layer_norm", inputs, {"eps": float(args["eps"])})
-    if total.uses != [out.producer] or total.is_graph_output:  # the sum is read elsewhere (a pre-LN residual)
+    if len(total.uses) > 1 or total.is_graph_output:  # the sum is read elsewhere (a pre-LN residual)
         rw.replace(total, fused.outputs[1])
     return [fused.outputs[0]]
 
@@ -75,6 +73,13 @@ def packed_qkv(rw: Rewriter, out: Value) -> Value | None:
     fused_attrs = {"num_heads": attrs["num_heads"], "scale": attrs.get("scale")}
     fused_attrs = {k: v for k, v in fused_attrs.items() if v is not None}
     return rw.add(op, [*inputs, *mask], fused_attrs).output
+
+
+def _affine_or(rw: Rewriter, value: Value | None, fill: float, out: Value) -> Value:
+    """A layer norm's weight or bias, or a stored constant `fill` vector when it has none."""
+    if value is not None:
+        return value
+    return rw.param(torch.full(out.type.shape[-1:], fill, dtype=out.type.torch_dtype), "layer_norm.affine")
 
 
 def _plain_add(node) -> bool:
@@ -113,7 +118,9 @@ def _from_three(rw: Rewriter, query: Value, key: Value, value: Value) -> tuple[s
     if any(n is None or n.op not in BIAS_AT or len(v.uses) != 1 for n, v in zip(nodes, (query, key, value))):
         return None
     parts = [_projection(n) for n in nodes]
-    if None in parts or len({(op, ins[0]) for op, ins in parts}) != 1 or len({v.type for v in (query, key, value)}) != 1:
+    if None in parts or len({(op, ins[0]) for op, ins in parts}) != 1:
+        return None
+    if len({v.type for v in (query, key, value)}) != 1:
         return None
     tensors = [[rw.tensor(v) for v in ins[1:]] for _, ins in parts]
     if any(t is None for group in tensors for t in group):
