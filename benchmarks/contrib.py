@@ -1,9 +1,10 @@
 """ONNX Runtime contrib fusions (`to_onnx(contrib="onnxruntime")`) on all-MiniLM-L6-v2, on and off.
 
 For fp32 and `fuse,quantize` (int8) files: nodes in the file, nodes in ORT's own optimized graph
-(SessionOptions.optimized_model_filepath, ORT_ENABLE_ALL), session load time (median of 3), latency and
-the largest difference from the same variant with contrib off. Timing as in quantize.py: every file once
-per round, rounds interleaved, the median round counts.
+(SessionOptions.optimized_model_filepath, ORT_ENABLE_ALL), session load time (median of 3), latency, the
+largest difference from the same variant with contrib off, and the cosine of mean-pooled embeddings to the
+fp32 file (as quantize.py: int8 rounding makes max differences large either way). Timing as in quantize.py:
+every file once per round, rounds interleaved, the median round counts.
 
     HF_HUB_OFFLINE=1 python benchmarks/contrib.py [--threads 2] [--runs 10] [--rounds 3] [--shapes 8x32,16x128]
 """
@@ -22,8 +23,9 @@ import torch
 
 import torchcarve as tc
 from machine import header
-from quantize import CALIBRATION_TEXT, EVALUATION_TEXT, LastHidden, latency, load_model, session, windows
+from quantize import CALIBRATION_TEXT, EVALUATION_TEXT, LastHidden, embeddings, latency, load_model, session, windows
 
+ROW = "| {} | {} | {} | {} | {} | {:.0f} | {:.2f} | {:.2f}x | {:.1e} | {:.4f} |"
 PIPELINES = {"fp32 (as captured)": "", "fp32 fuse": "fuse", "int8 fuse,quantize": "fuse,quantize"}
 
 
@@ -64,14 +66,16 @@ def run_shape(tokenizer, model, batch: int, seq: int, args, out: Path) -> list[t
         for key, sess in sessions.items():
             timings[key].append(latency(sess, feeds, args.runs))
     outputs = {key: sess.run(None, feeds)[0] for key, sess in sessions.items()}
+    expected = embeddings(sessions[next(iter(sessions))], feeds)
     rows = []
     for (label, contrib), path in paths.items():
         ort_nodes, load = optimized_nodes(path, args.threads)
         off = timings[label, "off"]
         speedup = statistics.median(b / t for b, t in zip(off, timings[label, contrib]))
         diff = float(np.abs(outputs[label, contrib] - outputs[label, "off"]).max())
+        cosine = float((embeddings(sessions[label, contrib], feeds) * expected).sum(1).mean())
         rows.append((f"{batch}x{seq}", label, contrib, len(onnx.load(str(path)).graph.node), ort_nodes, load * 1e3,
-                     statistics.median(timings[label, contrib]) * 1e3, speedup, diff))
+                     statistics.median(timings[label, contrib]) * 1e3, speedup, diff, cosine))
     return rows
 
 
@@ -88,13 +92,13 @@ def main() -> None:
                  f"--shapes {args.shapes}"))
     print(f"all-MiniLM-L6-v2, onnxruntime {ort.__version__}, {args.threads} threads\n")
     print("| batch x seq | model | contrib | nodes in file | nodes after ORT optimizer | load ms | ms | "
-          "speed-up vs off | max abs diff vs off |")
-    print("|---|---|---|---|---|---|---|---|---|", flush=True)
+          "speed-up vs off | max abs diff vs off | cosine to fp32 |")
+    print("|---|---|---|---|---|---|---|---|---|---|", flush=True)
     for shape in args.shapes.split(","):
         batch, seq = map(int, shape.split("x"))
         with tempfile.TemporaryDirectory() as tmp:
             for row in run_shape(tokenizer, model, batch, seq, args, Path(tmp)):
-                print("| {} | {} | {} | {} | {} | {:.0f} | {:.2f} | {:.2f}x | {:.1e} |".format(*row), flush=True)
+                print(ROW.format(*row), flush=True)
 
 
 if __name__ == "__main__":
