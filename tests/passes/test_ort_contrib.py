@@ -194,3 +194,17 @@ def test_dynamic_batch(pipeline, attention, tmp_path):
     bigger[1][2, 4:] = 0
     _, after = compare(graph, bigger, eager(tc.to_torch(graph), bigger), tmp_path)
     assert after[attention] == 2 and after["SkipLayerNormalization"] == 4
+
+
+def test_qattention_refuses_a_mask_it_cannot_take():
+    text = """graph @g(%x: f32[2,4,8], %m: f32[2,1,4,4]) -> (f32[2,4,8]) {
+  %w = param "w" : i8[24,8]
+  %s = param "s" : f32[24]
+  %b = param "b" : f32[24]
+  %y = carve.dynamic_qkv_attention(%x, %w, %s, %b, %m) {num_heads=2} : f32[2,4,8]
+  return %y
+}"""
+    params = tc.ParamStore()
+    params["w"], params["s"], params["b"] = torch.ones(24, 8, dtype=torch.int8), torch.ones(24), torch.zeros(24)
+    with pytest.raises(tc.CarveError, match="QAttention takes a bool mask"):
+        tc.to_onnx(tc.parse(text, params=params))

@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
+from ..errors import CarveError
 from ..ir.node import Node
 from ..ir.ops.aten import arguments
 from . import prune_rules as prune
@@ -189,6 +190,7 @@ def dynamic_qkv_attention(ctx: "LoweringContext", node: Node) -> None:
     quantized, scale, zero_point = ctx.emit("DynamicQuantizeLinear", [ctx.name(x)], 3)
     mask_index = ""
     if mask:
+        _require_mask_index(node, mask[0], x)
         squeezed = ctx.emit("Squeeze", [ctx.name(mask[0]), ctx.ints([1])])[0]
         mask_index = ctx.cast(squeezed, "bool", "i32")
     inputs = [quantized, _transposed(ctx, weight), ctx.name(bias), scale, ctx.name(weight_scale), mask_index,
@@ -196,6 +198,13 @@ def dynamic_qkv_attention(ctx: "LoweringContext", node: Node) -> None:
     ctx.extra_domains[MICROSOFT] = 1
     ctx.emit("QAttention", inputs, _out(ctx, node), domain=MICROSOFT, num_heads=node.attrs["num_heads"],
              scale=_packed_scale(node), mask_filter_value=float(torch.finfo(torch.float32).min))
+
+
+def _require_mask_index(node: Node, mask: Any, x: Any) -> None:
+    batch, length = x.type.shape[:2]
+    if mask.type.dtype != "bool" or mask.type.shape != (batch, 1, length, length):
+        raise CarveError(f"{node!r} ({node.op}): QAttention takes a bool mask [{batch}, 1, {length}, {length}] only, "
+                         f"not {mask.type}", hint="use carve.multi_head_attention for other masks")
 
 
 def _packed_scale(node: Node) -> float:
