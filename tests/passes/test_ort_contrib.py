@@ -208,3 +208,47 @@ def test_qattention_refuses_a_mask_it_cannot_take():
     params["w"], params["s"], params["b"] = torch.ones(24, 8, dtype=torch.int8), torch.ones(24), torch.zeros(24)
     with pytest.raises(tc.CarveError, match="QAttention takes a bool mask"):
         tc.to_onnx(tc.parse(text, params=params))
+
+
+GOLDEN_BEFORE = """graph @g(%x: f32[2,5,16]) -> (f32[2,5,16]) {
+  %w1 = param "up.weight" : f32[64,16]
+  %b1 = param "up.bias" : f32[64]
+  %w2 = param "down.weight" : f32[16,64]
+  %b2 = param "down.bias" : f32[16]
+  %g = param "norm.weight" : f32[16]
+  %be = param "norm.bias" : f32[16]
+  %h = aten.linear(%x, %w1, %b1) : f32[2,5,64]
+  %a = aten.gelu(%h) {approximate="tanh"} : f32[2,5,64]
+  %d = aten.linear(%a, %w2, %b2) : f32[2,5,16]
+  %s = aten.add.Tensor(%x, %d) : f32[2,5,16]
+  %y = aten.layer_norm(%s, %g, %be) {normalized_shape=[16], eps=1e-05} : f32[2,5,16]
+  return %y
+}"""
+GOLDEN_AFTER = """graph @g(%x: f32[2,5,16]) -> (f32[2,5,16]) {
+  %w1 = param "up.weight" : f32[64,16]
+  %b1 = param "up.bias" : f32[64]
+  %w2 = param "down.weight" : f32[16,64]
+  %b2 = param "down.bias" : f32[16]
+  %g = param "norm.weight" : f32[16]
+  %be = param "norm.bias" : f32[16]
+  %linear = aten.linear(%x, %w1) : f32[2,5,64]
+  %bias_gelu = carve.bias_gelu(%linear, %b1) {approximate="tanh"} : f32[2,5,64]
+  %linear_1 = aten.linear(%bias_gelu, %w2) : f32[2,5,16]
+  %skip_layer_norm, %skip_layer_norm_out1 = carve.skip_layer_norm(%x, %linear_1, %g, %be, %b2) {eps=1e-05} : \
+f32[2,5,16], f32[2,5,16]
+  return %skip_layer_norm
+}
+"""
+
+
+def test_ort_contrib_golden():
+    torch.manual_seed(0)
+    shapes = {"up.weight": (64, 16), "up.bias": (64,), "down.weight": (16, 64), "down.bias": (16,),
+              "norm.weight": (16,), "norm.bias": (16,)}
+    params = tc.ParamStore()
+    for name, shape in shapes.items():
+        params[name] = torch.randn(shape)
+    result = tc.optimize(tc.parse(GOLDEN_BEFORE, params=params), "ort-contrib", check_numerics=True)
+    assert result.graph.to_text() == GOLDEN_AFTER
+    assert result.report[0].stats == {"skip_layer_norm": 1, "bias_gelu": 1, "packed_qkv": 0}
+    assert not tc.optimize(result.graph, "ort-contrib").changed  # a fixed point
