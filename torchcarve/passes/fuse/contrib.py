@@ -66,6 +66,8 @@ def packed_qkv(rw: Rewriter, out: Value) -> Value | None:
     if attrs.get("is_causal") or attrs.get("kv_num_heads", attrs["num_heads"]) != attrs["num_heads"]:
         return None
     query, key, value, *mask = node.inputs
+    if query.type.dtype != "f32":  # ORT's CPU Attention/QAttention kernels are float32 only
+        return None
     projection = _from_split(query, key, value) or _from_three(rw, query, key, value)
     if projection is None or not _mask_fits(projection, mask, query):
         return None
