@@ -252,3 +252,24 @@ def test_ort_contrib_golden():
     assert result.graph.to_text() == GOLDEN_AFTER
     assert result.report[0].stats == {"skip_layer_norm": 1, "bias_gelu": 1, "packed_qkv": 0}
     assert not tc.optimize(result.graph, "ort-contrib").changed  # a fixed point
+
+
+@pytest.mark.parametrize("case, packed", [("plain", True), ("bool-mask", True), ("float-mask", True), ("causal", True),
+                                          ("causal-cross", False), ("gqa", False)])
+def test_attention_variants(case, packed, tmp_path):
+    """Self-attention packs (masks as attention_bias, causal as unidirectional); cross-attention and GQA do not."""
+    from tests.passes.test_fuse_attention import CASES, head_attention
+
+    model, inputs = head_attention(**CASES[case][0])
+    _, after = compare(tc.capture(model, inputs), inputs, eager(model, inputs), tmp_path)
+    assert after["Attention"] == packed
+
+
+@pytest.mark.parametrize("case", ["causal", "bool-mask"])
+def test_int8_self_attention_variants(case, tmp_path):
+    from tests.passes.test_fuse_attention import CASES, head_attention
+
+    model, inputs = head_attention(**CASES[case][0])
+    quantized = tc.optimize(tc.capture(model, inputs), "fuse,quantize", calibration=[inputs]).graph
+    _, after = compare(quantized, inputs, eager(tc.to_torch(quantized), inputs), tmp_path)
+    assert after["QAttention"] == 1

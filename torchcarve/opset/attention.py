@@ -7,7 +7,8 @@ float `attention_bias`. What MultiHeadAttention cannot express (GQA, a causal ma
 other than f32/f16) is split into heads and decomposed like sdpa.
 carve.qkv_attention / carve.dynamic_qkv_attention (q, k, v projected by one packed weight) -> com.microsoft
 `Attention` (float weights, the mask as attention_bias) / `QAttention` (int8 weights, the input quantized by
-DynamicQuantizeLinear, a bool mask as its 3-D mask_index): one GEMM for q, k and v and no Split.
+DynamicQuantizeLinear, a bool mask as its 3-D mask_index), causal as unidirectional=1: one GEMM for q, k and v
+and no Split.
 """
 from __future__ import annotations
 
@@ -180,7 +181,7 @@ def qkv_attention(ctx: "LoweringContext", node: Node) -> None:
         inputs += ["", "", _full_mask(ctx, name, mask[0].type.shape, x, x)]  # no mask_index, no past
     ctx.extra_domains[MICROSOFT] = 1
     ctx.emit("Attention", inputs, _out(ctx, node), domain=MICROSOFT, num_heads=node.attrs["num_heads"],
-             scale=_packed_scale(node))
+             scale=_packed_scale(node), unidirectional=_unidirectional(node))
 
 
 def dynamic_qkv_attention(ctx: "LoweringContext", node: Node) -> None:
@@ -197,7 +198,8 @@ def dynamic_qkv_attention(ctx: "LoweringContext", node: Node) -> None:
               zero_point]
     ctx.extra_domains[MICROSOFT] = 1
     ctx.emit("QAttention", inputs, _out(ctx, node), domain=MICROSOFT, num_heads=node.attrs["num_heads"],
-             scale=_packed_scale(node), mask_filter_value=float(torch.finfo(torch.float32).min))
+             scale=_packed_scale(node), unidirectional=_unidirectional(node),
+             mask_filter_value=float(torch.finfo(torch.float32).min))
 
 
 def _require_mask_index(node: Node, mask: Any, x: Any) -> None:
@@ -205,6 +207,11 @@ def _require_mask_index(node: Node, mask: Any, x: Any) -> None:
     if mask.type.dtype != "bool" or mask.type.shape != (batch, 1, length, length):
         raise CarveError(f"{node!r} ({node.op}): QAttention takes a bool mask [{batch}, 1, {length}, {length}] only, "
                          f"not {mask.type}", hint="use carve.multi_head_attention for other masks")
+
+
+def _unidirectional(node: Node) -> int | None:
+    """Causal self-attention (q and k of one length: ORT's mask is torch's top-left one)."""
+    return 1 if node.attrs.get("is_causal") else None
 
 
 def _packed_scale(node: Node) -> float:

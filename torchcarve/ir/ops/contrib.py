@@ -25,16 +25,19 @@ def carve_bias_gelu(x, bias=None, *, approximate="none"):
     return torch.nn.functional.gelu(x if bias is None else x + bias, approximate=approximate)
 
 
-def carve_qkv_attention(x, weight, bias, attn_mask=None, *, num_heads, scale=None):
+def carve_qkv_attention(x, weight, bias, attn_mask=None, *, num_heads, scale=None, is_causal=False):
     """Multi-head attention of q, k, v = linear(x, weight [3D, D], bias [3D]) split in three along the features."""
     query, key, value = torch.nn.functional.linear(x, weight, bias).chunk(3, dim=-1)
-    return carve_multi_head_attention(query, key, value, attn_mask, num_heads=num_heads, scale=scale)
+    return carve_multi_head_attention(query, key, value, attn_mask, num_heads=num_heads, scale=scale,
+                                      is_causal=is_causal)
 
 
-def carve_dynamic_qkv_attention(x, weight, weight_scale, bias, attn_mask=None, *, num_heads, scale=None):
+def carve_dynamic_qkv_attention(x, weight, weight_scale, bias, attn_mask=None, *, num_heads, scale=None,
+                                is_causal=False):
     """carve_qkv_attention with the projection as carve.dynamic_linear (int8 weight [3D, D], its scale)."""
     query, key, value = carve_dynamic_linear(x, weight, weight_scale, bias).chunk(3, dim=-1)
-    return carve_multi_head_attention(query, key, value, attn_mask, num_heads=num_heads, scale=scale)
+    return carve_multi_head_attention(query, key, value, attn_mask, num_heads=num_heads, scale=scale,
+                                      is_causal=is_causal)
 
 
 carve_qkv_attention.calls = (carve_multi_head_attention,)
@@ -45,7 +48,7 @@ def _bind(inputs: Sequence[Any], attrs: dict[str, Any]) -> tuple[list[Any], dict
     return list(inputs), dict(attrs)
 
 
-ATTENTION_ATTRS = frozenset({"num_heads", "scale"})
+ATTENTION_ATTRS = frozenset({"num_heads", "scale", "is_causal"})
 OPS = [
     OpDef(name="carve.skip_layer_norm", fn=carve_skip_layer_norm, bind=_bind, attrs=frozenset({"eps"})),
     OpDef(name="carve.bias_gelu", fn=carve_bias_gelu, bind=_bind, attrs=frozenset({"approximate"})),

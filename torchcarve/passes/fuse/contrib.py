@@ -63,7 +63,7 @@ def packed_qkv(rw: Rewriter, out: Value) -> Value | None:
     # multi_head_attention(split(linear(x, [Wq; Wk; Wv]))) or of three linears of x -> qkv_attention(x, W, b)
     node = out.producer
     attrs = node.attrs
-    if attrs.get("is_causal") or attrs.get("kv_num_heads", attrs["num_heads"]) != attrs["num_heads"]:
+    if attrs.get("kv_num_heads", attrs["num_heads"]) != attrs["num_heads"]:
         return None
     query, key, value, *mask = node.inputs
     if query.type.dtype != "f32":  # ORT's CPU Attention/QAttention kernels are float32 only
@@ -72,8 +72,8 @@ def packed_qkv(rw: Rewriter, out: Value) -> Value | None:
     if projection is None or not _mask_fits(projection, mask, query):
         return None
     op, inputs = projection
-    fused_attrs = {"num_heads": attrs["num_heads"], "scale": attrs.get("scale")}
-    fused_attrs = {k: v for k, v in fused_attrs.items() if v is not None}
+    fused_attrs = {"num_heads": attrs["num_heads"], "scale": attrs.get("scale"), "is_causal": attrs.get("is_causal")}
+    fused_attrs = {k: v for k, v in fused_attrs.items() if v not in (None, False)}
     return rw.add(op, [*inputs, *mask], fused_attrs).output
 
 
