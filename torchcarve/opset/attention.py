@@ -202,9 +202,15 @@ def dynamic_qkv_attention(ctx: "LoweringContext", node: Node) -> None:
              mask_filter_value=float(torch.finfo(torch.float32).min))
 
 
-def _require_mask_index(node: Node, mask: Any, x: Any) -> None:
+def qattention_takes(mask: Any, x: Any) -> bool:
+    """QAttention's mask is a 0/1 mask_index [B, S, S]: it can take a bool mask [B, 1, S, S] of x [B, S, D]."""
     batch, length = x.type.shape[:2]
-    if mask.type.dtype != "bool" or mask.type.shape != (batch, 1, length, length):
+    return mask.type.dtype == "bool" and mask.type.shape == (batch, 1, length, length)
+
+
+def _require_mask_index(node: Node, mask: Any, x: Any) -> None:
+    if not qattention_takes(mask, x):
+        batch, length = x.type.shape[:2]
         raise CarveError(f"{node!r} ({node.op}): QAttention takes a bool mask [{batch}, 1, {length}, {length}] only, "
                          f"not {mask.type}", hint="use carve.multi_head_attention for other masks")
 

@@ -16,6 +16,7 @@ import torch
 from ...ir import Graph
 from ...ir.ops.aten import arguments
 from ...ir.value import Value
+from ...opset.attention import qattention_takes
 from ..base import Pass, PassContext, PassResult, register_pass
 from ..rewrite import ANY, P, Rewriter, apply_rules
 from .common import LINEAR
@@ -127,10 +128,9 @@ def _from_three(rw: Rewriter, query: Value, key: Value, value: Value) -> tuple[s
     tensors = [[rw.tensor(v) for v in ins[1:]] for _, ins in parts]
     if any(t is None for group in tensors for t in group):
         return None
-    op, (x, *_) = parts[0]
-    names = [ins[1].producer.attrs["name"] for _, ins in parts]
+    op, (x, weight, *_) = parts[0]
     stored = [_packed(column, query.type.shape[-1]) for column in zip(*tensors)]
-    return op, [x] + [rw.param(t, f"{names[0]}.qkv") for t in stored]
+    return op, [x] + [rw.param(t, f"{weight.producer.attrs['name']}.qkv") for t in stored]
 
 
 def _packed(column: tuple, rows: int) -> torch.Tensor:
@@ -139,7 +139,8 @@ def _packed(column: tuple, rows: int) -> torch.Tensor:
 
 
 def _projection(node) -> tuple[str, list[Value]] | None:
-    """(fused op, its inputs before the mask) for a linear with a param weight and bias."""
+    """(fused op, its inputs before the mask) for a linear with a param weight and bias (Attention's bias is
+    an input of its own; a linear without one is not packed)."""
     if node is None or node.op not in BIAS_AT or len(node.inputs) != BIAS_AT[node.op] + 1:
         return None
     if any(v.producer is None or v.producer.op != "param" for v in node.inputs[1:]):
@@ -149,11 +150,8 @@ def _projection(node) -> tuple[str, list[Value]] | None:
 
 
 def _mask_fits(projection: tuple[str, list[Value]], mask: list[Value], query: Value) -> bool:
-    """QAttention takes a mask as 0/1 mask_index [B, S, S] only: a bool [B, 1, S, S] one."""
-    if projection[0] != "carve.dynamic_qkv_attention" or not mask:
-        return True
-    batch, length = query.type.shape[:2]
-    return mask[0].type.dtype == "bool" and mask[0].type.shape == (batch, 1, length, length)
+    """Attention takes any mask (as attention_bias); QAttention only the ones its mask_index can hold."""
+    return projection[0] != "carve.dynamic_qkv_attention" or not mask or qattention_takes(mask[0], query)
 
 
 CONTRIB_RULES = [
@@ -170,7 +168,7 @@ class OrtContrib(Pass):
     """ONNX Runtime contrib fusions by structure: SkipLayerNormalization, BiasGelu/FastGelu, packed-QKV Attention.
 
     Rewrites add + layer norm, linear bias + gelu and the three q/k/v projections of one input feeding a
-    carve.multi_head_attention (run `fuse` first) into fused carve ops that lower to com.microsoft kernels.
+    carve.multi_head_attention (`fuse-attention` makes it) into fused carve ops that lower to com.microsoft kernels.
     """
 
     exact = True
