@@ -273,3 +273,10 @@ def test_int8_self_attention_variants(case, tmp_path):
     quantized = tc.optimize(tc.capture(model, inputs), "fuse,quantize", calibration=[inputs]).graph
     _, after = compare(quantized, inputs, eager(tc.to_torch(quantized), inputs), tmp_path)
     assert after["QAttention"] == 1
+
+
+def test_compiled_to_onnx_passes_contrib_on():
+    compiled = tc.compile(GeluMLP().eval(), (torch.randn(1, 3, 16),))
+    fused = {n.op_type for n in compiled.to_onnx(contrib="onnxruntime").graph.node}
+    assert {"FastGelu", "SkipLayerNormalization"} <= fused
+    assert "FastGelu" not in {n.op_type for n in compiled.to_onnx().graph.node}
