@@ -15,6 +15,7 @@ channel count per layer (off: fold-outliers=false), [4] the fusions around the i
 `fuse`). With --ceiling, a second table: ORT's int8 GEMM against its fp32 GEMM on each MiniLM linear.
 
     HF_HUB_OFFLINE=1 python benchmarks/quantize.py [--threads 2] [--runs 10] [--rounds 5] [--shapes 2x32,8x32,16x128]
+        [--contrib onnxruntime]   (carve's files with ORT's contrib fusions: the ablation's on/off switch)
 """
 from __future__ import annotations
 
@@ -144,24 +145,24 @@ OURS = {
 GOAL_COSINE = 0.995
 
 
-def ours(graph: tc.Graph, out: Path, calibration: list[torch.Tensor]) -> dict[str, Path]:
+def ours(graph: tc.Graph, out: Path, calibration: list[torch.Tensor], contrib: str | None) -> dict[str, Path]:
     paths = {}
     for label, pipeline in OURS.items():
         quantized = tc.optimize(graph, pipeline, calibration=[(t,) for t in calibration]).graph
         path = out / f"carve_{len(paths)}.onnx"
-        tc.to_onnx(quantized, path)
+        tc.to_onnx(quantized, path, contrib=contrib)
         paths[label] = path
     return paths
 
 
 def run_shape(tokenizer, model, batch: int, seq: int, threads: int, runs: int, rounds: int,
-              out: Path) -> list[tuple]:
+              out: Path, contrib: str | None = None) -> list[tuple]:
     calibration = [windows(tokenizer, CALIBRATION_TEXT, batch, seq, offset=7 * k) for k in range(4)]
     evaluation = windows(tokenizer, EVALUATION_TEXT, batch, seq)
     graph = tc.capture(LastHidden(model), (evaluation,))
     fp32 = out / "fp32.onnx"
     tc.to_onnx(graph, fp32)
-    paths = {"fp32 (torchcarve export)": fp32, **ort_quantizers(fp32, out), **ours(graph, out, calibration)}
+    paths = {"fp32 (torchcarve export)": fp32, **ort_quantizers(fp32, out), **ours(graph, out, calibration, contrib)}
     feeds = {"input_ids": evaluation.numpy()}
     reference = session(fp32, threads)
     expected = embeddings(reference, feeds)
@@ -227,13 +228,15 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=5, help="interleaved rounds; the median round counts")
     parser.add_argument("--shapes", default="2x32,8x32,16x128")
     parser.add_argument("--ceiling", action="store_true", help="also time each MiniLM linear alone")
+    parser.add_argument("--contrib", choices=["onnxruntime"], default=None,
+                        help="write carve's files with ORT's contrib fusions (to_onnx(contrib=...), docs/onnx.md)")
     args = parser.parse_args()
     logging.getLogger().setLevel(logging.ERROR)  # the ORT quantizers warn about every LayerNorm weight
     torch.manual_seed(0)
     tokenizer, model = load_model()
     from torchcarve.analysis.cpu import detect
     print(header(f"HF_HUB_OFFLINE=1 python benchmarks/quantize.py --runs {args.runs} --rounds {args.rounds} "
-                 f"--shapes {args.shapes}"))
+                 f"--shapes {args.shapes}" + (f" --contrib {args.contrib}" if args.contrib else "")))
     print(f"all-MiniLM-L6-v2, onnxruntime {ort.__version__}, {args.threads} threads; int8 features as quantize "
           f"reads them: {detect().describe()}; time: median over {args.rounds} interleaved rounds of the median of "
           f"{args.runs} runs, speed-up against fp32 in the same round\n")
@@ -243,7 +246,7 @@ def main() -> None:
     for shape in args.shapes.split(","):
         batch, seq = map(int, shape.split("x"))
         with tempfile.TemporaryDirectory() as tmp:
-            rows = run_shape(tokenizer, model, batch, seq, args.threads, args.runs, args.rounds, Path(tmp))
+            rows = run_shape(tokenizer, model, batch, seq, args.threads, args.runs, args.rounds, Path(tmp), args.contrib)
         for row in rows:
             print("| {} | {} | {:.2f} | {:.2f}x | {:.4f} | {:.1f} |".format(*row), flush=True)
         goals.append(goal(rows))

@@ -1,6 +1,5 @@
 """torchcarve: a graph compiler that makes trained neural networks smaller and faster."""
-from .api import Compiled, compile, load, save
-from .backends.onnx import to_onnx
+from .api import Compiled, compile, load, save, to_onnx
 from .backends.torch import export_torch, to_torch, with_module_weights
 from .draw import draw, notebook_svg
 from .errors import CaptureError, CarveError, ParseError, PipelineError, ShapeError, UnsupportedOpError, VerifyError

@@ -8,11 +8,13 @@ from typing import Any
 import torch
 
 from .backends.torch import to_torch
-from .errors import FileFormatError
+from .errors import CarveError, FileFormatError
 from .fileio import atomic_directory, committed_file
 from .frontends import capture
 from .ir import Graph, ParamStore, parse, verify
 
+# to_onnx(contrib=...) -> the passes that rewrite the graph into that runtime's fused ops
+CONTRIB_PASSES = {"onnxruntime": "simplify,fuse-attention,ort-contrib"}
 GRAPH_FILE = "graph.ir"
 WEIGHTS_FILE = "weights.safetensors"
 SAVE_FILES = (GRAPH_FILE, WEIGHTS_FILE)   # what `save` writes; the first names the rest (see fileio)
@@ -47,6 +49,26 @@ def load(path: str | Path) -> Graph:
     return graph
 
 
+def to_onnx(graph: Graph, path: str | Path | None = None, opset: int | None = None,
+            contrib: str | None = None) -> Any:
+    """Lower `graph` to ONNX (`torchcarve.backends.onnx.to_onnx`); returns the ModelProto.
+
+    contrib="onnxruntime" first rewrites a copy of the graph with `simplify,fuse-attention,ort-contrib`, so the
+    file holds ONNX Runtime's fused com.microsoft kernels (SkipLayerNormalization, BiasGelu/FastGelu,
+    Attention/QAttention) wherever the structure allows; None writes standard ONNX ops only (docs/onnx.md).
+    """
+    from .backends.onnx import to_onnx as lower
+
+    if contrib is not None:
+        if contrib not in CONTRIB_PASSES:
+            raise CarveError(f"contrib={contrib!r} is not known; the choices are: {', '.join(CONTRIB_PASSES)}",
+                             hint="leave contrib unset for standard ONNX ops only")
+        from .passes import optimize
+
+        graph = optimize(graph, CONTRIB_PASSES[contrib]).graph
+    return lower(graph, path, opset=opset)
+
+
 @dataclass
 class Compiled:
     """What `compile` returns: the graph, the PyTorch module running it, and the pass report."""
@@ -55,11 +77,9 @@ class Compiled:
     module: torch.nn.Module
     report: list[Any] = field(default_factory=list)
 
-    def to_onnx(self, path: str | Path | None = None, opset: int | None = None) -> Any:
-        """Write the compiled graph as ONNX (see `torchcarve.backends.onnx.to_onnx`); returns the ModelProto."""
-        from .backends.onnx import to_onnx
-
-        return to_onnx(self.graph, path, opset=opset)
+    def to_onnx(self, path: str | Path | None = None, opset: int | None = None, contrib: str | None = None) -> Any:
+        """Write the compiled graph as ONNX (see `to_onnx`); returns the ModelProto."""
+        return to_onnx(self.graph, path, opset=opset, contrib=contrib)
 
 
 def compile(model: torch.nn.Module, example_inputs: Any, pipeline: str = "", *, method: str = "auto",

@@ -1,8 +1,9 @@
-"""`carve export GRAPH --to onnx|torch -o PATH [--opset N]`."""
+"""`carve export GRAPH --to onnx|torch -o PATH [--opset N] [--contrib onnxruntime]`."""
 from __future__ import annotations
 
 import argparse
 
+from ..errors import CarveError
 from .common import printable, read_graph, refuse_overwriting_input
 
 
@@ -17,6 +18,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--opset", type=int, default=None,
                         help=f"the ONNX opset to write ({OPSET_RANGE.start}-{OPSET_RANGE.stop - 1}); default: the "
                              f"lowest the graph needs, at least {DEFAULT_OPSET}")
+    from ..api import CONTRIB_PASSES
+
+    parser.add_argument("--contrib", choices=sorted(CONTRIB_PASSES), default=None,
+                        help="ONNX only: write that runtime's fused contrib ops (SkipLayerNormalization, BiasGelu, "
+                             "Attention, ...) where the graph's structure allows")
     parser.set_defaults(run=run)
 
 
@@ -24,6 +30,9 @@ def run(args: argparse.Namespace) -> int:
     from ..backends.torch import EXPORT_FILES
 
     refuse_overwriting_input(args.graph, args.output, EXPORT_FILES if args.to == "torch" else ())
+    if args.contrib and args.to != "onnx":
+        raise CarveError(f"--contrib {args.contrib} applies to ONNX output only",
+                         hint="drop --contrib or use --to onnx")
     graph = read_graph(args.graph)
     if args.to == "torch":
         from ..backends.torch import export_torch
@@ -31,8 +40,8 @@ def run(args: argparse.Namespace) -> int:
         export_torch(graph, args.output)
         print(printable(f"wrote {args.output}/model.py and {args.output}/weights.safetensors"))
         return 0
-    from ..backends.onnx import to_onnx
+    from ..api import to_onnx
 
-    model = to_onnx(graph, args.output, opset=args.opset)
+    model = to_onnx(graph, args.output, opset=args.opset, contrib=args.contrib)
     print(printable(f"wrote {args.output} (opset {model.opset_import[0].version})"))
     return 0

@@ -5,6 +5,10 @@ carve.multi_head_attention [B, S, N*H] -> a fused kernel: from opset 23 the stan
 q_num_heads/kv_num_heads), before it ONNX Runtime's com.microsoft `MultiHeadAttention` with the mask as its
 float `attention_bias`. What MultiHeadAttention cannot express (GQA, a causal mask over unequal lengths, dtypes
 other than f32/f16) is split into heads and decomposed like sdpa.
+carve.qkv_attention / carve.dynamic_qkv_attention (q, k, v projected by one packed weight) -> com.microsoft
+`Attention` (float weights, the mask as attention_bias) / `QAttention` (int8 weights, the input quantized by
+DynamicQuantizeLinear, a bool mask as its 3-D mask_index), causal as unidirectional=1: one GEMM for q, k and v
+and no Split.
 """
 from __future__ import annotations
 
@@ -13,12 +17,13 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
+from ..errors import CarveError
 from ..ir.node import Node
 from ..ir.ops.aten import arguments
 from . import prune_rules as prune
-from .costs import attention_macs, mha_macs
+from .costs import attention_macs, mha_macs, qkv_attention_macs
 from .decl import OpDecl, table
-from .lowerings import BASE, _out, _static, forms
+from .lowerings import BASE, _out, _static, _transposed, forms
 
 if TYPE_CHECKING:
     from ..backends.onnx import LoweringContext
@@ -166,7 +171,64 @@ def _split_heads(ctx: "LoweringContext", name: str, heads: int) -> str:
     return ctx.emit("Transpose", [viewed], perm=[0, 2, 1, 3])[0]
 
 
+# ---- carve.qkv_attention, carve.dynamic_qkv_attention -----------------------------------------
+def qkv_attention(ctx: "LoweringContext", node: Node) -> None:
+    """com.microsoft Attention: x @ W^T + b gives q|k|v; a mask becomes its float attention_bias."""
+    x, weight, bias, *mask = node.inputs
+    inputs = [ctx.name(x), _transposed(ctx, weight), ctx.name(bias)]
+    if mask:
+        name = _additive_mask(ctx, ctx.name(mask[0]), mask[0].type.dtype, x.type.dtype)
+        inputs += ["", "", _full_mask(ctx, name, mask[0].type.shape, x, x)]  # no mask_index, no past
+    ctx.extra_domains[MICROSOFT] = 1
+    ctx.emit("Attention", inputs, _out(ctx, node), domain=MICROSOFT, num_heads=node.attrs["num_heads"],
+             scale=_packed_scale(node), unidirectional=_unidirectional(node))
+
+
+def dynamic_qkv_attention(ctx: "LoweringContext", node: Node) -> None:
+    """DynamicQuantizeLinear(x) -> com.microsoft QAttention (int8 weight [D, 3D], per-tensor or per-column
+    scale); a bool mask [B, 1, S, S] becomes its int32 mask_index [B, S, S] (1: attend)."""
+    x, weight, weight_scale, bias, *mask = node.inputs
+    quantized, scale, zero_point = ctx.emit("DynamicQuantizeLinear", [ctx.name(x)], 3)
+    mask_index = ""
+    if mask:
+        _require_mask_index(node, mask[0], x)
+        squeezed = ctx.emit("Squeeze", [ctx.name(mask[0]), ctx.ints([1])])[0]
+        mask_index = ctx.cast(squeezed, "bool", "i32")
+    inputs = [quantized, _transposed(ctx, weight), ctx.name(bias), scale, ctx.name(weight_scale), mask_index,
+              zero_point]
+    ctx.extra_domains[MICROSOFT] = 1
+    ctx.emit("QAttention", inputs, _out(ctx, node), domain=MICROSOFT, num_heads=node.attrs["num_heads"],
+             scale=_packed_scale(node), unidirectional=_unidirectional(node),
+             mask_filter_value=float(torch.finfo(torch.float32).min))
+
+
+def qattention_takes(mask: Any, x: Any) -> bool:
+    """QAttention's mask is a 0/1 mask_index [B, S, S]: it can take a bool mask [B, 1, S, S] of x [B, S, D]."""
+    batch, length = x.type.shape[:2]
+    return mask.type.dtype == "bool" and mask.type.shape == (batch, 1, length, length)
+
+
+def _require_mask_index(node: Node, mask: Any, x: Any) -> None:
+    if not qattention_takes(mask, x):
+        batch, length = x.type.shape[:2]
+        raise CarveError(f"{node!r} ({node.op}): QAttention takes a bool mask [{batch}, 1, {length}, {length}] only, "
+                         f"not {mask.type}", hint="use carve.multi_head_attention for other masks")
+
+
+def _unidirectional(node: Node) -> int | None:
+    """Causal self-attention (q and k of one length: ORT's mask is torch's top-left one)."""
+    return 1 if node.attrs.get("is_causal") else None
+
+
+def _packed_scale(node: Node) -> float:
+    """The scale attribute, else 1/sqrt(head size) with the head size read from the packed weight [3D, D]."""
+    scale = node.attrs.get("scale")
+    return scale if scale is not None else 1 / math.sqrt(node.inputs[1].type.shape[0] // 3 // node.attrs["num_heads"])
+
+
 ATTENTION = table(
     OpDecl("aten.scaled_dot_product_attention", macs=attention_macs, prune=prune.attention, lower=sdpa),
     OpDecl(MHA, macs=mha_macs, lower=forms((BASE, microsoft_attention), (ATTENTION_OPSET, _standard_attention))),
+    OpDecl("carve.qkv_attention", macs=qkv_attention_macs, lower=qkv_attention),
+    OpDecl("carve.dynamic_qkv_attention", macs=qkv_attention_macs, lower=dynamic_qkv_attention),
 )

@@ -55,3 +55,10 @@ def mha_macs(node: Any, sizes: dict[str, int]) -> int:
     # q k^T: every query element meets every key; probs v: every output element sums over the keys
     keys = concrete_dim(node.inputs[1].type.shape[1], sizes)
     return (node.inputs[0].type.numel(sizes) + node.outputs[0].type.numel(sizes)) * keys
+
+
+def qkv_attention_macs(node: Any, sizes: dict[str, int]) -> int:
+    """carve.qkv_attention / dynamic_qkv_attention: the packed q|k|v projection, then attention over the keys."""
+    x, weight, out = node.inputs[0].type, node.inputs[1].type, node.outputs[0].type
+    projection = x.numel(sizes) // _dim(x.shape[-1], sizes) * weight.shape[0] * weight.shape[1]
+    return projection + 2 * out.numel(sizes) * concrete_dim(x.shape[1], sizes)

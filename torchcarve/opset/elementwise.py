@@ -2,10 +2,17 @@
 dtype conversions. Broadcasting ops prune through the `elementwise` rule."""
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
+from ..ir.node import Node
 from . import lowerings as lower
 from . import prune_rules as prune
 from .decl import OpDecl, table
 from .lowerings import BASE, forms
+from .quant import MICROSOFT
+
+if TYPE_CHECKING:
+    from ..backends.onnx import LoweringContext
 
 # aten unary op -> ONNX op; the UNPRUNED ones have no pruning rule (barriers)
 UNARY = {"relu": "Relu", "sigmoid": "Sigmoid", "tanh": "Tanh", "erf": "Erf", "exp": "Exp",
@@ -24,6 +31,14 @@ IDENTITY = ("contiguous", "clone", "alias", "detach", "lift_fresh_copy", "dropou
             "to.dtype_layout")
 VIEWS = {"alias", "detach"}
 NO_ONNX_FORM = "no ONNX lowering written yet"
+
+
+def bias_gelu(ctx: "LoweringContext", node: Node) -> None:
+    """com.microsoft FastGelu (tanh approximation, optional bias), BiasGelu (erf, a bias) or Gelu (erf)."""
+    tanh = node.attrs.get("approximate", "none") == "tanh"
+    op_type = "FastGelu" if tanh else ("BiasGelu" if len(node.inputs) == 2 else "Gelu")
+    ctx.extra_domains[MICROSOFT] = 1
+    ctx.emit(op_type, [ctx.name(v) for v in node.inputs], ctx.output_names(node), domain=MICROSOFT)
 
 
 def _ew(name: str, rule=prune.elementwise, **fields) -> OpDecl:
@@ -64,4 +79,5 @@ ELEMENTWISE = table(
     _ew("softplus", lower=lower.unary("Softplus")),
     _ew("mish", lower=forms((BASE, lower.mish), (18, lower.unary("Mish")))),
     _ew("hardswish", lower=forms((BASE, lower.hardswish), (14, lower.unary("HardSwish")))),
+    OpDecl("carve.bias_gelu", lower=bias_gelu),
 )

@@ -13,12 +13,12 @@ from functools import lru_cache
 import torch
 
 from ...errors import UnsupportedOpError
-from . import attention, core, moe, onnx_ops, quant
+from . import attention, contrib, core, moe, onnx_ops, quant
 from .opdef import Args, OpDef
 
 # the ops that are not torch.ops overloads, composed from their modules' tables
 _EXPLICIT: dict[str, OpDef] = {op.name: op for op in (*core.OPS, *onnx_ops.OPS, *quant.OPS, *attention.OPS,
-                                                        *moe.OPS)}
+                                                        *contrib.OPS, *moe.OPS)}
 
 
 def register_op(opdef: OpDef) -> OpDef:
