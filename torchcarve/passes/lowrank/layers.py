@@ -11,13 +11,12 @@ from dataclasses import dataclass, field
 import torch
 import torch.nn.functional as F
 
-from ...analysis.activations import as_batches, run_observed
 from ...ir import Graph
 from ...ir.node import Node
 from ...ir.ops.aten import arguments, encode_arguments
 from ...ir.value import Value
 from ...opset import macs as op_macs
-from ...progress import track
+from ..sequential import observe
 
 TARGET_OPS = {"aten.linear": "linear", "aten.conv2d": "conv"}
 
@@ -124,8 +123,31 @@ class MomentObserver:
         return patches.transpose(1, 2).reshape(-1, patches.shape[1])
 
 
-def collect_moments(graph: Graph, layers: list[Layer], calibration) -> None:
-    """Fill every layer's `moment`, the mean of x x^T over the rows its call sites read in the calibration batches."""
+def collect_moments(graph: Graph, layers: list[Layer], calibration, max_memory: int | None = None) -> None:
+    """Fill every layer's `moment`, the mean of x x^T over the rows its call sites read in the calibration
+    batches (block by block under max_memory)."""
+    observers = moment_observers(layers)
+    observe(graph, calibration, observers.by_value, max_memory, "whitening: input statistics")
+    observers.fill(layers)
+
+
+@dataclass
+class MomentObservers:
+    """One MomentObserver per distinct (input, row layout); `per_layer` lists each layer's."""
+
+    by_value: dict[Value, list[MomentObserver]]
+    per_layer: dict[str, list[MomentObserver]]
+
+    def fill(self, layers: list[Layer]) -> None:
+        """Set the `moment` of every layer among `layers` whose inputs were seen."""
+        for layer in layers:
+            seen = [o for o in dict.fromkeys(self.per_layer[layer.name]) if o.gram is not None]
+            if seen:
+                layer.moment = sum(o.gram for o in seen) / max(sum(o.rows for o in seen), 1)
+
+
+def moment_observers(layers: list[Layer]) -> MomentObservers:
+    """Observers of the inputs of `layers`; call sites reading one input with one row layout share one."""
     shared: dict[tuple, MomentObserver] = {}
     per_layer: dict[str, list[MomentObserver]] = {}
     for layer in layers:
@@ -133,15 +155,10 @@ def collect_moments(graph: Graph, layers: list[Layer], calibration) -> None:
             observer = MomentObserver(node)
             observer = shared.setdefault((node.inputs[0], observer.key()), observer)
             per_layer.setdefault(layer.name, []).append(observer)
-    observers: dict[Value, list[MomentObserver]] = {}
+    by_value: dict[Value, list[MomentObserver]] = {}
     for (value, _), observer in shared.items():
-        observers.setdefault(value, []).append(observer)
-    for batch in track(as_batches(calibration), "whitening: input statistics"):
-        run_observed(graph, batch, observers)
-    for layer in layers:
-        seen = [o for o in dict.fromkeys(per_layer[layer.name]) if o.gram is not None]
-        if seen:
-            layer.moment = sum(o.gram for o in seen) / max(sum(o.rows for o in seen), 1)
+        by_value.setdefault(value, []).append(observer)
+    return MomentObservers(by_value, per_layer)
 
 
 # ---- the rewrite ---------------------------------------------------------------------------

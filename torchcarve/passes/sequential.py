@@ -1,0 +1,280 @@
+"""Calibration block by block, the sequential scheme of GPTQ (Frantar et al. 2023) and SVD-LLM (Wang et al. 2024).
+
+The graph is cut into segments: a preamble, one segment per repeated block (a decoder layer, found
+from the nodes' module paths `layers.7.…`, else after each residual join), and a tail. Calibration
+runs one segment at a time over every batch, keeping only the values live across the cut (the
+residual stream, plus what every block reads, like the attention mask and rotary tables). A
+segment's weights are read from the ParamStore when used and released after it. With `compress`,
+the pass rewrites each segment once its statistics are in, and the next segment is fed the outputs
+of the rewritten one (sequential error correction).
+
+Boundary activations stay in memory up to a budget (a quarter of max_memory: two cuts are alive at
+once), past it they go to a staging safetensors file per batch.
+"""
+from __future__ import annotations
+
+import re
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import torch
+
+from ..analysis.activations import Observer, as_batches, evaluate, run_observed
+from ..errors import CarveError
+from ..ir import Graph
+from ..ir.node import Node
+from ..ir.signature import bind_inputs
+from ..ir.value import Value
+from ..progress import track
+from .blocks import is_join
+
+NUMBERED = re.compile(r"^(.*?\.)?(\d+)(?:\.|$)")  # the first all-digit component of a module path
+BOUNDARY_SHARE = 4  # one cut's activations may use max_memory / BOUNDARY_SHARE before spilling
+Compress = Callable[[set[Node]], None]   # rewrite the layers among a segment's nodes
+
+
+@dataclass(frozen=True)
+class Segment:
+    """A contiguous run of non-param nodes in topological order."""
+
+    name: str
+    nodes: list[Node]
+
+
+# ---- finding the blocks ----------------------------------------------------------------------
+
+def find_segments(graph: Graph) -> list[Segment]:
+    """The graph as preamble, repeated blocks in order, tail (empty parts left out)."""
+    nodes = [node for node in graph.nodes if node.op != "param"]
+    spans = scope_blocks(nodes) or join_blocks(nodes)
+    if not spans:
+        return [Segment("graph", nodes)] if nodes else []
+    segments = [Segment("preamble", nodes[:spans[0][1]])]
+    previous = spans[0][1] - 1
+    for name, _, end in spans:
+        segments.append(Segment(name, nodes[previous + 1:end + 1]))
+        previous = end
+    segments.append(Segment("tail", nodes[previous + 1:]))
+    return [segment for segment in segments if segment.nodes]
+
+
+def block_name(scope: str) -> str | None:
+    """The module path up to its first numbered component: `layers.7.mlp` -> `layers.7`; None without one."""
+    match = NUMBERED.match(scope)
+    return f"{match[1] or ''}{match[2]}" if match else None
+
+
+def scope_blocks(nodes: list[Node]) -> list[tuple[str, int, int]]:
+    """(block name, first, last position) of each numbered module (`layers.0`, `layers.1`, ...), when there
+    are two or more and their spans do not interleave; else []."""
+    spans: dict[str, list[int]] = {}
+    for position, node in enumerate(nodes):
+        name = block_name(node.scope)
+        if name is not None:
+            spans.setdefault(name, [position, position])[1] = position
+    ordered = sorted(spans.items(), key=lambda item: item[1][0])
+    disjoint = all(a[1][1] < b[1][0] for a, b in zip(ordered, ordered[1:]))
+    return [(name, first, last) for name, (first, last) in ordered] if len(ordered) > 1 and disjoint else []
+
+
+def join_blocks(nodes: list[Node]) -> list[tuple[str, int, int]]:
+    """The structural fallback: a block ends at each residual join (`x + f(x)`)."""
+    ends = [position for position, node in enumerate(nodes) if is_join(node)]
+    starts = [0] + [end + 1 for end in ends[:-1]]
+    return [(f"block {k}", start, end) for k, (start, end) in enumerate(zip(starts, ends))] if len(ends) > 1 else []
+
+
+# ---- boundary activations --------------------------------------------------------------------
+
+class Boundary:
+    """The live values of every calibration batch at one cut; batches past the memory budget go to a
+    safetensors file each (tensors only; other values are small and stay)."""
+
+    def __init__(self, folder: Path, label: str, budget: int | None) -> None:
+        self.folder, self.label, self.budget = folder, label, budget
+        self.resident = 0
+        self.spilled = 0
+        self._memory: dict[int, dict[Value, Any]] = {}
+        self._files: dict[int, tuple[Path, list[Value], dict[Value, Any]]] = {}
+
+    def put(self, index: int, values: dict[Value, Any]) -> None:
+        size = sum(t.numel() * t.element_size() for t in values.values() if isinstance(t, torch.Tensor))
+        if self.budget is None or self.resident + size <= self.budget:
+            self._memory[index] = values
+            self.resident += size
+            return
+        from safetensors.torch import save_file
+
+        tensors = [v for v, t in values.items() if isinstance(t, torch.Tensor)]
+        path = self.folder / f"{self.label}-{index}.safetensors"
+        save_file({str(k): values[v].detach().contiguous().clone() for k, v in enumerate(tensors)}, str(path))
+        self._files[index] = (path, tensors, {v: t for v, t in values.items() if v not in set(tensors)})
+        self.spilled += size
+
+    def get(self, index: int) -> dict[Value, Any]:
+        if index in self._memory:
+            return dict(self._memory[index])
+        from safetensors.torch import load_file
+
+        path, tensors, others = self._files[index]
+        loaded = load_file(str(path))
+        return {**others, **{v: loaded[str(k)] for k, v in enumerate(tensors)}}
+
+    def discard(self) -> None:
+        self._memory.clear()
+        for path, _, _ in self._files.values():
+            path.unlink(missing_ok=True)
+        self._files.clear()
+
+
+# ---- running segment by segment --------------------------------------------------------------
+
+@dataclass
+class Run:
+    """What a sequential run did: segments run, bytes of boundary activations spilled, final outputs."""
+
+    segments: list[str]
+    spilled: int
+    outputs: list[list[torch.Tensor]]
+
+
+def run_sequential(graph: Graph, batches: Sequence[Any], observers: dict[Value, list[Observer]], *,
+                   max_memory: int | None = None, compress: Compress | None = None, keep_outputs: bool = False,
+                   description: str = "calibrating") -> Run:
+    """Run `graph` on every batch one segment at a time, calling each observer with its value's tensor.
+
+    compress: called with a segment's nodes once its statistics are complete; the next segment then
+    reads the rewritten segment's outputs. keep_outputs: return the graph outputs of every batch."""
+    batches = as_batches(batches)
+    sizes = [bind_inputs(graph.inputs, batch, "calibration batch") for batch in batches]
+    budget = max_memory // BOUNDARY_SHARE if max_memory is not None else None
+    count = len(find_segments(graph))
+    names, spilled = [], 0
+    with tempfile.TemporaryDirectory(prefix="carve-boundary-") as folder:
+        cut = Boundary(Path(folder), "cut0", budget)
+        for index, batch in enumerate(batches):
+            cut.put(index, dict(zip(graph.inputs, batch)))
+        for k in track(range(count), description):
+            segment = _segment(graph, k, count)
+            following = Boundary(Path(folder), f"cut{k + 1}", budget)
+            _run_segment(graph, segment, cut, following, sizes, observers)
+            if compress is not None:
+                compress(set(segment.nodes))
+                segment = _segment(graph, k, count)
+                following.discard()
+                _run_segment(graph, segment, cut, following, sizes, {})
+            _release_weights(graph, segment)
+            spilled += cut.spilled
+            cut.discard()
+            cut = following
+            names.append(segment.name)
+        outputs = [[cut.get(i)[v] for v in graph.outputs] for i in range(len(batches))] if keep_outputs else []
+        spilled += cut.spilled
+        cut.discard()
+    return Run(names, spilled, outputs)
+
+
+def _segment(graph: Graph, index: int, count: int) -> Segment:
+    segments = find_segments(graph)
+    if len(segments) != count:
+        raise CarveError(f"sequential calibration: a rewrite changed the graph's blocks ({count} -> {len(segments)})",
+                         hint="report it; meanwhile run without sequential=true or max_memory")
+    return segments[index]
+
+
+def _run_segment(graph: Graph, segment: Segment, inputs: Boundary, outputs: Boundary,
+                 sizes: list[dict[str, int]], observers: dict[Value, list[Observer]]) -> None:
+    """Run `segment` on every batch's live values at `inputs`; store the values live after it in `outputs`.
+
+    A value is observed in the segment of its first reader, so with compression it is seen as the
+    rewritten earlier blocks make it."""
+    needed_after = _needed_after(graph, segment)
+    last_use = _last_uses(segment)
+    watched = _observed_here(graph, segment, observers)
+    with torch.no_grad():
+        for index, batch_sizes in enumerate(sizes):
+            env = inputs.get(index)
+            _observe_all(observers, {v: t for v, t in env.items() if v in watched})
+            for position, node in enumerate(segment.nodes):
+                results = evaluate(graph, node, [_value(graph, env, v, batch_sizes) for v in node.inputs], batch_sizes)
+                produced = dict(zip(node.outputs, results))
+                env.update(produced)
+                _observe_all(observers, {v: t for v, t in produced.items() if v in watched})
+                for value in set(node.inputs):
+                    if last_use[value] == position and value not in needed_after:
+                        env.pop(value, None)
+            outputs.put(index, {v: t for v, t in env.items() if v in needed_after})
+
+
+def _observed_here(graph: Graph, segment: Segment, observers: dict[Value, list[Observer]]) -> set[Value]:
+    """The observed values whose first reader is in `segment` (or, read by none, made in it)."""
+    if not observers:
+        return set()
+    position = {node: i for i, node in enumerate(graph.nodes)}
+    members = set(segment.nodes)
+    here = set()
+    for value in observers:
+        readers = [node for node in value.users if node in position]
+        owner = min(readers, key=position.__getitem__) if readers else value.producer
+        if owner in members:
+            here.add(value)
+    return here
+
+
+def _value(graph: Graph, env: dict[Value, Any], value: Value, sizes: dict[str, int]) -> Any:
+    """A node input: a weight from the store, a live value, or one a rewrite inserted before the cut
+    (a quantize/dequantize of a live value), computed here."""
+    producer = value.producer
+    if producer is not None and producer.op == "param":
+        return graph.params[producer.attrs["name"]]
+    if value not in env:
+        if producer is None:
+            raise CarveError(f"sequential calibration: input %{value.name} is missing at a block boundary")
+        inputs = [_value(graph, env, v, sizes) for v in producer.inputs]
+        env.update(zip(producer.outputs, evaluate(graph, producer, inputs, sizes)))
+    return env[value]
+
+
+def _needed_after(graph: Graph, segment: Segment) -> set[Value]:
+    """Values read after the segment's last node (graph outputs included), params aside."""
+    nodes = graph.nodes
+    start = nodes.index(segment.nodes[-1]) + 1
+    needed = {v for node in nodes[start:] for v in node.inputs
+              if v.producer is None or v.producer.op != "param"}
+    return needed | set(graph.outputs)
+
+
+def _last_uses(segment: Segment) -> dict[Value, int]:
+    last: dict[Value, int] = {}
+    for position, node in enumerate(segment.nodes):
+        for value in node.inputs:
+            last[value] = position
+    return last
+
+
+def _observe_all(observers: dict[Value, list[Observer]], values: dict[Value, Any]) -> None:
+    for value, tensor in values.items():
+        for observer in observers.get(value, ()):
+            observer(tensor)
+
+
+def _release_weights(graph: Graph, segment: Segment) -> None:
+    """Hand the segment's file-backed weights back to their files (entries a pass created stay)."""
+    for node in segment.nodes:
+        for value in node.inputs:
+            if value.producer is not None and value.producer.op == "param":
+                graph.params.release(value.producer.attrs["name"])
+
+
+# ---- the calibration entry point --------------------------------------------------------------
+
+def observe(graph: Graph, batches: Sequence[Any], observers: dict[Value, list[Observer]],
+            max_memory: int | None, description: str) -> None:
+    """Feed every observer its value on every batch: whole-graph per batch, or block by block under max_memory."""
+    if max_memory is not None:
+        run_sequential(graph, batches, observers, max_memory=max_memory, description=description)
+        return
+    for batch in track(as_batches(batches), description):
+        run_observed(graph, batch, observers)
