@@ -32,7 +32,7 @@ from .blocks import is_join
 
 NUMBERED = re.compile(r"^(.*?\.)?(\d+)(?:\.|$)")  # the first all-digit component of a module path
 BOUNDARY_SHARE = 4  # one cut's activations may use max_memory / BOUNDARY_SHARE before spilling
-Compress = Callable[[set[Node]], None]   # rewrite the layers among a segment's nodes
+Compress = Callable[[set[Value]], bool]  # values observed in full so far -> rewrite what is ready; changed?
 
 
 @dataclass(frozen=True)
@@ -145,63 +145,68 @@ def run_sequential(graph: Graph, batches: Sequence[Any], observers: dict[Value, 
                    description: str = "calibrating") -> Run:
     """Run `graph` on every batch one segment at a time, calling each observer with its value's tensor.
 
-    compress: called with a segment's nodes once its statistics are complete; the next segment then
-    reads the rewritten segment's outputs. keep_outputs: return the graph outputs of every batch."""
+    compress: called after each segment with the observed values whose statistics are complete; it
+    rewrites the layers those make ready, and the segment is run again, so the next one reads the
+    rewritten segment's outputs. keep_outputs: return the graph outputs of every batch."""
     batches = as_batches(batches)
     sizes = [bind_inputs(graph.inputs, batch, "calibration batch") for batch in batches]
     budget = max_memory // BOUNDARY_SHARE if max_memory is not None else None
-    count = len(find_segments(graph))
-    names, spilled = [], 0
+    names = [segment.name for segment in find_segments(graph)]
+    spilled, complete = 0, set()
     with tempfile.TemporaryDirectory(prefix="carve-boundary-") as folder:
         cut = Boundary(Path(folder), "cut0", budget)
         for index, batch in enumerate(batches):
             cut.put(index, dict(zip(graph.inputs, batch)))
-        for k in track(range(count), description):
-            segment = _segment(graph, k, count)
+        for k, name in enumerate(track(names, description)):
+            segment = _segment(graph, name)
             following = Boundary(Path(folder), f"cut{k + 1}", budget)
-            _run_segment(graph, segment, cut, following, sizes, observers)
-            if compress is not None:
-                compress(set(segment.nodes))
-                segment = _segment(graph, k, count)
+            watched = _observed_here(graph, segment, observers)
+            _run_segment(graph, segment, cut, following, sizes, {v: observers[v] for v in watched})
+            complete |= watched
+            if compress is not None and compress(complete):
+                segment = _segment(graph, name)
                 following.discard()
                 _run_segment(graph, segment, cut, following, sizes, {})
             _release_weights(graph, segment)
             spilled += cut.spilled
             cut.discard()
             cut = following
-            names.append(segment.name)
-        outputs = [[cut.get(i)[v] for v in graph.outputs] for i in range(len(batches))] if keep_outputs else []
+        outputs = [_outputs(graph, cut.get(i), batch_sizes) for i, batch_sizes in enumerate(sizes)] if keep_outputs else []
         spilled += cut.spilled
         cut.discard()
     return Run(names, spilled, outputs)
 
 
-def _segment(graph: Graph, index: int, count: int) -> Segment:
-    segments = find_segments(graph)
-    if len(segments) != count:
-        raise CarveError(f"sequential calibration: a rewrite changed the graph's blocks ({count} -> {len(segments)})",
-                         hint="report it; meanwhile run without sequential=true or max_memory")
-    return segments[index]
+def _segment(graph: Graph, name: str) -> Segment:
+    """The segment `name` as the graph is now (a rewrite may have added nodes to it, or new parts
+    around the blocks: those are computed from the cut when read, see `_value`)."""
+    found = [segment for segment in find_segments(graph) if segment.name == name]
+    if not found:
+        raise CarveError(f"sequential calibration: a rewrite removed the block {name}",
+                         hint="report it; meanwhile run without sequential=true or max-memory")
+    return found[0]
+
+
+def _outputs(graph: Graph, env: dict[Value, Any], sizes: dict[str, int]) -> list[torch.Tensor]:
+    with torch.no_grad():
+        return [_value(graph, env, value, sizes) for value in graph.outputs]
 
 
 def _run_segment(graph: Graph, segment: Segment, inputs: Boundary, outputs: Boundary,
                  sizes: list[dict[str, int]], observers: dict[Value, list[Observer]]) -> None:
-    """Run `segment` on every batch's live values at `inputs`; store the values live after it in `outputs`.
-
-    A value is observed in the segment of its first reader, so with compression it is seen as the
-    rewritten earlier blocks make it."""
+    """Run `segment` on every batch's live values at `inputs` (observing the values in `observers`, from
+    the cut or as made); store the values live after it in `outputs`."""
     needed_after = _needed_after(graph, segment)
     last_use = _last_uses(segment)
-    watched = _observed_here(graph, segment, observers)
     with torch.no_grad():
         for index, batch_sizes in enumerate(sizes):
             env = inputs.get(index)
-            _observe_all(observers, {v: t for v, t in env.items() if v in watched})
+            _observe_all(observers, env)
             for position, node in enumerate(segment.nodes):
                 results = evaluate(graph, node, [_value(graph, env, v, batch_sizes) for v in node.inputs], batch_sizes)
                 produced = dict(zip(node.outputs, results))
                 env.update(produced)
-                _observe_all(observers, {v: t for v, t in produced.items() if v in watched})
+                _observe_all(observers, produced)
                 for value in set(node.inputs):
                     if last_use[value] == position and value not in needed_after:
                         env.pop(value, None)
@@ -209,7 +214,8 @@ def _run_segment(graph: Graph, segment: Segment, inputs: Boundary, outputs: Boun
 
 
 def _observed_here(graph: Graph, segment: Segment, observers: dict[Value, list[Observer]]) -> set[Value]:
-    """The observed values whose first reader is in `segment` (or, read by none, made in it)."""
+    """The observed values whose first reader is in `segment` (or, read by none, made in it): each is
+    observed there, so with compression it is seen as the rewritten earlier blocks make it."""
     if not observers:
         return set()
     position = {node: i for i, node in enumerate(graph.nodes)}

@@ -3,13 +3,15 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from functools import partial
 from typing import Any, Literal
 
 from ...ir import Graph
 from ..base import Pass, PassContext, PassResult, register_pass
 from .blockdiag import assign_blocks, lead_sizes, make_block_diagonal
 from .factor import Budgeted, Spectrum, cost_fraction, global_ranks, max_rank, relative_error, round_rank, spectrum
-from .layers import Layer, collect_moments, factorize, find_layers
+from ..sequential import run_sequential
+from .layers import Found, Layer, MomentObservers, collect_moments, factorize, find_layers, moment_observers
 
 RANK_RULES = ("energy", "ratio", "rank", "budget_params", "budget_macs")
 
@@ -30,6 +32,10 @@ class LowRank(Pass):
     min-rank, round-to: smallest rank, and ranks rounded up to a multiple of round-to.
     structure: low-rank (the above) | block-diagonal (linears only: permuted inputs, `blocks` equal
     diagonal blocks as one batched matmul, outputs permuted back; no rank rule).
+    sequential: whitened, block by block (SVD-LLM's sequential update): a layer is factorized as soon as
+      its input statistics are in, so later blocks are whitened by the factorized earlier blocks' outputs;
+      a budget then applies to the layers factorized together (one block's). Without it, a max-memory
+      budget also calibrates block by block, with the same statistics as a whole-graph run.
     """
 
     method: Literal["svd", "whitened"] = "svd"
@@ -46,6 +52,7 @@ class LowRank(Pass):
     round_to: int = 8
     structure: Literal["low-rank", "block-diagonal"] = "low-rank"
     blocks: int = 4
+    sequential: bool = False
 
     def __post_init__(self) -> None:
         given = [name for name in RANK_RULES if getattr(self, name) is not None]
@@ -66,25 +73,50 @@ class LowRank(Pass):
             raise ValueError(f"blocks must be at least 2, got {self.blocks}")
         if self.min_gain >= 1:
             raise ValueError(f"min-gain must be below 1, got {self.min_gain}")
+        if self.sequential and (self.method != "whitened" or self.structure != "low-rank"):
+            raise ValueError("sequential=true needs method=whitened and structure=low-rank")
 
     def run(self, graph: Graph, ctx: PassContext) -> PassResult:
         calibration = ctx.require_calibration(self.spec()) if self.method == "whitened" else ctx.calibration
         found = find_layers(graph, self.targets, self.layers, self.protect)
+        report: dict[str, dict[str, Any]] = {}
+        if self.sequential:
+            pending = {layer.name: layer for layer in found.layers}
+            observers = moment_observers(found.layers)
+            run_sequential(graph, calibration, observers.by_value, max_memory=ctx.max_memory,
+                           compress=partial(self._factorize_ready, graph, found, observers, pending, report),
+                           description="low-rank: block by block")
+            return PassResult(bool(report), _stats(self.method, report, found.skipped))
         if calibration:
-            collect_moments(graph, found.layers, calibration)
+            collect_moments(graph, found.layers, calibration, ctx.max_memory)
         whiten = self.method == "whitened"
         if self.structure == "block-diagonal":
             return self._run_blocks(graph, found.layers, found.skipped, whiten)
-        spectra = {layer.name: spectrum(layer.matrix, layer.moment if whiten else None) for layer in found.layers}
-        ranks = self._ranks(found.layers, spectra)
-        report: dict[str, dict[str, Any]] = {}
-        for layer in found.layers:
+        self._factorize_layers(graph, found.layers, found.skipped, report)
+        return PassResult(bool(report), _stats(self.method, report, found.skipped))
+
+    def _factorize_layers(self, graph: Graph, layers: list[Layer], skipped: dict[str, str],
+                          report: dict[str, dict[str, Any]]) -> None:
+        """Rank each layer (a budget shared among `layers`) and factorize those where it pays."""
+        spectra = {layer.name: spectrum(layer.matrix, layer.moment if self.method == "whitened" else None)
+                   for layer in layers}
+        ranks = self._ranks(layers, spectra)
+        for layer in layers:
             reason = self._why_dense(layer, spectra[layer.name], ranks[layer.name])
             if reason:
-                found.skipped[layer.name] = reason
+                skipped[layer.name] = reason
                 continue
             report[layer.name] = self._factorize(graph, layer, spectra[layer.name], ranks[layer.name])
-        return PassResult(bool(report), _stats(self.method, report, found.skipped))
+
+    def _factorize_ready(self, graph: Graph, found: Found, observers: MomentObservers, pending: dict[str, Layer],
+                         report: dict[str, dict[str, Any]], complete: set) -> bool:
+        """Sequential step: factorize the pending layers whose inputs' statistics are complete."""
+        ready = [layer for layer in pending.values() if all(node.inputs[0] in complete for node in layer.nodes)]
+        for layer in ready:
+            del pending[layer.name]
+        observers.fill(ready)
+        self._factorize_layers(graph, ready, found.skipped, report)
+        return any(layer.name in report for layer in ready)
 
     def _ranks(self, layers: list[Layer], spectra: dict[str, Spectrum]) -> dict[str, int | None]:
         budget = self.budget_params if self.budget_params is not None else self.budget_macs
