@@ -16,6 +16,7 @@ from __future__ import annotations
 import re
 import tempfile
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
@@ -122,6 +123,12 @@ class Boundary:
         loaded = load_file(str(path))
         return {**others, **{v: loaded[str(k)] for k, v in enumerate(tensors)}}
 
+    def rename(self, mapping: dict[Value, Value]) -> None:
+        """Key the stored values by their replacements (a rewrite replaced values read across the cut)."""
+        self._memory = {i: {mapping.get(v, v): t for v, t in values.items()} for i, values in self._memory.items()}
+        self._files = {i: (path, [mapping.get(v, v) for v in tensors], {mapping.get(v, v): t for v, t in others.items()})
+                       for i, (path, tensors, others) in self._files.items()}
+
     def discard(self) -> None:
         self._memory.clear()
         for path, _, _ in self._files.values():
@@ -140,41 +147,143 @@ class Run:
     outputs: list[list[torch.Tensor]]
 
 
+Paired = Callable[[torch.Tensor, torch.Tensor], None]  # (the uncompressed model's tensor, the compressed one's)
+
+
 def run_sequential(graph: Graph, batches: Sequence[Any], observers: dict[Value, list[Observer]], *,
-                   max_memory: int | None = None, compress: Compress | None = None, keep_outputs: bool = False,
+                   paired: dict[Value, list[Paired]] | None = None, max_memory: int | None = None,
+                   compress: Compress | None = None, keep_outputs: bool = False,
                    description: str = "calibrating") -> Run:
     """Run `graph` on every batch one segment at a time, calling each observer with its value's tensor.
 
     compress: called after each segment with the observed values whose statistics are complete; it
     rewrites the layers those make ready, and the segment is run again, so the next one reads the
-    rewritten segment's outputs. keep_outputs: return the graph outputs of every batch."""
+    rewritten segment's outputs. paired: observers (no value in both dicts) called with a value as the
+    uncompressed graph makes it and as the partly compressed one does, batch by batch; a second
+    stream of boundaries, of the uncompressed graph, is kept for them. keep_outputs: return the graph
+    outputs of every batch."""
     batches = as_batches(batches)
-    sizes = [bind_inputs(graph.inputs, batch, "calibration batch") for batch in batches]
-    budget = max_memory // BOUNDARY_SHARE if max_memory is not None else None
-    names = [segment.name for segment in find_segments(graph)]
-    spilled, complete = 0, set()
     with tempfile.TemporaryDirectory(prefix="carve-boundary-") as folder:
-        cut = Boundary(Path(folder), "cut0", budget)
-        for index, batch in enumerate(batches):
-            cut.put(index, dict(zip(graph.inputs, batch)))
-        for k, name in enumerate(track(names, description)):
-            segment = _segment(graph, name)
-            following = Boundary(Path(folder), f"cut{k + 1}", budget)
-            watched = _observed_here(graph, segment, observers)
-            _run_segment(graph, segment, cut, following, sizes, {v: observers[v] for v in watched})
+        run = _Sequential(graph, batches, Path(folder), max_memory, observers, paired or {})
+        names = [segment.name for segment in find_segments(graph)]
+        complete: set[Value] = set()
+        for name in track(names, description):
+            watched = run.step(name)
             complete |= watched
+            reads = run.reads_after(name) if compress is not None else {}
             if compress is not None and compress(complete):
-                segment = _segment(graph, name)
-                following.discard()
-                _run_segment(graph, segment, cut, following, sizes, {})
-            _release_weights(graph, segment)
-            spilled += cut.spilled
-            cut.discard()
-            cut = following
-        outputs = [_outputs(graph, cut.get(i), batch_sizes) for i, batch_sizes in enumerate(sizes)] if keep_outputs else []
-        spilled += cut.spilled
-        cut.discard()
-    return Run(names, spilled, outputs)
+                run.rerun(name, reads)
+            run.advance(name)
+        return Run(names, run.spilled + run.cut.spilled, run.outputs() if keep_outputs else [])
+
+
+class _Sequential:
+    """The state between segments: the cut of the graph being run (and of the uncompressed graph)."""
+
+    def __init__(self, graph: Graph, batches: list[tuple], folder: Path, max_memory: int | None,
+                 observers: dict[Value, list[Observer]], paired: dict[Value, list[Paired]]) -> None:
+        self.graph, self.folder, self.observers, self.paired = graph, folder, observers, paired
+        self.sizes = [bind_inputs(graph.inputs, batch, "calibration batch") for batch in batches]
+        self.budget = max_memory // BOUNDARY_SHARE if max_memory is not None else None
+        self.cut = self._first_cut("cut", batches)
+        self.reference = self._first_cut("reference", batches) if paired else None
+        self.following: Boundary | None = None
+        self.reference_following: Boundary | None = None
+        self.spilled = 0
+        self.count = 0
+
+    def _first_cut(self, label: str, batches: list[tuple]) -> Boundary:
+        cut = Boundary(self.folder, f"{label}0", self.budget)
+        for index, batch in enumerate(batches):
+            cut.put(index, dict(zip(self.graph.inputs, batch)))
+        return cut
+
+    def step(self, name: str) -> set[Value]:
+        """Run segment `name` over every batch, observing; returns the values observed in full."""
+        segment = _segment(self.graph, name)
+        watched = _observed_here(self.graph, segment, {**self.observers, **self.paired})
+        single = {v: self.observers[v] for v in watched if v in self.observers}
+        pairs = _Pairs({v: self.paired[v] for v in watched if v in self.paired})
+        self.count += 1
+        self.following = Boundary(self.folder, f"cut{self.count}", self.budget)
+        if self.reference is not None:
+            self.reference_following = Boundary(self.folder, f"reference{self.count}", self.budget)
+        plan = _plan(self.graph, segment)
+        for index, sizes in enumerate(self.sizes):
+            if self.reference is not None:
+                self.reference_following.put(index, _run_batch(self.graph, plan, self.reference.get(index),
+                                                               sizes, pairs.keep()))
+            self.following.put(index, _run_batch(self.graph, plan, self.cut.get(index), sizes,
+                                                 {**single, **pairs.feed()}))
+        return watched
+
+    def reads_after(self, name: str) -> dict[tuple, Value]:
+        """Where the values live after segment `name` are read: (node, input position) or ("output", index)."""
+        nodes = self.graph.nodes
+        later = nodes[nodes.index(_segment(self.graph, name).nodes[-1]) + 1:]
+        reads: dict[tuple, Value] = {("output", i): v for i, v in enumerate(self.graph.outputs)}
+        reads.update(((node, i), v) for node in later for i, v in enumerate(node.inputs))
+        return reads
+
+    def rerun(self, name: str, reads: dict[tuple, Value]) -> None:
+        """Run segment `name` again (rewritten) from the same cut, without observing; the reference cut's
+        values that the rewrite replaced are renamed to their replacements."""
+        if self.reference_following is not None:
+            self.reference_following.rename(_replacements(self.graph, reads))
+        plan = _plan(self.graph, _segment(self.graph, name))
+        self.spilled += self.following.spilled
+        self.following.discard()
+        for index, sizes in enumerate(self.sizes):
+            self.following.put(index, _run_batch(self.graph, plan, self.cut.get(index), sizes, {}))
+
+    def advance(self, name: str) -> None:
+        """Release the segment's weights and move to the cut after it."""
+        _release_weights(self.graph, _segment(self.graph, name))
+        for cut in (self.cut, self.reference):
+            if cut is not None:
+                self.spilled += cut.spilled
+                cut.discard()
+        self.cut, self.reference = self.following, self.reference_following
+
+    def outputs(self) -> list[list[torch.Tensor]]:
+        with torch.no_grad():
+            return [[_value(self.graph, self.cut.get(i), v, sizes) for v in self.graph.outputs]
+                    for i, sizes in enumerate(self.sizes)]
+
+
+def _replacements(graph: Graph, reads: dict[tuple, Value]) -> dict[Value, Value]:
+    """old -> new for each value read at `reads` that a rewrite replaced (readers it erased are skipped)."""
+    mapping = {}
+    for (reader, index), old in reads.items():
+        if reader == "output":
+            new = graph.outputs[index]
+        elif reader.graph is graph:
+            new = reader.inputs[index]
+        else:
+            continue
+        if new is not old:
+            mapping[old] = new
+    return mapping
+
+
+class _Pairs:
+    """Hands paired observers one batch's (reference, actual) tensors: the reference run keeps its
+    tensors, the actual run feeds them on."""
+
+    def __init__(self, paired: dict[Value, list[Paired]]) -> None:
+        self.paired = paired
+        self.reference: dict[Value, torch.Tensor] = {}
+
+    def keep(self) -> dict[Value, list[Observer]]:
+        return {value: [partial(self.reference.__setitem__, value)] for value in self.paired}
+
+    def feed(self) -> dict[Value, list[Observer]]:
+        return {value: [partial(self._call, value)] for value in self.paired}
+
+    def _call(self, value: Value, tensor: torch.Tensor) -> None:
+        reference = self.reference.pop(value)
+        for observer in self.paired[value]:
+            observer(reference, tensor)
 
 
 def _segment(graph: Graph, name: str) -> Segment:
@@ -187,33 +296,37 @@ def _segment(graph: Graph, name: str) -> Segment:
     return found[0]
 
 
-def _outputs(graph: Graph, env: dict[Value, Any], sizes: dict[str, int]) -> list[torch.Tensor]:
+@dataclass(frozen=True)
+class _Plan:
+    """A segment ready to run: its nodes, where each value is read last, what is read after it."""
+
+    nodes: list[Node]
+    last_use: dict[Value, int]
+    needed_after: set[Value]
+
+
+def _plan(graph: Graph, segment: Segment) -> _Plan:
+    return _Plan(segment.nodes, _last_uses(segment), _needed_after(graph, segment))
+
+
+def _run_batch(graph: Graph, plan: _Plan, env: dict[Value, Any], sizes: dict[str, int],
+               observers: dict[Value, list[Observer]]) -> dict[Value, Any]:
+    """Run a segment on one batch's live values `env` (observing the values in `observers`, from the cut
+    or as made); returns the values live after it."""
     with torch.no_grad():
-        return [_value(graph, env, value, sizes) for value in graph.outputs]
+        _observe_all(observers, env)
+        for position, node in enumerate(plan.nodes):
+            results = evaluate(graph, node, [_value(graph, env, v, sizes) for v in node.inputs], sizes)
+            produced = dict(zip(node.outputs, results))
+            env.update(produced)
+            _observe_all(observers, produced)
+            for value in set(node.inputs):
+                if plan.last_use[value] == position and value not in plan.needed_after:
+                    env.pop(value, None)
+    return {v: t for v, t in env.items() if v in plan.needed_after}
 
 
-def _run_segment(graph: Graph, segment: Segment, inputs: Boundary, outputs: Boundary,
-                 sizes: list[dict[str, int]], observers: dict[Value, list[Observer]]) -> None:
-    """Run `segment` on every batch's live values at `inputs` (observing the values in `observers`, from
-    the cut or as made); store the values live after it in `outputs`."""
-    needed_after = _needed_after(graph, segment)
-    last_use = _last_uses(segment)
-    with torch.no_grad():
-        for index, batch_sizes in enumerate(sizes):
-            env = inputs.get(index)
-            _observe_all(observers, env)
-            for position, node in enumerate(segment.nodes):
-                results = evaluate(graph, node, [_value(graph, env, v, batch_sizes) for v in node.inputs], batch_sizes)
-                produced = dict(zip(node.outputs, results))
-                env.update(produced)
-                _observe_all(observers, produced)
-                for value in set(node.inputs):
-                    if last_use[value] == position and value not in needed_after:
-                        env.pop(value, None)
-            outputs.put(index, {v: t for v, t in env.items() if v in needed_after})
-
-
-def _observed_here(graph: Graph, segment: Segment, observers: dict[Value, list[Observer]]) -> set[Value]:
+def _observed_here(graph: Graph, segment: Segment, observers: dict[Value, Any]) -> set[Value]:
     """The observed values whose first reader is in `segment` (or, read by none, made in it): each is
     observed there, so with compression it is seen as the rewritten earlier blocks make it."""
     if not observers:

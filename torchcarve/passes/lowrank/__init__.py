@@ -9,7 +9,8 @@ from typing import Any, Literal
 from ...ir import Graph
 from ..base import Pass, PassContext, PassResult, register_pass
 from .blockdiag import assign_blocks, lead_sizes, make_block_diagonal
-from .factor import Budgeted, Spectrum, cost_fraction, global_ranks, max_rank, relative_error, round_rank, spectrum
+from .factor import (Budgeted, Spectrum, corrected_weight, cost_fraction, global_ranks, max_rank, relative_error,
+                     round_rank, spectrum)
 from ..sequential import run_sequential
 from .layers import Found, Layer, MomentObservers, collect_moments, factorize, find_layers, moment_observers
 
@@ -83,7 +84,7 @@ class LowRank(Pass):
         if self.sequential:
             pending = {layer.name: layer for layer in found.layers}
             observers = moment_observers(found.layers)
-            run_sequential(graph, calibration, observers.by_value, max_memory=ctx.max_memory,
+            run_sequential(graph, calibration, {}, paired=observers.paired(), max_memory=ctx.max_memory,
                            compress=partial(self._factorize_ready, graph, found, observers, pending, report),
                            description="low-rank: block by block")
             return PassResult(bool(report), _stats(self.method, report, found.skipped))
@@ -98,8 +99,7 @@ class LowRank(Pass):
     def _factorize_layers(self, graph: Graph, layers: list[Layer], skipped: dict[str, str],
                           report: dict[str, dict[str, Any]]) -> None:
         """Rank each layer (a budget shared among `layers`) and factorize those where it pays."""
-        spectra = {layer.name: spectrum(layer.matrix, layer.moment if self.method == "whitened" else None)
-                   for layer in layers}
+        spectra = {layer.name: self._spectrum(layer) for layer in layers}
         ranks = self._ranks(layers, spectra)
         for layer in layers:
             reason = self._why_dense(layer, spectra[layer.name], ranks[layer.name])
@@ -107,6 +107,13 @@ class LowRank(Pass):
                 skipped[layer.name] = reason
                 continue
             report[layer.name] = self._factorize(graph, layer, spectra[layer.name], ranks[layer.name])
+
+    def _spectrum(self, layer: Layer) -> Spectrum:
+        if self.method != "whitened" or layer.moment is None:
+            return spectrum(layer.matrix)
+        if layer.cross is None:
+            return spectrum(layer.matrix, layer.moment)
+        return spectrum(corrected_weight(layer.matrix, layer.moment, layer.cross), layer.moment)
 
     def _factorize_ready(self, graph: Graph, found: Found, observers: MomentObservers, pending: dict[str, Layer],
                          report: dict[str, dict[str, Any]], complete: set) -> bool:

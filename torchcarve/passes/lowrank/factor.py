@@ -16,6 +16,8 @@ import torch
 
 from ...errors import CarveError
 
+PINV_RTOL = 1e-10  # directions of the input moment below this share of its largest eigenvalue count as absent
+
 
 @dataclass(frozen=True)
 class Spectrum:
@@ -59,6 +61,13 @@ def spectrum(weight: torch.Tensor, moment: torch.Tensor | None = None) -> Spectr
     target = weight if moment is None else weight @ _square_root(moment)
     u, s, _ = torch.linalg.svd(target, full_matrices=False)
     return Spectrum(weight, u, s * s)
+
+
+def corrected_weight(weight: torch.Tensor, moment: torch.Tensor, cross: torch.Tensor) -> torch.Tensor:
+    """W C M^+ (C = E[x_ref x^T], M = E[x x^T]): the map of the inputs x the compressed earlier layers give
+    that best reproduces W x_ref, the uncompressed output (least squares; SVD-LLM's sequential update).
+    Factorizing it whitened by M then minimizes ||W x_ref - B A x|| at each rank."""
+    return weight @ cross @ torch.linalg.pinv(moment, hermitian=True, rtol=PINV_RTOL)
 
 
 def _square_root(moment: torch.Tensor) -> torch.Tensor:

@@ -32,6 +32,7 @@ class Layer:
     matrix: torch.Tensor
     macs: int
     moment: torch.Tensor | None = None   # E[x x^T] of the (unfolded) inputs, when calibration was given
+    cross: torch.Tensor | None = None    # E[x_ref x^T], x_ref the uncompressed model's input (sequential)
 
     @property
     def params(self) -> int:
@@ -101,6 +102,7 @@ class MomentObserver:
         self.args = arguments(node)
         self.kernel = node.inputs[1].type.shape[2:] if TARGET_OPS[node.op] == "conv" else None
         self.gram: torch.Tensor | None = None
+        self.cross: torch.Tensor | None = None
         self.rows = 0
 
     def key(self) -> tuple:
@@ -114,6 +116,12 @@ class MomentObserver:
         gram = rows.T @ rows
         self.gram = gram if self.gram is None else self.gram + gram
         self.rows += rows.shape[0]
+
+    def pair(self, reference: torch.Tensor, x: torch.Tensor) -> None:
+        """Accumulate X^T X and X_ref^T X, X_ref the rows the uncompressed model gives (sequential correction)."""
+        self(x)
+        cross = self._rows(reference).double().T @ self._rows(x).double()
+        self.cross = cross if self.cross is None else self.cross + cross
 
     def _rows(self, x: torch.Tensor) -> torch.Tensor:
         if self.kernel is None:
@@ -138,12 +146,20 @@ class MomentObservers:
     by_value: dict[Value, list[MomentObserver]]
     per_layer: dict[str, list[MomentObserver]]
 
+    def paired(self) -> dict[Value, list]:
+        """The observers as paired ones (reference tensor, actual tensor), for sequential correction."""
+        return {value: [o.pair for o in observers] for value, observers in self.by_value.items()}
+
     def fill(self, layers: list[Layer]) -> None:
-        """Set the `moment` of every layer among `layers` whose inputs were seen."""
+        """Set the `moment` (and `cross`, when paired) of every layer among `layers` whose inputs were seen."""
         for layer in layers:
             seen = [o for o in dict.fromkeys(self.per_layer[layer.name]) if o.gram is not None]
-            if seen:
-                layer.moment = sum(o.gram for o in seen) / max(sum(o.rows for o in seen), 1)
+            if not seen:
+                continue
+            rows = max(sum(o.rows for o in seen), 1)
+            layer.moment = sum(o.gram for o in seen) / rows
+            if all(o.cross is not None for o in seen):
+                layer.cross = sum(o.cross for o in seen) / rows
 
 
 def moment_observers(layers: list[Layer]) -> MomentObservers:
