@@ -45,15 +45,14 @@ class Block:
 def find_blocks(graph: Graph, span: int = 1) -> list[Block]:
     """Every removable branch of an add join, merged `span` at a time along chains of residual blocks."""
     position = {node: i for i, node in enumerate(graph.nodes)}
-    raw = {node: _join_blocks(node, position) for node in graph.nodes if is_join(node)}
+    raw = {node: _join_blocks(node, position) for node in graph.nodes if _is_join(node)}
     joins = {join for join, found in raw.items() if found}
     blocks = [b for join, found in raw.items() for b in found  # a branch holding other blocks is no leaf
               if not any(n in joins and n is not join for n in b.dead)]
     return blocks if span == 1 else _spans(blocks, span)
 
 
-def is_join(node: Node) -> bool:
-    """An add of two distinct values (alpha 1): where a residual branch joins the trunk."""
+def _is_join(node: Node) -> bool:
     return (node.op in JOINS and len(node.inputs) == 2 and arguments(node).get("alpha", 1) == 1
             and node.inputs[0] is not node.inputs[1])
 
@@ -80,7 +79,7 @@ def _chain_after(join: Node) -> list[Node]:
     while len(value.uses) == 1 and not value.is_graph_output:
         user = value.users[0]
         others = [v for v in user.inputs if v is not value]
-        if is_join(user) or user.output.type != value.type or len(user.outputs) != 1 or \
+        if _is_join(user) or user.output.type != value.type or len(user.outputs) != 1 or \
                 any(v.producer is None or v.producer.op != "param" for v in others) or not _same_module(join, user):
             break
         chain.append(user)

@@ -29,7 +29,7 @@ from ..ir.node import Node
 from ..ir.signature import bind_inputs
 from ..ir.value import Value
 from ..progress import track
-from .blocks import is_join
+from .blocks import find_blocks
 
 NUMBERED = re.compile(r"^(.*?\.)?(\d+)(?:\.|$)")  # the first all-digit component of a module path
 BOUNDARY_SHARE = 4  # one cut's activations may use max_memory / BOUNDARY_SHARE before spilling
@@ -49,7 +49,7 @@ class Segment:
 def find_segments(graph: Graph) -> list[Segment]:
     """The graph as preamble, repeated blocks in order, tail (empty parts left out)."""
     nodes = [node for node in graph.nodes if node.op != "param"]
-    spans = scope_blocks(nodes) or join_blocks(nodes)
+    spans = scope_blocks(nodes) or residual_blocks(graph, nodes)
     if not spans:
         return [Segment("graph", nodes)] if nodes else []
     segments = [Segment("preamble", nodes[:spans[0][1]])]
@@ -80,9 +80,11 @@ def scope_blocks(nodes: list[Node]) -> list[tuple[str, int, int]]:
     return [(name, first, last) for name, (first, last) in ordered] if len(ordered) > 1 and disjoint else []
 
 
-def join_blocks(nodes: list[Node]) -> list[tuple[str, int, int]]:
-    """The structural fallback: a block ends at each residual join (`x + f(x)`)."""
-    ends = [position for position, node in enumerate(nodes) if is_join(node)]
+def residual_blocks(graph: Graph, nodes: list[Node]) -> list[tuple[str, int, int]]:
+    """The structural fallback: a block ends where a residual branch joins the trunk (`x + f(x)`, and the
+    norm after it in post-LN models), as depth pruning finds them."""
+    position = {node: i for i, node in enumerate(nodes)}
+    ends = sorted({position[b.end.producer] for b in find_blocks(graph) if b.kind == "residual"})
     starts = [0] + [end + 1 for end in ends[:-1]]
     return [(f"block {k}", start, end) for k, (start, end) in enumerate(zip(starts, ends))] if len(ends) > 1 else []
 
