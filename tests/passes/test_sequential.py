@@ -129,7 +129,7 @@ def test_a_blocks_weights_are_released_after_it(tmp_path):
     "quantize{mode=static,activations=entropy}",
     "quantize{mode=dynamic,outliers=4}",
     "quantize{mode=dynamic,smooth=0.5}",
-    "quantize{mode=dynamic,sensitivity=true,max-error=0.005}",
+    "quantize{mode=dynamic,sensitivity=true}",
     "low-rank{method=whitened,ratio=0.5}",
 ])
 def test_calibration_block_by_block_equals_whole_graph(pipeline, segment_calls):

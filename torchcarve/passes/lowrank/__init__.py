@@ -98,15 +98,18 @@ class LowRank(Pass):
 
     def _factorize_layers(self, graph: Graph, layers: list[Layer], skipped: dict[str, str],
                           report: dict[str, dict[str, Any]]) -> None:
-        """Rank each layer (a budget shared among `layers`) and factorize those where it pays."""
-        spectra = {layer.name: self._spectrum(layer) for layer in layers}
-        ranks = self._ranks(layers, spectra)
+        """Rank each layer (a budget shared among `layers`) and factorize those where it pays, one layer at
+        a time: a budget needs every layer's singular values first (vectors dropped, recomputed here)."""
+        budget_ranks = self._budget_ranks(layers)
         for layer in layers:
-            reason = self._why_dense(layer, spectra[layer.name], ranks[layer.name])
+            s = self._spectrum(layer)
+            rank = budget_ranks[layer.name] if budget_ranks is not None else self._layer_rank(s)
+            reason = self._why_dense(layer, s, rank)
             if reason:
                 skipped[layer.name] = reason
-                continue
-            report[layer.name] = self._factorize(graph, layer, spectra[layer.name], ranks[layer.name])
+            else:
+                report[layer.name] = self._factorize(graph, layer, s, rank)
+            graph.params.release(layer.weight_name)
 
     def _spectrum(self, layer: Layer) -> Spectrum:
         if self.method != "whitened" or layer.moment is None:
@@ -125,12 +128,13 @@ class LowRank(Pass):
         self._factorize_layers(graph, ready, found.skipped, report)
         return any(layer.name in report for layer in ready)
 
-    def _ranks(self, layers: list[Layer], spectra: dict[str, Spectrum]) -> dict[str, int | None]:
+    def _budget_ranks(self, layers: list[Layer]) -> dict[str, int | None] | None:
+        """Ranks under a global budget (None without one), from each layer's singular values."""
         budget = self.budget_params if self.budget_params is not None else self.budget_macs
         if budget is None:
-            return {layer.name: self._layer_rank(spectra[layer.name]) for layer in layers}
+            return None
         use_macs = self.budget_macs is not None
-        budgeted = [Budgeted(layer.name, spectra[layer.name], layer.matrix.shape[1], layer.matrix.shape[0],
+        budgeted = [Budgeted(layer.name, self._spectrum(layer).values_only(), layer.shape[1], layer.shape[0],
                              layer.macs if use_macs else layer.params) for layer in layers]
         return global_ranks(budgeted, budget, self.round_to, self.min_rank, self.min_gain)
 
@@ -146,7 +150,7 @@ class LowRank(Pass):
     def _why_dense(self, layer: Layer, s: Spectrum, rank: int | None) -> str:
         if rank is None:
             return "kept dense by the budget"
-        n_out, n_in = layer.matrix.shape
+        n_out, n_in = layer.shape
         if rank > max_rank(n_in, n_out, s.full_rank, self.min_gain):
             saved = 1 - cost_fraction(rank, n_in, n_out)
             return f"rank {rank} saves {saved:.0%} of its cost, below min-gain {self.min_gain:g}"
@@ -155,14 +159,15 @@ class LowRank(Pass):
     def _factorize(self, graph: Graph, layer: Layer, s: Spectrum, rank: int) -> dict[str, Any]:
         a, b = s.factors(rank)
         approx = b @ a
-        n_out, n_in = layer.matrix.shape
+        matrix = layer.matrix
+        n_out, n_in = layer.shape
         fraction = cost_fraction(rank, n_in, n_out)
         line = {"rank": rank, "full_rank": s.full_rank,
                 "params": [layer.params, rank * (n_in + n_out)],
                 "macs": [layer.macs, round(layer.macs * fraction)],
-                "weight_error": relative_error(layer.matrix, approx)}
+                "weight_error": relative_error(matrix, approx)}
         if layer.moment is not None:
-            line["output_error"] = relative_error(layer.matrix, approx, layer.moment)
+            line["output_error"] = relative_error(matrix, approx, layer.moment)
         factorize(graph, layer, a, b)
         return line
 
@@ -174,19 +179,20 @@ class LowRank(Pass):
                 skipped[layer.name] = reason
                 continue
             scale = layer.moment.diagonal() if whiten and layer.moment is not None else None
-            assignment = assign_blocks(layer.matrix, self.blocks, scale)
-            approx = layer.matrix * assignment.mask()
+            matrix = layer.matrix
+            assignment = assign_blocks(matrix, self.blocks, scale)
+            approx = matrix * assignment.mask()
             line = {"blocks": self.blocks, "params": [layer.params, layer.params // self.blocks],
                     "macs": [layer.macs, layer.macs // self.blocks],
-                    "weight_error": relative_error(layer.matrix, approx)}
+                    "weight_error": relative_error(matrix, approx)}
             if layer.moment is not None:
-                line["output_error"] = relative_error(layer.matrix, approx, layer.moment)
+                line["output_error"] = relative_error(matrix, approx, layer.moment)
             make_block_diagonal(graph, layer, assignment, self.blocks)
             report[layer.name] = line
         return PassResult(bool(report), _stats(self.method, report, skipped))
 
     def _why_not_blocks(self, layer: Layer) -> str:
-        n_out, n_in = layer.matrix.shape
+        n_out, n_in = layer.shape
         if layer.kind != "linear":
             return "block-diagonal: linear layers only"
         if n_out % self.blocks or n_in % self.blocks:

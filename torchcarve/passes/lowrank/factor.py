@@ -41,6 +41,11 @@ class Spectrum:
         kept = torch.cumsum(self.s2, 0) / max(float(self.s2.sum()), 1e-300)
         return min(int((kept < energy - 1e-12).sum()) + 1, self.full_rank)
 
+    def values_only(self) -> "Spectrum":
+        """The squared singular values alone: what a budget over many layers needs, without their vectors."""
+        empty = torch.empty(0, 0, dtype=self.s2.dtype)
+        return Spectrum(empty, empty, self.s2)
+
     def factors(self, rank: int) -> tuple[torch.Tensor, torch.Tensor]:
         """(A [rank, n_in], B [out, rank]) with B·A the rank-`rank` approximation."""
         b = self.u[:, :rank]

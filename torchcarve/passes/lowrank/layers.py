@@ -6,6 +6,7 @@ two call sites is factorized once and both sites read the same two factors.
 from __future__ import annotations
 
 import fnmatch
+import math
 from dataclasses import dataclass, field
 
 import torch
@@ -13,6 +14,7 @@ import torch.nn.functional as F
 
 from ...ir import Graph
 from ...ir.node import Node
+from ...ir.params import ParamStore
 from ...ir.ops.aten import arguments, encode_arguments
 from ...ir.value import Value
 from ...opset import macs as op_macs
@@ -23,20 +25,26 @@ TARGET_OPS = {"aten.linear": "linear", "aten.conv2d": "conv"}
 
 @dataclass
 class Layer:
-    """One weight and its call sites; `matrix` is the weight as float64 [out, in*k*k]."""
+    """One weight and its call sites; `matrix` reads the weight as float64 [out, in*k*k] when asked (never
+    held: the pass touches one layer at a time, so a file-backed store can release the rest)."""
 
     name: str
     weight_name: str
     kind: str
     nodes: list[Node]
-    matrix: torch.Tensor
+    shape: tuple[int, int]   # the matrix's [out, in*k*k]
     macs: int
+    store: ParamStore
     moment: torch.Tensor | None = None   # E[x x^T] of the (unfolded) inputs, when calibration was given
     cross: torch.Tensor | None = None    # E[x_ref x^T], x_ref the uncompressed model's input (sequential)
 
     @property
+    def matrix(self) -> torch.Tensor:
+        return self.store[self.weight_name].double().flatten(1)
+
+    @property
     def params(self) -> int:
-        return self.matrix.numel()
+        return self.shape[0] * self.shape[1]
 
 
 @dataclass
@@ -59,8 +67,9 @@ def find_layers(graph: Graph, targets: tuple[str, ...], include: tuple[str, ...]
         if reason:
             found.skipped[name] = reason
             continue
-        matrix = graph.params[weight_name].double().flatten(1)
-        found.layers.append(Layer(name, weight_name, TARGET_OPS[nodes[0].op], nodes, matrix, sum(map(_macs, nodes))))
+        out, *rest = nodes[0].inputs[1].type.shape
+        found.layers.append(Layer(name, weight_name, TARGET_OPS[nodes[0].op], nodes, (out, math.prod(rest)),
+                                  sum(map(_macs, nodes)), graph.params))
     return found
 
 
@@ -78,7 +87,7 @@ def _why_not(graph: Graph, name: str, weight_name: str, nodes: list[Node], inclu
         return "not in layers"
     if any(fnmatch.fnmatchcase(name, p) for p in protect):
         return "protected"
-    if not graph.params[weight_name].is_floating_point():
+    if not nodes[0].inputs[1].type.torch_dtype.is_floating_point:
         return "weight is not floating point"
     if any(arguments(n).get("groups", 1) != 1 for n in nodes):
         return "grouped conv"
