@@ -132,7 +132,9 @@ class Boundary:
                        for i, (path, tensors, others) in self._files.items()}
 
     def discard(self) -> None:
+        """Forget every batch (and delete their files); the boundary can be filled again."""
         self._memory.clear()
+        self.resident = 0
         for path, _, _ in self._files.values():
             path.unlink(missing_ok=True)
         self._files.clear()
@@ -172,7 +174,7 @@ def run_sequential(graph: Graph, batches: Sequence[Any], observers: dict[Value, 
         for name in track(names, description):
             watched = run.step(name)
             complete |= watched
-            reads = run.reads_after(name) if compress is not None else {}
+            reads = run.reads_after(name) if run.reference is not None else {}
             if compress is not None and compress(complete):
                 run.rerun(name, reads)
             run.advance(name)

@@ -126,6 +126,7 @@ class LowRank(Pass):
             del pending[layer.name]
         observers.fill(ready)
         self._factorize_layers(graph, ready, found.skipped, report)
+        observers.drop(ready)
         return any(layer.name in report for layer in ready)
 
     def _budget_ranks(self, layers: list[Layer]) -> dict[str, int | None] | None:

@@ -171,6 +171,14 @@ class MomentObservers:
                 layer.cross = sum(o.cross for o in seen) / rows
 
 
+    def drop(self, layers: list[Layer]) -> None:
+        """Free the statistics of `layers` once they are factorized (sequential: one block's at a time)."""
+        for layer in layers:
+            layer.moment = layer.cross = None
+            for observer in self.per_layer[layer.name]:
+                observer.gram = observer.cross = None
+
+
 def moment_observers(layers: list[Layer]) -> MomentObservers:
     """Observers of the inputs of `layers`; call sites reading one input with one row layout share one."""
     shared: dict[tuple, MomentObserver] = {}

@@ -218,8 +218,9 @@ class Quantize(Pass):
         originals = [layer.weight.producer for layer in layers]
         for value, (low, high) in points.items():
             fake_quantize(graph, value, low, high)
-        for layer in layers:
+        for layer, original in zip(layers, originals):
             rewrite_layer(graph, layer, self.mode, self._format())
+            graph.params.release(original.attrs["name"])  # one float weight resident at a time
         graph.erase_unused(originals)
 
 
