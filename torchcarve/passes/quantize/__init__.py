@@ -11,8 +11,8 @@ from ...errors import CarveError
 from ...ir import Graph
 from ...ir.value import Value
 from ..base import Pass, PassContext, PassResult, register_pass
-from .calibrate import calibrate
 from ..sequential import run_sequential
+from .calibrate import calibrate
 from .observers import OBSERVERS
 from .outliers import split_outliers
 from .report import byte_size, layer_rows, weight_bytes
