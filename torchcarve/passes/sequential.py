@@ -111,9 +111,10 @@ class Boundary:
         from safetensors.torch import save_file
 
         tensors = [v for v, t in values.items() if isinstance(t, torch.Tensor)]
+        others = {v: t for v, t in values.items() if not isinstance(t, torch.Tensor)}
         path = self.folder / f"{self.label}-{index}.safetensors"
         save_file({str(k): values[v].detach().contiguous().clone() for k, v in enumerate(tensors)}, str(path))
-        self._files[index] = (path, tensors, {v: t for v, t in values.items() if v not in set(tensors)})
+        self._files[index] = (path, tensors, others)
         self.spilled += size
 
     def get(self, index: int) -> dict[Value, Any]:
