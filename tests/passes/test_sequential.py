@@ -11,6 +11,7 @@ from torchcarve.analysis.memory import peak_memory
 from torchcarve.errors import CarveError
 from torchcarve.passes import PassContext, PassManager, parse_pipeline
 from torchcarve.passes import sequential
+from torchcarve.passes.lowrank import LowRank
 from torchcarve.passes.manager import run_graph
 from torchcarve.passes.quantize.observers import MinMaxObserver
 from torchcarve.passes.sequential import find_segments, run_sequential
@@ -122,6 +123,16 @@ def test_a_blocks_weights_are_released_after_it(tmp_path):
     assert not any(name in store._tensors for name in store if name.startswith("layers."))
 
 
+def test_low_rank_holds_one_layers_weight_at_a_time(tmp_path):
+    tc.save(captured("hf_llama")[2], tmp_path / "llama.carve")
+    lazy = tc.load(tmp_path / "llama.carve")
+    store = lazy.params
+    LowRank(ratio=0.5).run(lazy, PassContext())
+    kept_dense = [n for n in store if n.endswith(("q_proj.weight", "o_proj.weight"))]  # below min-gain: skipped
+    assert kept_dense and not any(n in store._tensors for n in kept_dense)  # read, then handed back to the file
+    assert torch.equal(store[kept_dense[0]], captured("hf_llama")[2].params[kept_dense[0]])
+
+
 # ---- every calibration user: block by block equals whole-graph -----------------------------------
 
 @pytest.mark.parametrize("pipeline", [
@@ -183,8 +194,8 @@ def test_sequential_static_quantization_calibrates_later_blocks_on_quantized_out
 def test_sequential_needs_a_mode_or_method_it_applies_to():
     with pytest.raises(CarveError, match="sequential"):
         optimize(captured("hf_llama")[2], "quantize{mode=dynamic,sequential=true}", None, None)
-    with pytest.raises(Exception, match="sequential"):
-        parse_pipeline("low-rank{method=svd,sequential=true}")
+    with pytest.raises(CarveError, match="sequential"):
+        optimize(captured("hf_llama")[2], "low-rank{method=svd,sequential=true}", None, None)
 
 
 # ---- reporting ----------------------------------------------------------------------------------

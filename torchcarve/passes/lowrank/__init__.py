@@ -6,6 +6,7 @@ from dataclasses import dataclass
 from functools import partial
 from typing import Any, Literal
 
+from ...errors import CarveError
 from ...ir import Graph
 from ..base import Pass, PassContext, PassResult, register_pass
 from .blockdiag import assign_blocks, lead_sizes, make_block_diagonal
@@ -74,13 +75,14 @@ class LowRank(Pass):
             raise ValueError(f"blocks must be at least 2, got {self.blocks}")
         if self.min_gain >= 1:
             raise ValueError(f"min-gain must be below 1, got {self.min_gain}")
-        if self.sequential and (self.method != "whitened" or self.structure != "low-rank"):
-            raise ValueError("sequential=true needs method=whitened and structure=low-rank")
 
     def run(self, graph: Graph, ctx: PassContext) -> PassResult:
         calibration = ctx.require_calibration(self.spec()) if self.method == "whitened" else ctx.calibration
         found = find_layers(graph, self.targets, self.layers, self.protect)
         report: dict[str, dict[str, Any]] = {}
+        if self.sequential and (self.method != "whitened" or self.structure != "low-rank"):
+            raise CarveError(f"{self.spec()}: sequential=true corrects whitened factorizations block by block",
+                             hint="use it with method=whitened and structure=low-rank")
         if self.sequential:
             pending = {layer.name: layer for layer in found.layers}
             observers = moment_observers(found.layers)
