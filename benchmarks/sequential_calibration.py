@@ -5,7 +5,7 @@ once and saved; each pipeline then runs in a fresh interpreter on the lazily loa
 whole-graph (no budget) and once under a memory budget (block by block, weights released after
 each block). Peak RSS is the process's VmHWM during the pass; "extra" is above the level after loading.
 
-    PYTHONPATH=. /work/venv/bin/python -m benchmarks.sequential_calibration
+    PYTHONPATH=. /work/venv/bin/python -m benchmarks.sequential_calibration [PIPELINE ...]
 """
 from __future__ import annotations
 
@@ -18,7 +18,8 @@ import time
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-PIPELINES = ("low-rank{method=whitened,ratio=0.5}", "quantize{mode=static}")
+PIPELINES = ("low-rank{method=whitened,ratio=0.5}", "quantize{mode=static}",
+             "low-rank{method=whitened,ratio=0.5,sequential=true}")
 BUDGET = 64 * 2**20
 BATCHES, SHAPE = 2, (1, 64)
 MiB = 2**20
@@ -60,16 +61,16 @@ def child(folder: str, pipeline: str, budget: int | None) -> dict:
             "read": sum(line.bytes_read for line in report)}
 
 
-def main() -> None:
+def main(pipelines: list[str]) -> None:
     from benchmarks.machine import header
 
-    print(header("PYTHONPATH=. /work/venv/bin/python -m benchmarks.sequential_calibration"))
+    print(header("PYTHONPATH=. /work/venv/bin/python -m benchmarks.sequential_calibration " + " ".join(pipelines)))
     with tempfile.TemporaryDirectory() as folder:
         weights = build(folder)
         print(f"weights {weights / MiB:.0f} MiB, {BATCHES} calibration batches of {SHAPE[0]}x{SHAPE[1]} tokens\n")
         print("| pipeline | calibration | peak RSS MiB | extra MiB | weights read MiB | s |")
         print("|---|---|---:|---:|---:|---:|")
-        for pipeline in PIPELINES:
+        for pipeline in pipelines:
             for budget in (None, BUDGET):
                 result = json.loads(subprocess.run(
                     [sys.executable, "-m", "benchmarks.sequential_calibration", "--child", folder, pipeline, str(budget)],
@@ -84,4 +85,4 @@ if __name__ == "__main__":
         folder, pipeline, budget = sys.argv[2:5]
         print(json.dumps(child(folder, pipeline, None if budget == "None" else int(budget))))
     else:
-        main()
+        main(sys.argv[1:] or list(PIPELINES))

@@ -77,18 +77,14 @@ class LowRank(Pass):
             raise ValueError(f"min-gain must be below 1, got {self.min_gain}")
 
     def run(self, graph: Graph, ctx: PassContext) -> PassResult:
-        calibration = ctx.require_calibration(self.spec()) if self.method == "whitened" else ctx.calibration
-        found = find_layers(graph, self.targets, self.layers, self.protect)
-        report: dict[str, dict[str, Any]] = {}
         if self.sequential and (self.method != "whitened" or self.structure != "low-rank"):
             raise CarveError(f"{self.spec()}: sequential=true corrects whitened factorizations block by block",
                              hint="use it with method=whitened and structure=low-rank")
+        calibration = ctx.require_calibration(self.spec()) if self.method == "whitened" else ctx.calibration
+        found = find_layers(graph, self.targets, self.layers, self.protect)
+        report: dict[str, dict[str, Any]] = {}
         if self.sequential:
-            pending = {layer.name: layer for layer in found.layers}
-            observers = moment_observers(found.layers)
-            run_sequential(graph, calibration, {}, paired=observers.paired(), max_memory=ctx.max_memory,
-                           compress=partial(self._factorize_ready, graph, found, observers, pending, report),
-                           description="low-rank: block by block")
+            self._run_sequential(graph, found, calibration, ctx.max_memory, report)
             return PassResult(bool(report), _stats(self.method, report, found.skipped))
         if calibration:
             collect_moments(graph, found.layers, calibration, ctx.max_memory)
@@ -119,6 +115,15 @@ class LowRank(Pass):
         if layer.cross is None:
             return spectrum(layer.matrix, layer.moment)
         return spectrum(corrected_weight(layer.matrix, layer.moment, layer.cross), layer.moment)
+
+    def _run_sequential(self, graph: Graph, found: Found, calibration: Any, max_memory: int | None,
+                        report: dict[str, dict[str, Any]]) -> None:
+        """Block by block beside the uncompressed graph: each layer factorized once its statistics are in."""
+        pending = {layer.name: layer for layer in found.layers}
+        observers = moment_observers(found.layers)
+        run_sequential(graph, calibration, {}, paired=observers.paired(), max_memory=max_memory,
+                       compress=partial(self._factorize_ready, graph, found, observers, pending, report),
+                       description="low-rank: block by block")
 
     def _factorize_ready(self, graph: Graph, found: Found, observers: MomentObservers, pending: dict[str, Layer],
                          report: dict[str, dict[str, Any]], complete: set) -> bool:
