@@ -10,6 +10,7 @@ from typing import Any, Callable, Iterable, Sequence
 import torch
 
 from ..ir import Graph
+from ..ir.node import Node
 from ..ir.signature import bind_inputs
 from ..ir.ops import get_op
 from ..ir.value import Value
@@ -26,10 +27,7 @@ def run_observed(graph: Graph, inputs: Sequence[torch.Tensor], observers: dict[V
         _observe(observers, value, env[value])
     with torch.no_grad():
         for index, node in enumerate(graph.nodes):
-            if node.op == "param":
-                results = [graph.params[node.attrs["name"]]]
-            else:
-                results = get_op(node.op).run([env[v] for v in node.inputs], node.attrs, sizes)
+            results = evaluate(graph, node, [env[v] for v in node.inputs], sizes)
             for value, result in zip(node.outputs, results):
                 env[value] = result
                 _observe(observers, value, result)
@@ -37,6 +35,13 @@ def run_observed(graph: Graph, inputs: Sequence[torch.Tensor], observers: dict[V
                 if last_use.get(value) == index:
                     del env[value]
     return [env[v] for v in graph.outputs]
+
+
+def evaluate(graph: Graph, node: Node, inputs: Sequence[Any], sizes: dict[str, int]) -> list[Any]:
+    """The outputs of one node on `inputs` (a param node reads the ParamStore)."""
+    if node.op == "param":
+        return [graph.params[node.attrs["name"]]]
+    return get_op(node.op).run(list(inputs), node.attrs, sizes)
 
 
 def _observe(observers: dict[Value, list[Observer]], value: Value, tensor: Any) -> None:

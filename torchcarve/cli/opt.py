@@ -10,6 +10,7 @@ from rich.table import Table
 
 from ..api import SAVE_FILES, save
 from ..passes import PassReport, optimize
+from ..passes.quantize.report import byte_size
 from .common import cell, load_calibration, printable, read_graph, refuse_overwriting_input
 
 
@@ -57,11 +58,14 @@ def run(args: argparse.Namespace) -> int:
 
 
 def report_table(report: Sequence[PassReport], timings: bool = False, title: str = "passes") -> Table:
-    """One row per pass: changed, nodes/params/MACs before -> after, stats (and time, max error when known)."""
+    """One row per pass: changed, nodes/params/MACs before -> after, stats, peak RSS and weight bytes read /
+    written (and time, max error when known)."""
     table = Table(title=title)
     for column in ("pass", "changed", "nodes", "params", "MACs", "stats"):
         table.add_column(column, justify="right" if column in ("nodes", "params", "MACs") else "left",
                          no_wrap=column == "pass")
+    table.add_column("peak RSS", justify="right")
+    table.add_column("read / written", justify="right")
     checked = any(line.max_error is not None for line in report)
     if checked:
         table.add_column("max |Δ|", justify="right")
@@ -69,7 +73,9 @@ def report_table(report: Sequence[PassReport], timings: bool = False, title: str
         table.add_column("ms", justify="right")
     for line in report:
         row = [cell(line.spec), "yes" if line.changed else "-", _arrow(line.nodes), _arrow(line.params),
-               _arrow(line.macs), cell(stats_text(line.stats))]
+               _arrow(line.macs), cell(stats_text(line.stats)),
+               "-" if line.peak_memory is None else byte_size(line.peak_memory),
+               f"{byte_size(line.bytes_read)} / {byte_size(line.bytes_written)}"]
         row += [f"{line.max_error:.2g}"] if checked else []
         row += [f"{line.seconds * 1e3:.1f}"] if timings else []
         table.add_row(*row)

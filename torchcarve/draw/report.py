@@ -49,6 +49,9 @@ class _Row:
     bytes: int | None = None
     latency_ms: float | None = None
     max_error: float | None = None
+    peak_memory: int | None = None   # of the pass that made this stage (the input stage has none)
+    bytes_read: int | None = None
+    bytes_written: int | None = None
 
 
 def write_report(report: Sequence[Any], path: str | Path, title: str = "torchcarve report") -> Path:
@@ -80,10 +83,14 @@ def report_html(report: Sequence[Any], title: str = "torchcarve report") -> str:
 
 def _rows(report: Sequence[Any], stages: list[Any]) -> list[_Row]:
     if stages:
-        return [_Row(s.name, s.params, s.macs, s.bytes, s.latency_ms, s.max_error) for s in stages]
-    first = report[0]
-    return [_Row("input", first.params[0], first.macs[0])] + \
-        [_Row(line.spec, line.params[1], line.macs[1], max_error=line.max_error) for line in report]
+        rows = [_Row(s.name, s.params, s.macs, s.bytes, s.latency_ms, s.max_error) for s in stages]
+    else:
+        rows = [_Row("input", report[0].params[0], report[0].macs[0])] + \
+            [_Row(line.spec, line.params[1], line.macs[1], max_error=line.max_error) for line in report]
+    for row, line in zip(rows[1:], report):
+        row.peak_memory = getattr(line, "peak_memory", None)
+        row.bytes_read, row.bytes_written = getattr(line, "bytes_read", None), getattr(line, "bytes_written", None)
+    return rows
 
 
 def _pipeline(report: Sequence[Any]) -> str:
@@ -94,15 +101,26 @@ def _pipeline(report: Sequence[Any]) -> str:
 
 def _stage_table(rows: list[_Row]) -> str:
     header = "<tr><th>stage</th><th>parameters</th><th>MACs / item</th><th>bytes moved</th><th>latency ms</th>" \
-             "<th>max |Δ| vs run input</th></tr>"
+             "<th>max |Δ| vs run input</th><th>pass peak RSS MiB</th><th>weights read / written MiB</th></tr>"
     body = "".join(f"<tr><td>{html.escape(r.name)}</td><td>{r.params:,}</td><td>{r.macs:,}</td>"
                    f"<td>{_maybe(r.bytes, '{:,}')}</td><td>{_maybe(r.latency_ms, '{:.2f}')}</td>"
-                   f"<td>{_maybe(r.max_error, '{:.2g}')}</td></tr>" for r in rows)
+                   f"<td>{_maybe(r.max_error, '{:.2g}')}</td><td>{_maybe(_mib(r.peak_memory), '{:.1f}')}</td>"
+                   f"<td>{_read_written(r)}</td></tr>" for r in rows)
     return f"<h2>Stages</h2>\n<table class=\"stages\">{header}{body}</table>\n"
 
 
 def _maybe(value: float | None, form: str) -> str:
     return "–" if value is None else form.format(value)
+
+
+def _mib(count: int | None) -> float | None:
+    return None if count is None else count / 2**20
+
+
+def _read_written(row: _Row) -> str:
+    if row.bytes_read is None or row.bytes_written is None:
+        return "–"
+    return f"{row.bytes_read / 2**20:.1f} / {row.bytes_written / 2**20:.1f}"
 
 
 def _legend() -> str:

@@ -42,6 +42,7 @@ class PassContext:
     calibration: Sequence[tuple[torch.Tensor, ...]] | None = None
     seed: int = 0
     log: Callable[[str], None] = lambda message: None
+    max_memory: int | None = None  # bytes; None: no budget. Under one, calibration runs block by block
 
     def require_calibration(self, spec: str) -> Sequence[tuple[torch.Tensor, ...]]:
         if not self.calibration:

@@ -13,6 +13,7 @@ from typing import Any, Callable, Sequence
 import torch
 
 from ..analysis.cost import Cost, graph_cost
+from ..analysis.memory import peak_memory
 from ..errors import CarveError, VerifyError
 from ..ir import Graph, verify
 from ..ir.signature import check_batches
@@ -35,6 +36,9 @@ class PassReport:
     macs: tuple[int, int]        # multiply-accumulates per batch item before -> after
     seconds: float
     max_error: float | None = None   # largest |output change| vs the previous graph (check-numerics)
+    peak_memory: int | None = None   # peak resident bytes of the process during the pass (None: unknown here)
+    bytes_read: int = 0              # weight bytes the ParamStore read from disk during the pass
+    bytes_written: int = 0           # weight bytes it wrote (spilled) during the pass
 
 
 @dataclass
@@ -115,9 +119,11 @@ class PassManager:
 
     def _run_one(self, each: Pass, graph: Graph, inputs: Any, outputs: Any) -> tuple[PassReport, Any]:
         before = _measure(graph)
+        moved = graph.params.bytes_read, graph.params.bytes_written
         start = time.perf_counter()
-        result = each.run(graph, self.context)
-        drop_unused_params(graph)
+        with peak_memory() as peak:
+            result = each.run(graph, self.context)
+            drop_unused_params(graph)
         seconds = time.perf_counter() - start
         try:
             verify(graph)
@@ -132,7 +138,8 @@ class PassManager:
         if self.print_ir is not None:
             self.print_ir(f"// after {each.spec()}\n{graph.to_text()}")
         line = PassReport(each.spec(), result.changed, dict(result.stats), (before[0], after[0]),
-                          (before[1].params, after[1].params), (before[1].macs, after[1].macs), seconds, error)
+                          (before[1].params, after[1].params), (before[1].macs, after[1].macs), seconds, error,
+                          peak.peak, graph.params.bytes_read - moved[0], graph.params.bytes_written - moved[1])
         return line, outputs
 
     def _inputs(self, graph: Graph) -> list[torch.Tensor]:

@@ -113,7 +113,8 @@ class Rewriter:
 
 
 def erase_dead(graph: Graph, nodes: Sequence[Node]) -> int:
-    """Erase `nodes` that have no uses, then their producers that became unused; returns how many."""
+    """Erase `nodes` that have no uses, then their producers that became unused; returns how many.
+    An erased param's file-backed weight is released, so a rewrite holds one group's weights at a time."""
     stack, erased = list(nodes), 0
     while stack:
         node = stack.pop()
@@ -121,6 +122,8 @@ def erase_dead(graph: Graph, nodes: Sequence[Node]) -> int:
             continue
         producers = [v.producer for v in node.inputs if v.producer is not None]
         graph.erase(node)
+        if node.op == "param":
+            graph.params.release(node.attrs["name"])
         erased += 1
         stack.extend(producers)
     return erased

@@ -3,13 +3,17 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from functools import partial
 from typing import Any, Literal
 
+from ...errors import CarveError
 from ...ir import Graph
 from ..base import Pass, PassContext, PassResult, register_pass
 from .blockdiag import assign_blocks, lead_sizes, make_block_diagonal
-from .factor import Budgeted, Spectrum, cost_fraction, global_ranks, max_rank, relative_error, round_rank, spectrum
-from .layers import Layer, collect_moments, factorize, find_layers
+from .factor import (Budgeted, Spectrum, corrected_weight, cost_fraction, global_ranks, max_rank, relative_error,
+                     round_rank, spectrum)
+from ..sequential import run_sequential
+from .layers import Found, Layer, MomentObservers, collect_moments, factorize, find_layers, moment_observers
 
 RANK_RULES = ("energy", "ratio", "rank", "budget_params", "budget_macs")
 
@@ -30,6 +34,10 @@ class LowRank(Pass):
     min-rank, round-to: smallest rank, and ranks rounded up to a multiple of round-to.
     structure: low-rank (the above) | block-diagonal (linears only: permuted inputs, `blocks` equal
     diagonal blocks as one batched matmul, outputs permuted back; no rank rule).
+    sequential: whitened, block by block (SVD-LLM's sequential update): a layer is factorized as soon as
+      its input statistics are in, so later blocks are whitened by the factorized earlier blocks' outputs;
+      a budget then applies to the layers factorized together (one block's). Without it, a max-memory
+      budget also calibrates block by block, with the same statistics as a whole-graph run.
     """
 
     method: Literal["svd", "whitened"] = "svd"
@@ -46,6 +54,7 @@ class LowRank(Pass):
     round_to: int = 8
     structure: Literal["low-rank", "block-diagonal"] = "low-rank"
     blocks: int = 4
+    sequential: bool = False
 
     def __post_init__(self) -> None:
         given = [name for name in RANK_RULES if getattr(self, name) is not None]
@@ -68,30 +77,72 @@ class LowRank(Pass):
             raise ValueError(f"min-gain must be below 1, got {self.min_gain}")
 
     def run(self, graph: Graph, ctx: PassContext) -> PassResult:
+        if self.sequential and (self.method != "whitened" or self.structure != "low-rank"):
+            raise CarveError(f"{self.spec()}: sequential=true corrects whitened factorizations block by block",
+                             hint="use it with method=whitened and structure=low-rank")
         calibration = ctx.require_calibration(self.spec()) if self.method == "whitened" else ctx.calibration
         found = find_layers(graph, self.targets, self.layers, self.protect)
+        report: dict[str, dict[str, Any]] = {}
+        if self.sequential:
+            self._run_sequential(graph, found, calibration, ctx.max_memory, report)
+            return PassResult(bool(report), _stats(self.method, report, found.skipped))
         if calibration:
-            collect_moments(graph, found.layers, calibration)
+            collect_moments(graph, found.layers, calibration, ctx.max_memory)
         whiten = self.method == "whitened"
         if self.structure == "block-diagonal":
             return self._run_blocks(graph, found.layers, found.skipped, whiten)
-        spectra = {layer.name: spectrum(layer.matrix, layer.moment if whiten else None) for layer in found.layers}
-        ranks = self._ranks(found.layers, spectra)
-        report: dict[str, dict[str, Any]] = {}
-        for layer in found.layers:
-            reason = self._why_dense(layer, spectra[layer.name], ranks[layer.name])
-            if reason:
-                found.skipped[layer.name] = reason
-                continue
-            report[layer.name] = self._factorize(graph, layer, spectra[layer.name], ranks[layer.name])
+        self._factorize_layers(graph, found.layers, found.skipped, report)
         return PassResult(bool(report), _stats(self.method, report, found.skipped))
 
-    def _ranks(self, layers: list[Layer], spectra: dict[str, Spectrum]) -> dict[str, int | None]:
+    def _factorize_layers(self, graph: Graph, layers: list[Layer], skipped: dict[str, str],
+                          report: dict[str, dict[str, Any]]) -> None:
+        """Rank each layer (a budget shared among `layers`) and factorize those where it pays, one layer at
+        a time: a budget needs every layer's singular values first (vectors dropped, recomputed here)."""
+        budget_ranks = self._budget_ranks(layers)
+        for layer in layers:
+            s = self._spectrum(layer)
+            rank = budget_ranks[layer.name] if budget_ranks is not None else self._layer_rank(s)
+            reason = self._why_dense(layer, s, rank)
+            if reason:
+                skipped[layer.name] = reason
+            else:
+                report[layer.name] = self._factorize(graph, layer, s, rank)
+            graph.params.release(layer.weight_name)
+
+    def _spectrum(self, layer: Layer) -> Spectrum:
+        if self.method != "whitened" or layer.moment is None:
+            return spectrum(layer.matrix)
+        if layer.cross is None:
+            return spectrum(layer.matrix, layer.moment)
+        return spectrum(corrected_weight(layer.matrix, layer.moment, layer.cross), layer.moment)
+
+    def _run_sequential(self, graph: Graph, found: Found, calibration: Any, max_memory: int | None,
+                        report: dict[str, dict[str, Any]]) -> None:
+        """Block by block beside the uncompressed graph: each layer factorized once its statistics are in."""
+        pending = {layer.name: layer for layer in found.layers}
+        observers = moment_observers(found.layers)
+        run_sequential(graph, calibration, {}, paired=observers.paired(), max_memory=max_memory,
+                       compress=partial(self._factorize_ready, graph, found, observers, pending, report),
+                       description="low-rank: block by block")
+
+    def _factorize_ready(self, graph: Graph, found: Found, observers: MomentObservers, pending: dict[str, Layer],
+                         report: dict[str, dict[str, Any]], complete: set) -> bool:
+        """Sequential step: factorize the pending layers whose inputs' statistics are complete."""
+        ready = [layer for layer in pending.values() if all(node.inputs[0] in complete for node in layer.nodes)]
+        for layer in ready:
+            del pending[layer.name]
+        observers.fill(ready)
+        self._factorize_layers(graph, ready, found.skipped, report)
+        observers.drop(ready)
+        return any(layer.name in report for layer in ready)
+
+    def _budget_ranks(self, layers: list[Layer]) -> dict[str, int | None] | None:
+        """Ranks under a global budget (None without one), from each layer's singular values."""
         budget = self.budget_params if self.budget_params is not None else self.budget_macs
         if budget is None:
-            return {layer.name: self._layer_rank(spectra[layer.name]) for layer in layers}
+            return None
         use_macs = self.budget_macs is not None
-        budgeted = [Budgeted(layer.name, spectra[layer.name], layer.matrix.shape[1], layer.matrix.shape[0],
+        budgeted = [Budgeted(layer.name, self._spectrum(layer).values_only(), layer.shape[1], layer.shape[0],
                              layer.macs if use_macs else layer.params) for layer in layers]
         return global_ranks(budgeted, budget, self.round_to, self.min_rank, self.min_gain)
 
@@ -107,7 +158,7 @@ class LowRank(Pass):
     def _why_dense(self, layer: Layer, s: Spectrum, rank: int | None) -> str:
         if rank is None:
             return "kept dense by the budget"
-        n_out, n_in = layer.matrix.shape
+        n_out, n_in = layer.shape
         if rank > max_rank(n_in, n_out, s.full_rank, self.min_gain):
             saved = 1 - cost_fraction(rank, n_in, n_out)
             return f"rank {rank} saves {saved:.0%} of its cost, below min-gain {self.min_gain:g}"
@@ -116,14 +167,15 @@ class LowRank(Pass):
     def _factorize(self, graph: Graph, layer: Layer, s: Spectrum, rank: int) -> dict[str, Any]:
         a, b = s.factors(rank)
         approx = b @ a
-        n_out, n_in = layer.matrix.shape
+        matrix = layer.matrix
+        n_out, n_in = layer.shape
         fraction = cost_fraction(rank, n_in, n_out)
         line = {"rank": rank, "full_rank": s.full_rank,
                 "params": [layer.params, rank * (n_in + n_out)],
                 "macs": [layer.macs, round(layer.macs * fraction)],
-                "weight_error": relative_error(layer.matrix, approx)}
+                "weight_error": relative_error(matrix, approx)}
         if layer.moment is not None:
-            line["output_error"] = relative_error(layer.matrix, approx, layer.moment)
+            line["output_error"] = relative_error(matrix, approx, layer.moment)
         factorize(graph, layer, a, b)
         return line
 
@@ -135,19 +187,20 @@ class LowRank(Pass):
                 skipped[layer.name] = reason
                 continue
             scale = layer.moment.diagonal() if whiten and layer.moment is not None else None
-            assignment = assign_blocks(layer.matrix, self.blocks, scale)
-            approx = layer.matrix * assignment.mask()
+            matrix = layer.matrix
+            assignment = assign_blocks(matrix, self.blocks, scale)
+            approx = matrix * assignment.mask()
             line = {"blocks": self.blocks, "params": [layer.params, layer.params // self.blocks],
                     "macs": [layer.macs, layer.macs // self.blocks],
-                    "weight_error": relative_error(layer.matrix, approx)}
+                    "weight_error": relative_error(matrix, approx)}
             if layer.moment is not None:
-                line["output_error"] = relative_error(layer.matrix, approx, layer.moment)
+                line["output_error"] = relative_error(matrix, approx, layer.moment)
             make_block_diagonal(graph, layer, assignment, self.blocks)
             report[layer.name] = line
         return PassResult(bool(report), _stats(self.method, report, skipped))
 
     def _why_not_blocks(self, layer: Layer) -> str:
-        n_out, n_in = layer.matrix.shape
+        n_out, n_in = layer.shape
         if layer.kind != "linear":
             return "block-diagonal: linear layers only"
         if n_out % self.blocks or n_in % self.blocks:

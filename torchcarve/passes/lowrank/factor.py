@@ -16,6 +16,8 @@ import torch
 
 from ...errors import CarveError
 
+PINV_RTOL = 1e-10  # directions of the input moment below this share of its largest eigenvalue count as absent
+
 
 @dataclass(frozen=True)
 class Spectrum:
@@ -39,6 +41,11 @@ class Spectrum:
         kept = torch.cumsum(self.s2, 0) / max(float(self.s2.sum()), 1e-300)
         return min(int((kept < energy - 1e-12).sum()) + 1, self.full_rank)
 
+    def values_only(self) -> "Spectrum":
+        """The squared singular values alone: what a budget over many layers needs, without their vectors."""
+        empty = torch.empty(0, 0, dtype=self.s2.dtype)
+        return Spectrum(empty, empty, self.s2)
+
     def factors(self, rank: int) -> tuple[torch.Tensor, torch.Tensor]:
         """(A [rank, n_in], B [out, rank]) with B·A the rank-`rank` approximation."""
         b = self.u[:, :rank]
@@ -59,6 +66,13 @@ def spectrum(weight: torch.Tensor, moment: torch.Tensor | None = None) -> Spectr
     target = weight if moment is None else weight @ _square_root(moment)
     u, s, _ = torch.linalg.svd(target, full_matrices=False)
     return Spectrum(weight, u, s * s)
+
+
+def corrected_weight(weight: torch.Tensor, moment: torch.Tensor, cross: torch.Tensor) -> torch.Tensor:
+    """W C M^+ (C = E[x_ref x^T], M = E[x x^T]): the map of the inputs x the compressed earlier layers give
+    that best reproduces W x_ref, the uncompressed output (least squares; SVD-LLM's sequential update).
+    Factorizing it whitened by M then minimizes ||W x_ref - B A x|| at each rank."""
+    return weight @ cross @ torch.linalg.pinv(moment, hermitian=True, rtol=PINV_RTOL)
 
 
 def _square_root(moment: torch.Tensor) -> torch.Tensor:

@@ -6,37 +6,45 @@ two call sites is factorized once and both sites read the same two factors.
 from __future__ import annotations
 
 import fnmatch
+import math
 from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
 
-from ...analysis.activations import as_batches, run_observed
 from ...ir import Graph
 from ...ir.node import Node
+from ...ir.params import ParamStore
 from ...ir.ops.aten import arguments, encode_arguments
 from ...ir.value import Value
 from ...opset import macs as op_macs
-from ...progress import track
+from ..sequential import observe
 
 TARGET_OPS = {"aten.linear": "linear", "aten.conv2d": "conv"}
 
 
 @dataclass
 class Layer:
-    """One weight and its call sites; `matrix` is the weight as float64 [out, in*k*k]."""
+    """One weight and its call sites; `matrix` reads the weight as float64 [out, in*k*k] when asked (never
+    held: the pass touches one layer at a time, so a file-backed store can release the rest)."""
 
     name: str
     weight_name: str
     kind: str
     nodes: list[Node]
-    matrix: torch.Tensor
+    shape: tuple[int, int]   # the matrix's [out, in*k*k]
     macs: int
+    store: ParamStore
     moment: torch.Tensor | None = None   # E[x x^T] of the (unfolded) inputs, when calibration was given
+    cross: torch.Tensor | None = None    # E[x_ref x^T], x_ref the uncompressed model's input (sequential)
+
+    @property
+    def matrix(self) -> torch.Tensor:
+        return self.store[self.weight_name].double().flatten(1)
 
     @property
     def params(self) -> int:
-        return self.matrix.numel()
+        return self.shape[0] * self.shape[1]
 
 
 @dataclass
@@ -59,8 +67,9 @@ def find_layers(graph: Graph, targets: tuple[str, ...], include: tuple[str, ...]
         if reason:
             found.skipped[name] = reason
             continue
-        matrix = graph.params[weight_name].double().flatten(1)
-        found.layers.append(Layer(name, weight_name, TARGET_OPS[nodes[0].op], nodes, matrix, sum(map(_macs, nodes))))
+        out, *rest = nodes[0].inputs[1].type.shape
+        found.layers.append(Layer(name, weight_name, TARGET_OPS[nodes[0].op], nodes, (out, math.prod(rest)),
+                                  sum(map(_macs, nodes)), graph.params))
     return found
 
 
@@ -78,7 +87,7 @@ def _why_not(graph: Graph, name: str, weight_name: str, nodes: list[Node], inclu
         return "not in layers"
     if any(fnmatch.fnmatchcase(name, p) for p in protect):
         return "protected"
-    if not graph.params[weight_name].is_floating_point():
+    if not nodes[0].inputs[1].type.torch_dtype.is_floating_point:
         return "weight is not floating point"
     if any(arguments(n).get("groups", 1) != 1 for n in nodes):
         return "grouped conv"
@@ -102,6 +111,7 @@ class MomentObserver:
         self.args = arguments(node)
         self.kernel = node.inputs[1].type.shape[2:] if TARGET_OPS[node.op] == "conv" else None
         self.gram: torch.Tensor | None = None
+        self.cross: torch.Tensor | None = None
         self.rows = 0
 
     def key(self) -> tuple:
@@ -116,6 +126,12 @@ class MomentObserver:
         self.gram = gram if self.gram is None else self.gram + gram
         self.rows += rows.shape[0]
 
+    def pair(self, reference: torch.Tensor, x: torch.Tensor) -> None:
+        """Accumulate X^T X and X_ref^T X, X_ref the rows the uncompressed model gives (sequential correction)."""
+        self(x)
+        cross = self._rows(reference).double().T @ self._rows(x).double()
+        self.cross = cross if self.cross is None else self.cross + cross
+
     def _rows(self, x: torch.Tensor) -> torch.Tensor:
         if self.kernel is None:
             return x.reshape(-1, x.shape[-1])
@@ -124,8 +140,47 @@ class MomentObserver:
         return patches.transpose(1, 2).reshape(-1, patches.shape[1])
 
 
-def collect_moments(graph: Graph, layers: list[Layer], calibration) -> None:
-    """Fill every layer's `moment`, the mean of x x^T over the rows its call sites read in the calibration batches."""
+def collect_moments(graph: Graph, layers: list[Layer], calibration, max_memory: int | None = None) -> None:
+    """Fill every layer's `moment`, the mean of x x^T over the rows its call sites read in the calibration
+    batches (block by block under max_memory)."""
+    observers = moment_observers(layers)
+    observe(graph, calibration, observers.by_value, max_memory, "whitening: input statistics")
+    observers.fill(layers)
+
+
+@dataclass
+class MomentObservers:
+    """One MomentObserver per distinct (input, row layout); `per_layer` lists each layer's."""
+
+    by_value: dict[Value, list[MomentObserver]]
+    per_layer: dict[str, list[MomentObserver]]
+
+    def paired(self) -> dict[Value, list]:
+        """The observers as paired ones (reference tensor, actual tensor), for sequential correction."""
+        return {value: [o.pair for o in observers] for value, observers in self.by_value.items()}
+
+    def fill(self, layers: list[Layer]) -> None:
+        """Set the `moment` (and `cross`, when paired) of every layer among `layers` whose inputs were seen."""
+        for layer in layers:
+            seen = [o for o in dict.fromkeys(self.per_layer[layer.name]) if o.gram is not None]
+            if not seen:
+                continue
+            rows = max(sum(o.rows for o in seen), 1)
+            layer.moment = sum(o.gram for o in seen) / rows
+            if all(o.cross is not None for o in seen):
+                layer.cross = sum(o.cross for o in seen) / rows
+
+
+    def drop(self, layers: list[Layer]) -> None:
+        """Free the statistics of `layers` once they are factorized (sequential: one block's at a time)."""
+        for layer in layers:
+            layer.moment = layer.cross = None
+            for observer in self.per_layer[layer.name]:
+                observer.gram = observer.cross = None
+
+
+def moment_observers(layers: list[Layer]) -> MomentObservers:
+    """Observers of the inputs of `layers`; call sites reading one input with one row layout share one."""
     shared: dict[tuple, MomentObserver] = {}
     per_layer: dict[str, list[MomentObserver]] = {}
     for layer in layers:
@@ -133,15 +188,10 @@ def collect_moments(graph: Graph, layers: list[Layer], calibration) -> None:
             observer = MomentObserver(node)
             observer = shared.setdefault((node.inputs[0], observer.key()), observer)
             per_layer.setdefault(layer.name, []).append(observer)
-    observers: dict[Value, list[MomentObserver]] = {}
+    by_value: dict[Value, list[MomentObserver]] = {}
     for (value, _), observer in shared.items():
-        observers.setdefault(value, []).append(observer)
-    for batch in track(as_batches(calibration), "whitening: input statistics"):
-        run_observed(graph, batch, observers)
-    for layer in layers:
-        seen = [o for o in dict.fromkeys(per_layer[layer.name]) if o.gram is not None]
-        if seen:
-            layer.moment = sum(o.gram for o in seen) / max(sum(o.rows for o in seen), 1)
+        by_value.setdefault(value, []).append(observer)
+    return MomentObservers(by_value, per_layer)
 
 
 # ---- the rewrite ---------------------------------------------------------------------------

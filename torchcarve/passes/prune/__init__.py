@@ -55,7 +55,7 @@ class Prune(Pass):
 
     def run(self, graph: Graph, ctx: PassContext) -> PassResult:
         self._check_protect(graph)
-        calibration = ctx.require_calibration(self.spec()) if self.criterion == "taylor" else None
+        calibration = self._calibration(ctx)
         groups = find_groups(graph, self.protect, self.norms)
         prunable = [g for g in groups if not g.blocked and (self.heads or g.kind != "heads") and g.params()]
         before = graph_cost(graph)
@@ -79,6 +79,15 @@ class Prune(Pass):
         importance = [unit_importance(g, scores, fallback) for g in groups]
         cost = cost_model(graph, self.target, groups)
         return select_units(groups, importance, cost, Budget(self.ratio, self.scope, self.round_to, self.max_per_layer))
+
+    def _calibration(self, ctx: PassContext):
+        if self.criterion != "taylor":
+            return None
+        if ctx.max_memory is not None:
+            raise CarveError(f"{self.spec()}: taylor importance needs a backward pass through the whole graph, "
+                             "which holds every weight at once; it does not run under max-memory",
+                             hint="use criterion=l1 or l2 (weights only, streamed), or drop max-memory")
+        return ctx.require_calibration(self.spec())
 
     def _check_protect(self, graph: Graph) -> None:
         names = list(graph.params) + [n.scope for n in graph.nodes if n.scope]

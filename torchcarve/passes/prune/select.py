@@ -33,8 +33,8 @@ BN_OPS = {"aten.batch_norm", "aten._native_batch_norm_legit_no_training"}
 
 def weight_scores(graph: Graph, criterion: str, calibration: Sequence | None, seed: int) -> dict[str, torch.Tensor]:
     """Per-weight element scores (same shape as the weight) for trainable float weights."""
-    names = [n for n in dict.fromkeys(node.attrs["name"] for node in graph.param_nodes())
-             if n in graph.params.trainable and graph.params[n].is_floating_point()]
+    types = {node.attrs["name"]: node.output.type for node in graph.param_nodes()}
+    names = [n for n, t in types.items() if n in graph.params.trainable and t.torch_dtype.is_floating_point]
     if criterion == "taylor":
         grads = _gradients(graph, calibration or ())
         return {n: (graph.params[n] * grads[n]).abs() for n in names if n in grads}
@@ -47,7 +47,8 @@ def weight_scores(graph: Graph, criterion: str, calibration: Sequence | None, se
 
 
 class _LazyScores(Mapping):
-    """|w|^power computed when read, so scoring never holds a second copy of every weight."""
+    """|w|^power computed when read, so scoring never holds a second copy of every weight (nor the
+    weights: a file-backed one is released once scored)."""
 
     def __init__(self, graph: Graph, names: Sequence[str], power: int) -> None:
         self.graph, self.names, self.power = graph, dict.fromkeys(names), power
@@ -56,6 +57,7 @@ class _LazyScores(Mapping):
         if name not in self.names:
             raise KeyError(name)
         score = self.graph.params[name].abs()
+        self.graph.params.release(name)
         return score.pow_(self.power) if self.power != 1 else score
 
     def __iter__(self):

@@ -2,13 +2,16 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import partial
 from fnmatch import fnmatchcase
 from typing import Any, Literal, Sequence
 
 from ...analysis.cpu import CpuInt8, detect
 from ...errors import CarveError
 from ...ir import Graph
+from ...ir.value import Value
 from ..base import Pass, PassContext, PassResult, register_pass
+from ..sequential import run_sequential
 from .calibrate import calibrate
 from .observers import OBSERVERS
 from .outliers import split_outliers
@@ -46,6 +49,10 @@ class Quantize(Pass):
       linear where one exists (gelu(linear(z)): its rows) instead of a Mul over the activation.
     sensitivity: measure each layer's output error; with max-error, keep the most sensitive layers in
       float until the relative error fits.
+    sequential: static mode, calibrate and quantize block by block: each layer is quantized as soon as
+      its ranges are in, so later blocks are calibrated on the quantized earlier blocks' outputs
+      (sequential error correction, as GPTQ). Without it, a max-memory budget also calibrates block by
+      block, with the same ranges as a whole-graph run.
     """
 
     mode: Literal["dynamic", "static", "weight-only"] = "dynamic"
@@ -63,6 +70,7 @@ class Quantize(Pass):
     fold_outliers: bool = True
     sensitivity: bool = False
     max_error: float | None = None
+    sequential: bool = False
 
     def run(self, graph: Graph, ctx: PassContext) -> PassResult:
         self._check_options()
@@ -71,15 +79,20 @@ class Quantize(Pass):
         found = find_layers(graph, self.mode, self.embeddings)
         skipped = matching_layers(found, self.skip)
         layers = [layer for layer in found if layer.name not in skipped]
+        budget = ctx.max_memory
         if self.smooth and layers:
-            smooth_layers(graph, layers, batches, self.smooth)
+            smooth_layers(graph, layers, batches, self.smooth, budget)
         moved = split_outliers(graph, layers, batches, self.outliers, self.fold_outliers,
-                               self._format().qmax) if self.outliers and layers else {}
-        ranges = self._activation_ranges(graph, layers, batches)
+                               self._format().qmax, budget) if self.outliers and layers else {}
         names = {layer.node.outputs[0].name: layer.name for layer in layers}
         stats: dict[str, Any] = {"mode": self.mode, "dtype": self.dtype, **self._cpu_choices(detect())}
-        chosen, sensitivity = self._choose(graph, names, ranges, batches, stats)
-        self._apply(graph, chosen, ranges)
+        if self.sequential:
+            chosen, sensitivity = set(names), {}
+            self._quantize_sequentially(graph, find_layers(graph, self.mode, self.embeddings), chosen, batches, budget)
+        else:
+            ranges = self._activation_ranges(graph, layers, batches, budget)
+            chosen, sensitivity = self._choose(graph, names, ranges, batches, stats, budget)
+            self._apply(graph, chosen, ranges)
         precision = {layer.name: self._precision(layer) for layer in found}
         quantized = {names[n] for n in chosen}
         stats.update(quantized=len(quantized), float=len(precision) - len(quantized),
@@ -98,6 +111,9 @@ class Quantize(Pass):
             raise CarveError(f"{self.spec()}: outliers is a channel count, >= 0")
         if not 0.0 <= self.smooth <= 1.0:
             raise CarveError(f"{self.spec()}: smooth is SmoothQuant's alpha, in [0, 1]")
+        if self.sequential and (self.mode != "static" or self.sensitivity or self.max_error is not None):
+            raise CarveError(f"{self.spec()}: sequential=true calibrates static activation ranges block by block",
+                             hint="use it with mode=static, without sensitivity or max-error")
 
     def _calibration(self, ctx: PassContext) -> Sequence[Any]:
         needs = self.mode == "static" or self.smooth or self.outliers or self.sensitivity or self.max_error is not None
@@ -138,16 +154,40 @@ class Quantize(Pass):
         bits = f"int4 g{fmt.group_size}" if fmt.bits == 4 else f"int{8 if fmt.qmax == 127 else 7}"
         return f"{bits} {self.mode}"
 
-    def _activation_ranges(self, graph: Graph, layers: list[Layer], batches: Sequence[Any]) -> dict[str, tuple]:
+    def _activation_ranges(self, graph: Graph, layers: list[Layer], batches: Sequence[Any],
+                           max_memory: int | None) -> dict[str, tuple]:
         if self.mode != "static":
             return {}
         observers = {v: OBSERVERS[self.activations](self.percentile) for v in activations_to_observe(layers)}
-        calibrate(graph, batches, observers)
+        calibrate(graph, batches, observers, max_memory)
         return {value.name: observer.range() for value, observer in observers.items()}
+
+    def _quantize_sequentially(self, graph: Graph, layers: list[Layer], chosen: set[str], batches: Sequence[Any],
+                               max_memory: int | None) -> None:
+        """Static QDQ block by block: a layer is rewritten once the ranges of its QDQ points are complete."""
+        layers = [layer for layer in layers if layer.node.outputs[0].name in chosen]
+        pending = Pending(layers, {layer.name: activations_to_observe([layer]) for layer in layers}, set())
+        observers = {v: OBSERVERS[self.activations](self.percentile) for v in activations_to_observe(layers)}
+        run_sequential(graph, batches, {v: [o.observe] for v, o in observers.items()}, max_memory=max_memory,
+                       compress=partial(self._quantize_ready, graph, observers, pending),
+                       description="quantize: block by block")
+
+    def _quantize_ready(self, graph: Graph, observers: dict[Value, Any], pending: "Pending",
+                        complete: set[Value]) -> bool:
+        """Quantize the pending layers whose QDQ points are all in `complete`; whether any were."""
+        ready = [layer for layer in pending.layers if set(pending.points[layer.name]) <= complete]
+        if not ready:
+            return False
+        pending.layers = [layer for layer in pending.layers if layer not in ready]
+        points = [v for v in dict.fromkeys(v for layer in ready for v in pending.points[layer.name])
+                  if v not in pending.quantized]
+        pending.quantized.update(points)
+        self._rewrite(graph, ready, {v: observers[v].range() for v in points})
+        return True
 
     # ---- mixed precision and the rewrite ----------------------------------------------
     def _choose(self, graph: Graph, names: dict[str, str], ranges: dict, batches: Sequence[Any],
-                stats: dict[str, Any]) -> tuple[set[str], dict[str, float]]:
+                stats: dict[str, Any], max_memory: int | None) -> tuple[set[str], dict[str, float]]:
         """Output names of the layers to quantize (`names`: output name -> layer name), and each layer's
         output error when quantized alone (when measured)."""
         if not (self.sensitivity or self.max_error is not None) or not names:
@@ -157,11 +197,12 @@ class Quantize(Pass):
             copy = g.clone()
             self._apply(copy, chosen, ranges)
             return copy
-        sensitivity = layer_sensitivity(graph, list(names), quantized_copy, evaluate)
+        sensitivity = layer_sensitivity(graph, list(names), quantized_copy, evaluate, max_memory)
         by_layer = {names[n]: round(e, 6) for n, e in sensitivity.items()}
         if self.max_error is None:
             return set(names), by_layer
-        kept, error = choose_float_layers(graph, list(names), quantized_copy, evaluate, sensitivity, self.max_error)
+        kept, error = choose_float_layers(graph, list(names), quantized_copy, evaluate, sensitivity, self.max_error,
+                                          max_memory)
         stats["error"] = round(error, 6)
         return set(names) - set(kept), by_layer
 
@@ -169,14 +210,27 @@ class Quantize(Pass):
         """Quantize the layers whose output value is named in `chosen`."""
         layers = [layer for layer in find_layers(graph, self.mode, self.embeddings)
                   if layer.node.outputs[0].name in chosen]
+        points = activations_to_observe(layers) if self.mode == "static" else []
+        self._rewrite(graph, layers, {value: ranges[value.name] for value in points})
+
+    def _rewrite(self, graph: Graph, layers: list[Layer], points: dict[Value, tuple[float, float]]) -> None:
+        """QDQ at each activation point (its range given), then each layer's weight quantized."""
         originals = [layer.weight.producer for layer in layers]
-        if self.mode == "static":
-            by_name = {v.name: v for v in activations_to_observe(layers)}
-            for name, value in by_name.items():
-                fake_quantize(graph, value, *ranges[name])
-        for layer in layers:
+        for value, (low, high) in points.items():
+            fake_quantize(graph, value, low, high)
+        for layer, original in zip(layers, originals):
             rewrite_layer(graph, layer, self.mode, self._format())
+            graph.params.release(original.attrs["name"])  # one float weight resident at a time
         graph.erase_unused(originals)
+
+
+@dataclass
+class Pending:
+    """Sequential quantization's state: layers not rewritten yet, each one's QDQ points, points done."""
+
+    layers: list[Layer]
+    points: dict[str, list[Value]]
+    quantized: set[Value]
 
 
 def matching_layers(layers: list[Layer], patterns: Sequence[str]) -> set[str]:

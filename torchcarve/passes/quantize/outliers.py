@@ -52,14 +52,15 @@ class SampleObserver(MinMaxObserver):
 
 
 def split_outliers(graph: Graph, layers: list[Layer], batches: Sequence[Any], count: int,
-                   fold: bool = True, qmax: int = 127) -> dict[str, int]:
+                   fold: bool = True, qmax: int = 127, max_memory: int | None = None) -> dict[str, int]:
     """Move up to `count` outlier channels of each shared input to a float side path; returns the
     channels moved per layer name. Candidates are channels RATIO times the median's; of them, the
     fewest whose measured int8 output error (weights in [-qmax, qmax]) is near the best are taken.
-    fold: zero them in the producing linear where one exists (see the module docstring)."""
+    fold: zero them in the producing linear where one exists (see the module docstring).
+    max_memory: calibrate block by block."""
     groups = {x: members for x, members in linear_groups(layers).items() if x.type.shape[-1] > count}
     observers = {x: SampleObserver() for x in groups}
-    calibrate(graph, batches, observers)
+    calibrate(graph, batches, observers, max_memory)
     moved: dict[str, int] = {}
     for x, members in reversed(groups.items()):  # consumers first: a producer is still a plain linear
         candidates = outlier_channels(observers[x], count)

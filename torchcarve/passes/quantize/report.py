@@ -8,9 +8,9 @@ from ...ir import Graph
 
 
 def weight_bytes(graph: Graph) -> int:
-    """Bytes of the params the graph reads."""
-    names = {node.attrs["name"] for node in graph.nodes if node.op == "param"}
-    return sum(graph.params[name].numel() * graph.params[name].element_size() for name in names)
+    """Bytes of the params the graph reads (from their types: no weight is loaded)."""
+    types = {node.attrs["name"]: node.output.type for node in graph.nodes if node.op == "param"}
+    return sum(t.numel() * t.itemsize for t in types.values())
 
 
 def layer_rows(graph: Graph, precision: dict[str, str], quantized: set[str], outliers: dict[str, int],

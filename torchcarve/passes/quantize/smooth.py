@@ -18,11 +18,13 @@ from .rewrite import LINEAR, Layer, weight_tensor
 FLOOR = 1e-5
 
 
-def smooth_layers(graph: Graph, layers: list[Layer], batches: Sequence[Any], alpha: float) -> int:
-    """Rescale every group of linears that share an input; returns how many groups were smoothed."""
+def smooth_layers(graph: Graph, layers: list[Layer], batches: Sequence[Any], alpha: float,
+                  max_memory: int | None = None) -> int:
+    """Rescale every group of linears that share an input; returns how many groups were smoothed
+    (calibrated block by block under max_memory)."""
     groups = linear_groups(layers)
     observers = {x: MinMaxObserver(axis=-1) for x in groups}
-    calibrate(graph, batches, observers)
+    calibrate(graph, batches, observers, max_memory)
     for x, members in groups.items():
         _smooth_group(graph, x, members, observers[x], alpha)
     return len(groups)
