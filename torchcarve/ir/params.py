@@ -149,11 +149,11 @@ class ParamStore(MutableMapping[str, torch.Tensor]):
     def save(self, path: str | Path) -> None:
         """Write every tensor to a safetensors file, one at a time: an entry read for it is released after."""
         entries = [(name, self.type_of(name).torch_dtype, self.type_of(name).shape) for name in self]
-        self.bytes_written += write_safetensors(path, entries, self._read_once,
+        self.bytes_written += write_safetensors(path, entries, self.read_once,
                                                 metadata={"trainable": ",".join(sorted(self.trainable))})
 
-    def _read_once(self, name: str) -> torch.Tensor:
-        """The entry's tensor; when it had to be read, it is returned to its file."""
+    def read_once(self, name: str) -> torch.Tensor:
+        """The entry's tensor for one use (writing it out): when it had to be read, it is returned to its file."""
         resident = name in self._tensors
         tensor = self[name]
         if not resident:

@@ -199,18 +199,19 @@ def write_safetensors(path: str | Path, entries: Iterable[tuple[str, torch.dtype
             if tensor.dtype != dtype or tuple(tensor.shape) != tuple(shape):
                 raise FileFormatError(f"{path}: tensor '{name}' is {tensor.dtype}{list(tensor.shape)}, "
                                       f"expected {dtype}{list(shape)}")
-            f.write(_bytes(tensor))
+            f.write(tensor_bytes(tensor))
     return offset
 
 
-def _bytes(tensor: torch.Tensor) -> memoryview:
+def tensor_bytes(tensor: torch.Tensor) -> memoryview:
+    """The tensor's bytes, C order (a view when it is contiguous on the CPU)."""
     flat = tensor.detach().cpu().contiguous().reshape(-1)
     return memoryview(flat.view(torch.uint8).numpy()) if flat.numel() else memoryview(b"")
 
 
 def write_raw(f: Any, tensor: torch.Tensor) -> int:
     """Append a tensor's bytes to an open binary file; returns how many."""
-    data = _bytes(tensor)
+    data = tensor_bytes(tensor)
     f.write(data)
     return data.nbytes
 
