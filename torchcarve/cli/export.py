@@ -17,6 +17,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--opset", type=int, default=None,
                         help=f"the ONNX opset to write ({OPSET_RANGE.start}-{OPSET_RANGE.stop - 1}); default: the "
                              f"lowest the graph needs, at least {DEFAULT_OPSET}")
+    parser.add_argument("--external-data", action="store_true",
+                        help="write the ONNX weights to OUTPUT.data beside the model, one tensor at a time "
+                             "(default: only past protobuf's 2 GB limit)")
     parser.set_defaults(run=run)
 
 
@@ -33,6 +36,6 @@ def run(args: argparse.Namespace) -> int:
         return 0
     from ..backends.onnx import to_onnx
 
-    model = to_onnx(graph, args.output, opset=args.opset)
+    model = to_onnx(graph, args.output, opset=args.opset, external_data=args.external_data or None)
     print(printable(f"wrote {args.output} (opset {model.opset_import[0].version})"))
     return 0
