@@ -256,9 +256,9 @@ def with_module_weights(graph: Graph, module: torch.nn.Module) -> Graph:
     updated = graph.clone()
     for attribute, param in names.items():
         tensor = getattr(module, attribute).detach().clone()
-        if tensor.shape != updated.params[param].shape:
+        if tuple(tensor.shape) != updated.params.type_of(param).shape:
             raise CarveError(f"weight '{param}' has shape {list(tensor.shape)} in the module but "
-                             f"{list(updated.params[param].shape)} in the graph")
+                             f"{list(updated.params.type_of(param).shape)} in the graph")
         updated.params[param] = tensor
     return updated
 
