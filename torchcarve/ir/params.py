@@ -89,6 +89,7 @@ class ParamStore(MutableMapping[str, torch.Tensor]):
         if name not in self._names:
             raise KeyError(name)
         self._forget(name)
+        del self._names[name]
         self.trainable.discard(name)
 
     def __iter__(self) -> Iterator[str]:
@@ -178,7 +179,7 @@ class ParamStore(MutableMapping[str, torch.Tensor]):
         self.peak_resident_bytes = max(self.peak_resident_bytes, self.resident_bytes)
 
     def _forget(self, name: str) -> None:
-        self._names.pop(name, None)
+        """Drop the entry's value (memory and file); its place in the order stays."""
         self._files.pop(name, None)
         if name in self._tensors:
             self.resident_bytes -= _size(self._tensors.pop(name))
