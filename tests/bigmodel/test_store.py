@@ -136,8 +136,17 @@ def test_a_file_truncated_after_opening_is_a_file_format_error_at_read(tmp_path)
     tc.ParamStore({"w": torch.ones(64)}).save(path)
     store = tc.ParamStore.load(path)
     path.write_bytes(path.read_bytes()[:-10])
-    with pytest.raises(FileFormatError, match="tensor 'w' needs 256 bytes"):
+    with pytest.raises(FileFormatError, match="changed since it was opened; cannot read tensor 'w'"):
         store["w"]
+
+
+def test_a_file_replaced_after_opening_is_an_error_not_other_bytes(tmp_path):
+    tc.save(tc.capture(torch.nn.Linear(2, 2), (torch.randn(1, 2),)), tmp_path / "g.carve")
+    lazy = tc.load(tmp_path / "g.carve")
+    replacement = tc.ParamStore({"pad": torch.zeros(8), "weight": torch.full((2, 2), 7.0), "bias": torch.ones(2)})
+    replacement.save(tmp_path / "g.carve" / "weights.safetensors")   # same names, another layout
+    with pytest.raises(FileFormatError, match="changed since it was opened"):
+        lazy.params["weight"]
 
 
 @pytest.mark.parametrize("index, message", [

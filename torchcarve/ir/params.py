@@ -20,7 +20,7 @@ import torch
 
 from ..errors import CarveError
 from .names import first_free
-from .tensorfile import TensorLocation, read_tensor, safetensors_index, write_raw, write_safetensors
+from .tensorfile import TensorLocation, file_stamp, read_tensor, safetensors_index, write_raw, write_safetensors
 from .types import TensorType, dtype_name
 
 SIZE_UNITS = {"": 1, "k": 10**3, "m": 10**6, "g": 10**9, "t": 10**12,
@@ -220,7 +220,7 @@ class _SpillFolder:
         path = self.path / f"{self._count}.bin"
         with open(path, "wb") as f:
             write_raw(f, tensor)
-        return TensorLocation(path, 0, tuple(tensor.shape), tensor.dtype, name, owner=self)
+        return TensorLocation(path, 0, tuple(tensor.shape), tensor.dtype, name, file_stamp(path), owner=self)
 
 
 def _size(tensor: torch.Tensor) -> int:

@@ -36,13 +36,15 @@ METADATA = "__metadata__"
 @dataclass(frozen=True)
 class TensorLocation:
     """Where a tensor's bytes are: `path` from byte `offset`, C order, little-endian. `key` names it in errors;
-    `owner` keeps a temporary folder holding the file alive while any location points into it."""
+    `stamp` is the file's identity when it was indexed (a replaced or rewritten file is an error, never other
+    bytes read silently); `owner` keeps a temporary folder holding the file alive while a location points into it."""
 
     path: Path
     offset: int
     shape: tuple[int, ...]
     dtype: torch.dtype
     key: str
+    stamp: tuple[int, ...] = field(default=(), compare=False, repr=False)
     owner: Any = field(default=None, compare=False, repr=False)
 
     @property
@@ -55,6 +57,9 @@ def read_tensor(location: TensorLocation) -> torch.Tensor:
     buffer = torch.empty(location.nbytes, dtype=torch.uint8)
     try:
         with open(location.path, "rb") as f:
+            if location.stamp and _stamp(os.fstat(f.fileno())) != location.stamp:
+                raise FileFormatError(f"{location.path}: the file changed since it was opened; cannot read tensor "
+                                      f"'{location.key}'", hint="load the model again from the new file")
             f.seek(location.offset)
             got = f.readinto(buffer.numpy()) if location.nbytes else 0
     except OSError as e:
@@ -69,13 +74,14 @@ def external_location(path: Path, offset: int, length: int | None, shape: Sequen
                       key: str) -> TensorLocation:
     """A checked raw byte range (ONNX external data): `length` (when given) must be the tensor's size and the
     range must lie inside the file."""
-    location = TensorLocation(path, offset, tuple(shape), dtype, key)
+    status = _status(path, key)
+    location = TensorLocation(path, offset, tuple(shape), dtype, key, _stamp(status))
     if offset < 0 or any(d < 0 for d in location.shape):
         raise FileFormatError(f"{path}: tensor '{key}' has a negative offset or dim")
     if length is not None and length != location.nbytes:
         raise FileFormatError(f"{path}: tensor '{key}' has length {length}, but shape {list(shape)} of "
                               f"{dtype} needs {location.nbytes} bytes", hint="the external data entry is malformed")
-    size = _file_size(path, key)
+    size = status.st_size
     if offset + location.nbytes > size:
         raise FileFormatError(f"{path}: tensor '{key}' ends at byte {offset + location.nbytes}, past the end of "
                               f"the file ({size} bytes)", hint="the data file is truncated or does not belong to the model")
@@ -86,12 +92,12 @@ def external_location(path: Path, offset: int, length: int | None, shape: Sequen
 def safetensors_index(path: str | Path) -> tuple[dict[str, TensorLocation], dict[str, str]]:
     """The tensors of a safetensors file (name -> location) and its metadata; only the header is read."""
     path = Path(path)
-    size = _file_size(path, "header")
-    header, start = _header(path, size)
+    status = _status(path, "header")
+    header, start = _header(path, status.st_size)
     metadata = header.pop(METADATA, None) or {}
     if not isinstance(metadata, dict) or not all(isinstance(v, str) for v in metadata.values()):
         raise FileFormatError(f"{path}: the safetensors metadata is not a map of strings")
-    return {name: _entry(path, name, info, start, size) for name, info in header.items()}, metadata
+    return {name: _entry(path, name, info, start, status) for name, info in header.items()}, metadata
 
 
 def _header(path: Path, size: int) -> tuple[dict, int]:
@@ -112,19 +118,20 @@ def _header(path: Path, size: int) -> tuple[dict, int]:
     return header, 8 + length
 
 
-def _entry(path: Path, name: str, info: Any, start: int, size: int) -> TensorLocation:
+def _entry(path: Path, name: str, info: Any, start: int, status: os.stat_result) -> TensorLocation:
     if not isinstance(info, dict) or info.get("dtype") not in SAFETENSORS_DTYPES:
         raise FileFormatError(f"{path}: tensor '{name}' has no known dtype",
                               hint=f"safetensors dtypes: {', '.join(SAFETENSORS_DTYPES)}")
     shape, offsets = info.get("shape"), info.get("data_offsets")
     if not _ints(shape) or not _ints(offsets) or len(offsets) != 2:
         raise FileFormatError(f"{path}: tensor '{name}' needs a shape and two data_offsets of non-negative ints")
-    location = TensorLocation(path, start + offsets[0], tuple(shape), SAFETENSORS_DTYPES[info["dtype"]], name)
+    location = TensorLocation(path, start + offsets[0], tuple(shape), SAFETENSORS_DTYPES[info["dtype"]], name,
+                              _stamp(status))
     if offsets[1] - offsets[0] != location.nbytes:
         raise FileFormatError(f"{path}: tensor '{name}' spans {offsets[1] - offsets[0]} bytes, but shape {shape} "
                               f"of {info['dtype']} needs {location.nbytes}", hint="the file is malformed")
-    if start + offsets[1] > size:
-        raise FileFormatError(f"{path}: tensor '{name}' ends past the end of the file ({size} bytes)",
+    if start + offsets[1] > status.st_size:
+        raise FileFormatError(f"{path}: tensor '{name}' ends past the end of the file ({status.st_size} bytes)",
                               hint="the file is truncated")
     return location
 
@@ -216,9 +223,18 @@ def write_raw(f: Any, tensor: torch.Tensor) -> int:
     return data.nbytes
 
 
-def _file_size(path: Path, key: str) -> int:
+def file_stamp(path: Path) -> tuple[int, ...]:
+    """The identity of the file at `path` now (device, inode, size, modification time)."""
+    return _stamp(os.stat(path))
+
+
+def _stamp(status: os.stat_result) -> tuple[int, ...]:
+    return (status.st_dev, status.st_ino, status.st_size, status.st_mtime_ns)
+
+
+def _status(path: Path, key: str) -> os.stat_result:
     try:
-        return os.stat(path).st_size
+        return os.stat(path)
     except OSError as e:
         raise FileFormatError(f"{path}: cannot read tensor '{key}' ({e.strerror or e})",
                               hint="the data file must sit where the model says") from e
