@@ -42,7 +42,8 @@ class Attention(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         batch, seq, hidden = x.shape
-        q, k, v = (p(x).view(batch, seq, self.heads, HEAD_DIM).transpose(1, 2) for p in (self.q_proj, self.k_proj, self.v_proj))
+        q, k, v = (p(x).view(batch, seq, self.heads, HEAD_DIM).transpose(1, 2)
+                   for p in (self.q_proj, self.k_proj, self.v_proj))
         y = nn.functional.scaled_dot_product_attention(q, k, v, is_causal=True)
         return self.o_proj(y.transpose(1, 2).reshape(batch, seq, hidden))
 
@@ -210,7 +211,8 @@ def main() -> None:
         numbers = json.loads(child.stdout.strip().splitlines()[-1])
         name = f"max_memory={numbers['max_memory']}" if numbers["max_memory"] else "no budget"
         for s in numbers["stages"]:
-            print(f"| {name} | {s['stage']} | {s['seconds']:.1f} | {s['peak_rss'] / 1e9:.2f} | {s['store_read'] / 1e9:.2f} "
+            print(f"| {name} | {s['stage']} | {s['seconds']:.1f} | {s['peak_rss'] / 1e9:.2f} "
+                  f"| {s['store_read'] / 1e9:.2f} "
                   f"| {s['store_written'] / 1e9:.2f} | {s['rchar'] / 1e9:.2f} |")
     print(f"\nparity (hidden 128, 2 layers): max |in-memory - meta+checkpoint+budget| = "
           f"{parity(args.batches, args.seq, '1MB'):.3g}")

@@ -24,7 +24,8 @@ def test_opt_under_max_memory_writes_what_opt_without_writes(tmp_path, capsys):
 
 def test_a_bad_max_memory_is_one_error_line(tmp_path, capsys):
     tc.save(tc.capture(eager(), (example(),)), tmp_path / "in.carve")
-    code = main(["opt", str(tmp_path / "in.carve"), "-p", "dce", "-o", str(tmp_path / "out.carve"), "--max-memory", "much"])
+    code = main(["opt", str(tmp_path / "in.carve"), "-p", "dce", "-o", str(tmp_path / "out.carve"),
+                 "--max-memory", "much"])
     assert code != 0 and "not a positive size" in capsys.readouterr().err
     assert not (tmp_path / "out.carve").exists()
 

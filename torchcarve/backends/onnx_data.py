@@ -18,7 +18,7 @@ EXTERNAL_MIN_BYTES = 1024  # an initializer from this size goes to the external 
 
 
 class Constants(Mapping[Value, torch.Tensor]):
-    """Values the exporter knows: each an entry of a store (a graph param, or a tensor the export folded), read on use."""
+    """The values the exporter knows: entries of a store (graph params, tensors it folded), read on use."""
 
     def __init__(self, params: ParamStore, made: ParamStore) -> None:
         self._where: dict[Value, tuple[ParamStore, str]] = {}

@@ -41,7 +41,8 @@ def capture(model: torch.nn.Module, example_inputs: Any, method: str = "auto", *
     if weights not in WEIGHTS:
         raise CaptureError(f"unknown weights source '{weights}'", hint="use 'model' or 'meta' (with checkpoint=)")
     if weights == "meta" and checkpoint is None:
-        raise CaptureError("weights='meta' needs checkpoint=", hint="pass the .safetensors file or HF folder of the weights")
+        raise CaptureError("weights='meta' needs checkpoint=",
+                           hint="pass the .safetensors file or HF folder of the weights")
     graph = _capture(model, example_inputs, method, dynamic_batch, dynamic, name, on_meta=weights == "meta")
     if checkpoint is not None:
         bind_checkpoint(graph, checkpoint)

@@ -19,7 +19,8 @@ def bind_checkpoint(graph: Graph, checkpoint: str | Path) -> None:
     Store names are the model's state_dict names, as HF checkpoints key them. Nothing is read but headers."""
     locations = checkpoint_index(checkpoint)
     mismatched = [f"{name}: checkpoint {_type(locations[name])}, model {graph.params.type_of(name)}"
-                  for name in graph.params if name in locations and _type(locations[name]) != str(graph.params.type_of(name))]
+                  for name in graph.params
+                  if name in locations and _type(locations[name]) != str(graph.params.type_of(name))]
     missing = [name for name in graph.params if name not in locations and _on_meta(graph, name)]
     if mismatched or missing:
         problems = ([f"{len(missing)} missing: {_listed(missing)}"] if missing else []) + \
