@@ -218,8 +218,12 @@ class _SpillFolder:
     def write(self, name: str, tensor: torch.Tensor) -> TensorLocation:
         self._count += 1
         path = self.path / f"{self._count}.bin"
-        with open(path, "wb") as f:
-            write_raw(f, tensor)
+        try:
+            with open(path, "wb") as f:
+                write_raw(f, tensor)
+        except OSError as e:
+            raise CarveError(f"cannot spill weight '{name}' to {self.path} ({e.strerror or e})",
+                             hint="free space in the temp folder (TMPDIR) or raise max_memory") from e
         return TensorLocation(path, 0, tuple(tensor.shape), tensor.dtype, name, file_stamp(path), owner=self)
 
 
