@@ -50,12 +50,13 @@ def load(path: str | Path) -> Graph:
 
 
 def to_onnx(graph: Graph, path: str | Path | None = None, opset: int | None = None,
-            contrib: str | None = None) -> Any:
+            contrib: str | None = None, external_data: bool | None = None) -> Any:
     """Lower `graph` to ONNX (`torchcarve.backends.onnx.to_onnx`); returns the ModelProto.
 
     contrib="onnxruntime" first rewrites a copy of the graph with `simplify,fuse-attention,ort-contrib`, so the
     file holds ONNX Runtime's fused com.microsoft kernels (SkipLayerNormalization, BiasGelu/FastGelu,
     Attention/QAttention) wherever the structure allows; None writes standard ONNX ops only (docs/onnx.md).
+    external_data=True writes the weights to `path`.data one tensor at a time (docs/big-models.md).
     """
     from .backends.onnx import to_onnx as lower
 
@@ -66,7 +67,7 @@ def to_onnx(graph: Graph, path: str | Path | None = None, opset: int | None = No
         from .passes import optimize
 
         graph = optimize(graph, CONTRIB_PASSES[contrib]).graph
-    return lower(graph, path, opset=opset)
+    return lower(graph, path, opset=opset, external_data=external_data)
 
 
 @dataclass
@@ -77,20 +78,25 @@ class Compiled:
     module: torch.nn.Module
     report: list[Any] = field(default_factory=list)
 
-    def to_onnx(self, path: str | Path | None = None, opset: int | None = None, contrib: str | None = None) -> Any:
+    def to_onnx(self, path: str | Path | None = None, opset: int | None = None, contrib: str | None = None,
+                external_data: bool | None = None) -> Any:
         """Write the compiled graph as ONNX (see `to_onnx`); returns the ModelProto."""
-        return to_onnx(self.graph, path, opset=opset, contrib=contrib)
+        return to_onnx(self.graph, path, opset=opset, contrib=contrib, external_data=external_data)
 
 
 def compile(model: torch.nn.Module, example_inputs: Any, pipeline: str = "", *, method: str = "auto",
-            dynamic_batch: bool = False, dynamic: dict | None = None, calibration: Any = None) -> Compiled:
+            dynamic_batch: bool = False, dynamic: dict | None = None, calibration: Any = None,
+            weights: str = "model", checkpoint: str | Path | None = None,
+            max_memory: int | str | None = None) -> Compiled:
     """Capture `model`, run `pipeline` over it (calibration checked against the graph's inputs),
-    and build the PyTorch module of the result. dynamic_batch/dynamic: see docs/dynamic-shapes.md."""
-    graph = capture(model, example_inputs, method=method, dynamic_batch=dynamic_batch, dynamic=dynamic)
+    and build the PyTorch module of the result. dynamic_batch/dynamic: see docs/dynamic-shapes.md;
+    weights/checkpoint/max_memory (a meta model, its weights on disk, a memory budget): docs/big-models.md."""
+    graph = capture(model, example_inputs, method=method, dynamic_batch=dynamic_batch, dynamic=dynamic,
+                    weights=weights, checkpoint=checkpoint)
     report: list[Any] = []
     if pipeline:
         from .passes import optimize
 
-        result = optimize(graph, pipeline, calibration=calibration)
+        result = optimize(graph, pipeline, calibration=calibration, max_memory=max_memory)
         graph, report = result.graph, result.report
     return Compiled(graph, to_torch(graph), report)

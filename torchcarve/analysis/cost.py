@@ -42,4 +42,4 @@ def graph_cost(graph: Graph, sizes: dict[str, int] | None = None) -> Cost:
 
 def param_count(graph: Graph) -> int:
     names = {node.attrs["name"] for node in graph.param_nodes()}
-    return sum(graph.params[name].numel() for name in names)
+    return sum(graph.params.type_of(name).numel() for name in names)

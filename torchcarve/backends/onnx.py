@@ -14,7 +14,7 @@ from onnx import helper
 
 from ..errors import CarveError, OpsetError, UnsupportedOpError
 from ..fileio import atomic_file
-from ..ir import Graph
+from ..ir import Graph, ParamStore
 from ..ir.names import first_free
 from ..ir.node import Node
 from ..ir.ops.onnx_ops import DEFAULT_OPSET, OPSET_RANGE, STATIC_INPUTS
@@ -22,10 +22,13 @@ from ..ir.ops import get_op
 from ..ir.types import TensorType, concrete_dim
 from ..ir.value import Value
 from ..opset import lowering, shape_only
-from ..opset.onnx_proto import ONNX_DTYPES, tensor_proto, value_info
+from ..opset.onnx_proto import ONNX_DTYPES, TORCH_TO_ONNX, tensor_proto, value_info
+from .onnx_data import Constants, Lowered
 from .onnx_opset import first_opset_with, first_opset_with_value, schema_at
 
 TWO_GB = 2**31 - 2**20                      # protobuf's limit, less headroom for the graph itself
+INLINE_BYTES = 4096                         # a tensor up to this size is an initializer with its data at once;
+                                            # a larger one is filled in (or streamed to external data) when written
 FOLD_LIMIT = 1 << 16                        # fold a constant node when its result is at most this many elements ...
 
 class LoweringContext:
@@ -36,7 +39,9 @@ class LoweringContext:
         self.opset = opset
         self.nodes: list[onnx.NodeProto] = []
         self.initializers: dict[str, onnx.TensorProto] = {}
-        self.constants: dict[Value, torch.Tensor] = {}
+        self.made = ParamStore(budget=graph.params.budget)   # large tensors the export computed (W.T, folds)
+        self.deferred: dict[str, tuple[ParamStore, str]] = {}  # initializer -> (store, entry) holding its data
+        self.constants = Constants(graph.params, self.made)
         self.names: dict[Value, str] = {}
         self.used: set[str] = set()
         self.node: Node | None = None
@@ -56,7 +61,12 @@ class LoweringContext:
         if value not in self.constants:
             raise CarveError(f"%{value.name} is used before it is defined in the ONNX output")
         base = value.producer.attrs["name"] if value.producer and value.producer.op == "param" else value.name
-        self.names[value] = self.const(self.constants[value], base)
+        store, key = self.constants.entry(value)
+        if store.nbytes(key) <= INLINE_BYTES:
+            self.names[value] = self.const(store[key], base)
+        else:
+            self.names[value] = self.fresh(base)
+            self._defer(self.names[value], store, key)
         return self.names[value]
 
     def output_names(self, node: Node) -> list[str]:
@@ -72,8 +82,20 @@ class LoweringContext:
     # ---- emitting ----------------------------------------------------------------------
     def const(self, tensor: Any, base: str = "const") -> str:
         name = self.fresh(base)
-        self.initializers[name] = tensor_proto(name, torch.as_tensor(tensor))
+        tensor = torch.as_tensor(tensor)
+        if tensor.numel() * tensor.element_size() <= INLINE_BYTES:
+            self.initializers[name] = tensor_proto(name, tensor)
+        else:
+            self.made[name] = tensor
+            self._defer(name, self.made, name)
         return name
+
+    def _defer(self, name: str, store: ParamStore, key: str) -> None:
+        """An initializer whose data stays in `store` until the model is written (see `Lowered`)."""
+        type = store.type_of(key)
+        self.initializers[name] = onnx.TensorProto(name=name, data_type=TORCH_TO_ONNX[type.torch_dtype],
+                                                   dims=list(type.shape))
+        self.deferred[name] = (store, key)
 
     def ints(self, values: list[int], base: str = "ints") -> str:
         return self.const(torch.tensor(list(values), dtype=torch.int64), base)
@@ -172,11 +194,14 @@ class LoweringContext:
         return self.cast(self.name(value), value.type.dtype, dtype or value.type.dtype)
 
 
-def to_onnx(graph: Graph, path: str | Path | None = None, opset: int | None = None) -> onnx.ModelProto:
+def to_onnx(graph: Graph, path: str | Path | None = None, opset: int | None = None,
+            external_data: bool | None = None) -> onnx.ModelProto:
     """Lower `graph` to ONNX (checker-clean); write it atomically to `path` when given.
 
     `opset` is one of OPSET_RANGE, every op written in that opset's form; None picks the lowest opset
     the graph needs, at least DEFAULT_OPSET (or the opset of an imported model when that is newer).
+    `external_data`: write the weights to `<name>.data` beside the model, streamed one tensor at a time
+    (None: when the model would pass protobuf's 2 GB). The model returned then refers to that file.
     """
     missing = _unsupported_ops(graph)
     if missing:
@@ -185,15 +210,15 @@ def to_onnx(graph: Graph, path: str | Path | None = None, opset: int | None = No
     if opset is not None and opset not in OPSET_RANGE:
         raise CarveError(f"ONNX opset {opset} is not supported; torchcarve writes opsets "
                          f"{OPSET_RANGE.start}-{OPSET_RANGE.stop - 1}", hint="pick an opset in that range")
-    model = _lower(graph, opset) if opset is not None else _lower_at_lowest(graph)
+    lowered = _lower(graph, opset) if opset is not None else _lower_at_lowest(graph)
     if path is not None:
-        _save(model, Path(path))
-    else:
-        _check(model)
+        return _save(lowered, Path(path), external_data)
+    model = lowered.filled()
+    _check(model)
     return model
 
 
-def _lower_at_lowest(graph: Graph) -> onnx.ModelProto:
+def _lower_at_lowest(graph: Graph) -> Lowered:
     """Lower at the floor (or an imported model's opset); an op that needs more raises the opset to what it needs."""
     opset = max([DEFAULT_OPSET] + [n.attrs.get("domain_version", 0) for n in graph.nodes
                                    if n.op.startswith("onnx.") and not n.attrs.get("domain")])
@@ -206,7 +231,7 @@ def _lower_at_lowest(graph: Graph) -> onnx.ModelProto:
             opset = e.needed
 
 
-def _lower(graph: Graph, opset: int) -> onnx.ModelProto:
+def _lower(graph: Graph, opset: int) -> Lowered:
     ctx = LoweringContext(graph, opset)
     input_names, output_names = graph.signature_names()
     ctx.used.update(input_names + output_names)  # the external names are kept exactly
@@ -257,7 +282,7 @@ def _fold(ctx: LoweringContext, node: Node) -> bool:
     if not _foldable(node, set(ctx.constants)):
         return False
     if node.op == "param":
-        ctx.constants[node.output] = ctx.graph.params[node.attrs["name"]]
+        ctx.constants.set_param(node.output, node.attrs["name"])
         return True
     inputs = [ctx.constants.get(v) for v in node.inputs]
     if shape_only(node.op):
@@ -306,7 +331,7 @@ def _graph_output(ctx: LoweringContext, value: Value, name: str) -> onnx.ValueIn
     return value_info(name, value.type)
 
 
-def _assemble(ctx: LoweringContext, inputs: list, outputs: list) -> onnx.ModelProto:
+def _assemble(ctx: LoweringContext, inputs: list, outputs: list) -> Lowered:
     io_names = {v.name for v in inputs} | {v.name for v in outputs}
     produced = {out for n in ctx.nodes for out in n.output}
     infos = [value_info(name, value.type) for value, name in ctx.names.items()
@@ -317,7 +342,7 @@ def _assemble(ctx: LoweringContext, inputs: list, outputs: list) -> onnx.ModelPr
     opsets = [helper.make_opsetid("", ctx.opset)] + [helper.make_opsetid(d, v) for d, v in ctx.extra_domains.items()]
     model = helper.make_model(graph, opset_imports=opsets, producer_name="torchcarve")
     model.ir_version = min(model.ir_version, 10)  # onnxruntime reads up to IR 10
-    return model
+    return Lowered(model, ctx.deferred)
 
 
 def _check(model: onnx.ModelProto) -> None:
@@ -328,22 +353,19 @@ def _check(model: onnx.ModelProto) -> None:
                          hint="this is a lowering bug; please report it with the graph text") from e
 
 
-def _save(model: onnx.ModelProto, path: Path) -> None:
-    """Write atomically; beyond 2 GB the weights go to `<name>.data` beside the model, written afresh
-    in the staging folder (never appended to an old one) and renamed into place before the model."""
-    large = model.ByteSize() > TWO_GB if _size_known(model) else True
-    if not large:
+def _save(lowered: Lowered, path: Path, external_data: bool | None) -> onnx.ModelProto:
+    """Write atomically; with external data (beyond 2 GB by default) the weights stream to `<name>.data` beside
+    the model, written afresh in the staging folder (never appended to an old one) and renamed into place first."""
+    external = lowered.nbytes() > TWO_GB if external_data is None else external_data
+    if not external:
+        model = lowered.filled()
         _check(model)
-    data = f"{path.name}.data"
-    with atomic_file(path, siblings=[data] if large else []) as temp:
-        if large:
-            onnx.save_model(model, str(temp), save_as_external_data=True, all_tensors_to_one_file=True,
-                            location=data, size_threshold=1024)
-            onnx.checker.check_model(str(temp))
-        else:
+        with atomic_file(path) as temp:
             onnx.save_model(model, str(temp))
-
-
-def _size_known(model: onnx.ModelProto) -> bool:
-    total = sum(len(t.raw_data) for t in model.graph.initializer)
-    return total < TWO_GB
+        return model
+    data = f"{path.name}.data"
+    with atomic_file(path, siblings=[data]) as temp:
+        model = lowered.write_external(temp.parent / data, data)
+        onnx.save_model(model, str(temp))
+        onnx.checker.check_model(str(temp))
+    return model

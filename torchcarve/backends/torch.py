@@ -17,9 +17,10 @@ import torch
 
 from ..errors import CarveError
 from ..fileio import atomic_directory
-from ..ir import Graph
+from ..ir import Graph, TensorType
 from ..ir.names import first_free, sanitize_identifier
 from ..ir.node import Node
+from ..ir.tensorfile import write_safetensors
 from ..ir.ops import get_op
 from ..ir.types import SymSize, attr_symbols
 from ..ir.trainable import trainable_params
@@ -105,8 +106,8 @@ def _init_lines(graph: Graph, weights: dict[str, str], trainable: set[str]) -> l
     """Trainable weights as nn.Parameters, the rest as buffers; both filled by to_torch or load()."""
     lines = []
     for attribute, param in weights.items():
-        tensor = _param_tensor(graph, param)
-        empty = f"torch.empty({list(tensor.shape)}, dtype=torch.{str(tensor.dtype).split('.')[-1]})"
+        type = _param_type(graph, param)
+        empty = f"torch.empty({list(type.shape)}, dtype=torch.{str(type.torch_dtype).split('.')[-1]})"
         if param in trainable:
             lines.append(f"        self.{attribute} = torch.nn.Parameter({empty})  # {param!r}")
         else:
@@ -114,11 +115,12 @@ def _init_lines(graph: Graph, weights: dict[str, str], trainable: set[str]) -> l
     return lines or ["        pass  # no weights"]
 
 
-def _param_tensor(graph: Graph, name: str) -> torch.Tensor:
+def _param_type(graph: Graph, name: str) -> TensorType:
+    """The stored weight's type (read from its file header when it is on disk, not loaded)."""
     if name not in graph.params:
         raise CarveError(f"param '{name}' of graph @{graph.name} is not in its ParamStore",
                          hint="parse or load the graph together with its weights")
-    return graph.params[name]
+    return graph.params.type_of(name)
 
 
 def _signature(graph: Graph, names: Namespace, expr: dict[Value, str]) -> str:
@@ -254,9 +256,9 @@ def with_module_weights(graph: Graph, module: torch.nn.Module) -> Graph:
     updated = graph.clone()
     for attribute, param in names.items():
         tensor = getattr(module, attribute).detach().clone()
-        if tensor.shape != updated.params[param].shape:
+        if tuple(tensor.shape) != updated.params.type_of(param).shape:
             raise CarveError(f"weight '{param}' has shape {list(tensor.shape)} in the module but "
-                             f"{list(updated.params[param].shape)} in the graph")
+                             f"{list(updated.params.type_of(param).shape)} in the graph")
         updated.params[param] = tensor
     return updated
 
@@ -288,15 +290,16 @@ def export_torch(graph: Graph, directory: str | Path) -> Path:
 
     Each file is replaced atomically; other files there are left alone (docs/safety-outputs.md).
     """
-    from safetensors.torch import save_file
-
     directory = Path(directory)
     code = generate(graph)
     loader = LOADER.format(cls=code.class_name)
     source = code.source + loader
     check_generated(source, [*code.helpers.values(), loader.strip()])
-    tensors = {attr: graph.params[name].contiguous() for attr, name in code.weights.items()}
+    entries = [(attr, graph.params.type_of(name).torch_dtype, graph.params.type_of(name).shape)
+               for attr, name in code.weights.items()]
     with atomic_directory(directory, EXPORT_FILES) as staging:
         (staging / "model.py").write_text(source)
-        save_file(tensors, str(staging / "weights.safetensors"))
+        written = write_safetensors(staging / "weights.safetensors", entries,
+                                    lambda attr: graph.params.read_once(code.weights[attr]))
+    graph.params.bytes_written += written
     return directory

@@ -23,6 +23,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--contrib", choices=sorted(CONTRIB_PASSES), default=None,
                         help="ONNX only: write that runtime's fused contrib ops (SkipLayerNormalization, BiasGelu, "
                              "Attention, ...) where the graph's structure allows")
+    parser.add_argument("--external-data", action="store_true",
+                        help="write the ONNX weights to OUTPUT.data beside the model, one tensor at a time "
+                             "(default: only past protobuf's 2 GB limit)")
     parser.set_defaults(run=run)
 
 
@@ -42,6 +45,7 @@ def run(args: argparse.Namespace) -> int:
         return 0
     from ..api import to_onnx
 
-    model = to_onnx(graph, args.output, opset=args.opset, contrib=args.contrib)
+    model = to_onnx(graph, args.output, opset=args.opset, contrib=args.contrib,
+                    external_data=args.external_data or None)
     print(printable(f"wrote {args.output} (opset {model.opset_import[0].version})"))
     return 0

@@ -34,6 +34,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                         "per-layer tables, charts (keeps a copy of the graph per pass while running)")
     parser.add_argument("--calibration-batch", type=int, default=None,
                         help="samples per calibration batch (default: the graph's fixed batch size, else 8)")
+    parser.add_argument("--max-memory", metavar="SIZE", default=None,
+                        help='weights to hold in memory, e.g. "4GB": the rest are read per use from the input\'s '
+                             "files and new ones spilled to a temporary folder (docs/big-models.md)")
     parser.set_defaults(run=run)
 
 
@@ -45,7 +48,7 @@ def run(args: argparse.Namespace) -> int:
         if args.print_ir_after_all else None
     calibration = load_calibration(args.calibration, graph, args.calibration_batch)
     result = optimize(graph, args.pipeline, calibration=calibration, check_numerics=args.check_numerics,
-                      print_ir=print_ir, seed=args.seed, report=bool(args.report))
+                      print_ir=print_ir, seed=args.seed, report=bool(args.report), max_memory=args.max_memory)
     save(result.graph, args.output)
     if args.report:
         result.report.to_html(args.report, title=f"carve opt {args.graph}: {args.pipeline}")

@@ -5,6 +5,7 @@ import inspect
 import io
 import logging
 from contextlib import contextmanager, redirect_stderr, redirect_stdout
+from pathlib import Path
 from typing import Any, Iterator, Sequence
 
 import torch
@@ -12,26 +13,47 @@ import torch
 from ..errors import CaptureError
 from ..ir import Graph
 from ..ir.types import DTYPES, SYMBOL_RE
+from .checkpoint import bind_checkpoint
 from .export import capture_export
 from .fx import capture_fx
 from .moe import dense_moe
 
 METHODS = {"export": capture_export, "fx": capture_fx}
+WEIGHTS = ("model", "meta")  # where capture's weights come from: the model's tensors, or meta tensors + a checkpoint
 
 
 def capture(model: torch.nn.Module, example_inputs: Any, method: str = "auto", *,
             dynamic_batch: bool = False, dynamic: dict[str | int, dict[int, str]] | None = None,
-            name: str | None = None) -> Graph:
+            name: str | None = None, weights: str = "model", checkpoint: str | Path | None = None) -> Graph:
     """Capture `model` (in eval mode, restored afterwards) on `example_inputs` into IR.
 
     method: "export" (torch.export), "fx" (torch.fx.symbolic_trace) or "auto" (export, then fx;
     if both fail, one CaptureError gives both reasons). dynamic_batch makes dim 0 of every input
     the symbol "batch"; dynamic names symbolic dims per input name or position
     (`{"input_ids": {0: "batch", 1: "seq"}}`). See docs/dynamic-shapes.md.
+
+    weights="meta": the model was built on the meta device; shapes come from its meta tensors and the
+    ParamStore entries point at `checkpoint` (a .safetensors file or an HF folder of shards), read per use.
+    A checkpoint given with weights="model" likewise replaces the model's tensors. See docs/big-models.md.
     """
     if not isinstance(model, torch.nn.Module):
         raise CaptureError(f"expected a torch.nn.Module, got {type(model).__name__}")
+    if weights not in WEIGHTS:
+        raise CaptureError(f"unknown weights source '{weights}'", hint="use 'model' or 'meta' (with checkpoint=)")
+    if weights == "meta" and checkpoint is None:
+        raise CaptureError("weights='meta' needs checkpoint=",
+                           hint="pass the .safetensors file or HF folder of the weights")
+    graph = _capture(model, example_inputs, method, dynamic_batch, dynamic, name, on_meta=weights == "meta")
+    if checkpoint is not None:
+        bind_checkpoint(graph, checkpoint)
+    return graph
+
+
+def _capture(model: torch.nn.Module, example_inputs: Any, method: str, dynamic_batch: bool,
+             dynamic: dict[str | int, dict[int, str]] | None, name: str | None, on_meta: bool) -> Graph:
     inputs = (example_inputs,) if isinstance(example_inputs, torch.Tensor) else tuple(example_inputs)
+    if on_meta:  # a meta model traces only with meta inputs; the graph's input types are the same
+        inputs = tuple(x.to("meta") if isinstance(x, torch.Tensor) else x for x in inputs)
     if method not in (*METHODS, "auto"):
         raise CaptureError(f"unknown capture method '{method}'", hint="use 'auto', 'export' or 'fx'")
     graph_name = name or type(model).__name__

@@ -30,6 +30,7 @@ from ..ir.value import Value
 from ..opset.onnx_proto import ONNX_TO_DTYPE, subgraph_defines
 from . import onnx_limits
 from .onnx_canonical import canonicalize as to_aten
+from .onnx_external import Constants, is_external, locate
 from .onnx_shapes import evaluate as evaluate_shape, shape_dims
 from .onnx_limits import FOLD_LIMIT, MAX_ELEMENTS, element_count
 
@@ -47,10 +48,11 @@ def load_onnx(source: str | Path | onnx.ModelProto, canonicalize: bool = True,
 
     canonicalize: ops with an exact aten equivalent become it (onnx_canonical.py), so passes apply.
     max_elements: the most elements any one statically shaped value may have (onnx_limits.py)."""
+    path = None if isinstance(source, onnx.ModelProto) else Path(source)
     model = _read(source)
-    _check(model)
+    _check(model, path)
     model = onnx_limits.infer_shapes(model)
-    graph = Importer(model, max_elements).run()
+    graph = Importer(model, max_elements, path.parent if path is not None else None).run()
     if canonicalize:
         to_aten(graph)
     verify(graph)
@@ -64,17 +66,19 @@ def _read(source: str | Path | onnx.ModelProto) -> onnx.ModelProto:
     if not path.is_file():
         raise FileFormatError(f"{path}: no such file", hint="pass the path of an .onnx file")
     try:
-        return onnx.load(str(path))
+        return onnx.load(str(path), load_external_data=False)  # external data is read per use (onnx_external.py)
     except Exception as e:  # protobuf DecodeError, missing external data, ...
         raise FileFormatError(f"{path}: not a readable ONNX model ({_first_line(e)})",
                               hint="the file may be truncated or not an ONNX protobuf") from e
 
 
-def _check(model: onnx.ModelProto) -> None:
+def _check(model: onnx.ModelProto, path: Path | None) -> None:
+    """onnx.checker on the model; with external data, on the file (the checker finds data files beside it)."""
     if not model.graph.node and not model.graph.output:
         raise FileFormatError("the ONNX model has an empty graph", hint="the file may be truncated or not ONNX")
+    external = path is not None and any(is_external(init) for init in model.graph.initializer)
     try:
-        onnx.checker.check_model(model)
+        onnx.checker.check_model(str(path) if external else model)
     except Exception as e:
         raise FileFormatError(f"invalid ONNX model: {_first_line(e)}",
                               hint="onnx.checker.check_model rejects it; fix the exporter that wrote it") from e
@@ -117,14 +121,15 @@ def _dtype_name(data_type: int) -> str:
 class Importer:
     """Walks the ONNX graph in order, folding constants and building IR nodes."""
 
-    def __init__(self, model: onnx.ModelProto, max_elements: int = MAX_ELEMENTS) -> None:
+    def __init__(self, model: onnx.ModelProto, max_elements: int = MAX_ELEMENTS, folder: Path | None = None) -> None:
         self.model = model
         self.max_elements = max_elements
+        self.folder = folder  # where external data files are; None for a ModelProto (its data must be inside)
         self.opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 1)
         self.domains = {o.domain: o.version for o in model.opset_import}
         self.graph = Graph(model.graph.name or "onnx_model")
         self.values: dict[str, Value] = {}
-        self.constants: dict[str, torch.Tensor] = {}
+        self.constants = Constants()
         self.types: dict[str, TensorType] = {}
         self.symbols: dict[str, str] = {}
         self.shapes: dict[str, Any] = {}  # int64 values that are dims computed from symbolic shapes (onnx_shapes)
@@ -136,7 +141,7 @@ class Importer:
         for info in [*self.model.graph.value_info, *self.model.graph.output, *self.model.graph.input]:
             self._remember_type(info)
         for init in self.model.graph.initializer:
-            self.constants[init.name] = _tensor(init, self.max_elements)
+            self._initializer(init)
         for info in self.model.graph.input:
             if info.name not in self.constants:
                 self.values[info.name] = self.graph.add_input(info.name, self._type(info.name))
@@ -145,6 +150,13 @@ class Importer:
         outputs = self.model.graph.output
         self.graph.set_outputs([self._value(o.name) for o in outputs], [o.name for o in outputs])
         return self.graph
+
+    def _initializer(self, init: onnx.TensorProto) -> None:
+        if not is_external(init) or self.folder is None:
+            self.constants[init.name] = _tensor(init, self.max_elements)
+            return
+        element_count(list(init.dims), f"tensor '{init.name}'", self.max_elements)
+        self.constants.set_file(init.name, locate(init, self.folder))
 
     def _import_guarded(self, node: onnx.NodeProto) -> None:
         """Import one node; a failure that is not already a CarveError becomes one naming the node."""
@@ -192,7 +204,10 @@ class Importer:
             raise FileFormatError(f"'{name}' is used but never produced (no node, input or initializer)",
                                   hint="the model is missing an initializer or a node")
         param = self.graph.params.unique_name(name) if name not in self.graph.params else name
-        self.values[name] = self.graph.add_param(param, self.constants[name])
+        location = self.constants.location(name)
+        if location is not None:  # still on disk: the entry points at it
+            self.graph.params.set_file(param, location)
+        self.values[name] = self.graph.add_param(param, self.constants[name] if location is None else None)
         return self.values[name]
 
     # ---- nodes -------------------------------------------------------------------------
@@ -306,7 +321,7 @@ class Importer:
             return False
         if node.op_type in ("Shape", "Size") and self._static(inputs[0]):
             operands: list[Any] = [torch.empty(self._static(inputs[0]).shape, device="meta")]
-        elif all(i == "" or i in self.constants for i in inputs):
+        elif all(i == "" or self._foldable_constant(i) for i in inputs):
             operands = [None if i == "" else self.constants[i] for i in inputs]
         else:
             return False
@@ -322,6 +337,11 @@ class Importer:
                 self.constants[name] = result
         return True
 
+    def _foldable_constant(self, name: str) -> bool:
+        """A constant in memory, or one on disk small enough to fold (a weight on disk is never read to fold)."""
+        return name in self.constants and (self.constants.location(name) is None
+                                           or self.constants.type_of(name).numel() <= FOLD_LIMIT)
+
     def _folded_size(self, op_type: str, inputs: list[str], attrs: dict[str, Any], operands: list[Any]) -> int | None:
         """Elements the folded results would have, from shapes alone (nothing is evaluated); None if unknown."""
         if op_type in SIZE_RULES:
@@ -330,7 +350,7 @@ class Importer:
             return len(operands[0].shape)
         static_inputs, static_attrs = self._static_operands(op_type, inputs, dict(attrs))
         absent = _absent(static_inputs)
-        types = [TensorType.of(self.constants[i]) for i in static_inputs if i]
+        types = [self.constants.type_of(i) for i in static_inputs if i]
         try:
             outputs = infer_types(f"onnx.{op_type}", {**static_attrs, **({"absent": absent} if absent else {})}, types)
         except InferenceUnavailable:
@@ -339,7 +359,7 @@ class Importer:
 
     def _static(self, name: str) -> TensorType | None:
         if name in self.constants:
-            return TensorType.of(self.constants[name])
+            return self.constants.type_of(name)
         value = self.values.get(name)
         return value.type if value is not None and value.type.is_static else None
 
@@ -355,8 +375,9 @@ class Importer:
     def _dims(self, name: str) -> Any:
         if name in self.shapes:
             return self.shapes[name]
-        tensor = self.constants.get(name)
-        return tensor.tolist() if tensor is not None and tensor.dtype == torch.int64 and tensor.dim() <= 1 else None
+        if name not in self.constants or self.constants.type_of(name).dtype != "i64" or self.constants.type_of(name).rank > 1:
+            return None
+        return self.constants[name].tolist()
 
     def _static_operand(self, source: str, name: str) -> Any:
         """A constant operand as an attribute value; a shape computed from symbolic dims as SymSizes."""

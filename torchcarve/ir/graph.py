@@ -110,7 +110,7 @@ class Graph:
                 self.params.trainable.add(name)
         if name not in self.params:
             raise VerifyError(f"param '{name}' is not in the graph's ParamStore")
-        node = Node("param", (), {"name": name}, [TensorType.of(self.params[name])], [self.unique_name(name)])
+        node = Node("param", (), {"name": name}, [self.params.type_of(name)], [self.unique_name(name)])
         if before is not None:
             self._insert(node, before, None)
             return node.output

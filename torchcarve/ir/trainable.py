@@ -22,7 +22,7 @@ def trainable_params(graph: Graph) -> set[str]:
     names = set(graph.params.trainable)
     for node in graph.nodes:
         names.update(_layer_weights(node))
-    return {name for name in names if name in graph.params and graph.params[name].is_floating_point()}
+    return {name for name in names if name in graph.params and graph.params.type_of(name).torch_dtype.is_floating_point}
 
 
 def _layer_weights(node: Node) -> list[str]:

@@ -7,7 +7,6 @@ from ..errors import CarveError, VerifyError
 from .graph import Graph
 from .infer import InferenceUnavailable, infer_types
 from .node import Node
-from .types import TensorType
 
 
 def _fail(node: Node, rule: str, detail: str) -> VerifyError:
@@ -26,7 +25,7 @@ def check_param(node: Node, graph: Graph, check_params: bool) -> None:
         return
     if name not in graph.params:
         raise _fail(node, "params exist", f"'{name}' is not in the ParamStore")
-    actual = TensorType.of(graph.params[name])
+    actual = graph.params.type_of(name)
     if actual != node.output.type:
         raise _fail(node, "param type", f"the stored tensor is {actual}")
 

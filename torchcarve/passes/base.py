@@ -41,6 +41,7 @@ class PassContext:
 
     calibration: Sequence[tuple[torch.Tensor, ...]] | None = None
     seed: int = 0
+    max_memory: int | None = None    # bytes of weights to keep resident (the graph's ParamStore budget); None: no limit
     log: Callable[[str], None] = lambda message: None
     max_memory: int | None = None  # bytes; None: no budget. Under one, calibration runs block by block
 

@@ -16,6 +16,7 @@ from ..analysis.cost import Cost, graph_cost
 from ..analysis.memory import peak_memory
 from ..errors import CarveError, VerifyError
 from ..ir import Graph, verify
+from ..ir.params import memory_size
 from ..ir.signature import check_batches
 from ..progress import track
 from .base import Pass, PassContext
@@ -102,7 +103,9 @@ class PassManager:
     keep_stages: bool = False        # snapshot the graph after every pass for the HTML report
 
     def run(self, graph: Graph) -> OptimizeResult:
-        graph = graph.clone()
+        graph = graph.clone()  # shares every weight with the input (copy-on-write)
+        if self.context.max_memory is not None:
+            graph.params.set_budget(self.context.max_memory)
         inputs = self._inputs(graph) if self.check_numerics else None
         outputs = run_graph(graph, inputs) if inputs is not None else None
         report = Report()
@@ -234,12 +237,16 @@ def _close(expected: torch.Tensor, actual: torch.Tensor) -> bool:
 
 
 def optimize(graph: Graph, pipeline: str | Sequence[Pass], calibration: Any = None, check_numerics: bool = False, *,
-             print_ir: Callable[[str], None] | None = None, seed: int = 0, report: bool = False) -> OptimizeResult:
+             print_ir: Callable[[str], None] | None = None, seed: int = 0, report: bool = False,
+             max_memory: int | str | None = None) -> OptimizeResult:
     """Run `pipeline` (a pipeline string or passes) on a copy of `graph`; the input is untouched.
 
-    `report=True` keeps every stage's graph, latency and output error for `result.report.to_html(path)`."""
+    `report=True` keeps every stage's graph, latency and output error for `result.report.to_html(path)`.
+    `max_memory` (bytes, or "4GB") bounds the weights held in memory: the copy shares the input's weights,
+    reads them per use and spills new ones to disk past the budget (docs/big-models.md)."""
     passes = parse_pipeline(pipeline) if isinstance(pipeline, str) else list(pipeline)
     batches = check_batches(graph.inputs, calibration) if calibration is not None else None
-    context = PassContext(calibration=batches, seed=seed)
+    budget = memory_size(max_memory) if max_memory is not None else None
+    context = PassContext(calibration=batches, seed=seed, max_memory=budget)
     manager = PassManager(passes, context, print_ir=print_ir, check_numerics=check_numerics, keep_stages=report)
     return manager.run(graph)
