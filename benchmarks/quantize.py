@@ -10,9 +10,10 @@ Timing: every variant runs once per round, rounds interleaved (a busy machine sl
 alike); a round's time is the median of --runs runs, its speed-up is against fp32 in the same round,
 and the table shows the median over rounds. The ablation rows switch one of issue 16's parts off:
 [1] the CPU decides the weight bits (off: reduce-range=true, 7 bits everywhere), [2] fold-constants
-never grows the file (off: max-growth=none), [3] outlier zeroing folded into the producer and the
-channel count per layer (off: fold-outliers=false), [4] the fusions around the int8 GEMMs (off: no
-`fuse`). With --ceiling, a second table: ORT's int8 GEMM against its fp32 GEMM on each MiniLM linear.
+never grows the file (off: max-growth=none), [3] outlier zeroing folded into the producer (off:
+fold-outliers=false), [4] the fusions around the int8 GEMMs (off: no `fuse`), [5] outlier channels
+scaled into range inside the int8 GEMM (off: scale-outliers=false, a float side Gemm), [6] outliers
+only where they cut a layer's error 1.5x (off: outlier-gain=1.25, the earlier rule). With --ceiling, a second table: ORT's int8 GEMM against its fp32 GEMM on each MiniLM linear.
 
     HF_HUB_OFFLINE=1 python benchmarks/quantize.py [--threads 2] [--runs 10] [--rounds 5] [--shapes 2x32,8x32,16x128]
 """
@@ -137,6 +138,8 @@ OURS = {
     "  [2] off: fold-constants{max-growth=none}": f"{FUSE_GROWING},quantize{{outliers=2}}",
     "  [3] off: fold-outliers=false": "fuse,quantize{outliers=2,fold-outliers=false}",
     "  [4] off: no fuse": "quantize{outliers=2}",
+    "  [5] off: scale-outliers=false": "fuse,quantize{outliers=2,scale-outliers=false}",
+    "  [6] off: outlier-gain=1.25": "fuse,quantize{outliers=2,outlier-gain=1.25}",
     "carve weight-only int8 (compute=float)": "quantize{mode=weight-only}",
     "carve weight-only int8 (compute=auto)": "quantize{mode=weight-only,compute=auto}",
     "carve weight-only int4 g128 (compute=auto)": "quantize{mode=weight-only,dtype=int4,compute=auto}",
