@@ -17,6 +17,7 @@ only where they cut a layer's error 1.5x (off: outlier-gain=1.25, the earlier ru
 
     HF_HUB_OFFLINE=1 python benchmarks/quantize.py [--threads 2] [--runs 10] [--rounds 5] [--shapes 2x32,8x32,16x128]
         [--goal-only]   # only fp32, ORT per-channel, fuse,quantize, the all-on row and [5]: more rounds, same time
+        [--no-spin]     # ORT's idle pool threads sleep instead of spinning (a shared machine)
 """
 from __future__ import annotations
 
@@ -90,10 +91,12 @@ class LastHidden(torch.nn.Module):
         return self.model(input_ids=input_ids).last_hidden_state
 
 
-def session(path: Path, threads: int) -> ort.InferenceSession:
+def session(path: Path, threads: int, spin: bool = True) -> ort.InferenceSession:
     options = ort.SessionOptions()
     options.intra_op_num_threads = threads
     options.inter_op_num_threads = 1
+    if not spin:  # idle pool threads sleep: the sessions timed in turn do not steal each other's cores
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
     return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
 
 
@@ -164,7 +167,7 @@ def ours(graph: tc.Graph, out: Path, calibration: list[torch.Tensor], labels: tu
 
 
 def run_shape(tokenizer, model, batch: int, seq: int, threads: int, runs: int, rounds: int,
-              out: Path, labels: tuple[str, ...]) -> list[tuple]:
+              out: Path, labels: tuple[str, ...], spin: bool = True) -> list[tuple]:
     calibration = [windows(tokenizer, CALIBRATION_TEXT, batch, seq, offset=7 * k) for k in range(4)]
     evaluation = windows(tokenizer, EVALUATION_TEXT, batch, seq)
     graph = tc.capture(LastHidden(model), (evaluation,))
@@ -173,9 +176,9 @@ def run_shape(tokenizer, model, batch: int, seq: int, threads: int, runs: int, r
     theirs = {label: path for label, path in ort_quantizers(fp32, out).items() if label in labels}
     paths = {"fp32 (torchcarve export)": fp32, **theirs, **ours(graph, out, calibration, labels)}
     feeds = {"input_ids": evaluation.numpy()}
-    reference = session(fp32, threads)
+    reference = session(fp32, threads, spin)
     expected = embeddings(reference, feeds)
-    sessions = {label: session(path, threads) for label, path in paths.items()}
+    sessions = {label: session(path, threads, spin) for label, path in paths.items()}
     timings: dict[str, list[float]] = {label: [] for label in paths}
     for _ in range(rounds):  # interleave rounds: a busy machine slows every variant alike
         for label, sess in sessions.items():
@@ -239,13 +242,15 @@ def main() -> None:
     parser.add_argument("--ceiling", action="store_true", help="also time each MiniLM linear alone")
     parser.add_argument("--goal-only", action="store_true",
                         help="only the rows the goal compares (more rounds in the same time on a busy machine)")
+    parser.add_argument("--no-spin", action="store_true", help="ORT pool threads sleep when idle (a shared machine)")
     args = parser.parse_args()
     logging.getLogger().setLevel(logging.ERROR)  # the ORT quantizers warn about every LayerNorm weight
     torch.manual_seed(0)
     tokenizer, model = load_model()
     from torchcarve.analysis.cpu import detect
     print(header(f"HF_HUB_OFFLINE=1 python benchmarks/quantize.py --runs {args.runs} --rounds {args.rounds} "
-                 f"--shapes {args.shapes}" + (" --goal-only" if args.goal_only else "")))
+                 f"--shapes {args.shapes}" + (" --goal-only" if args.goal_only else "") +
+                 (" --no-spin" if args.no_spin else "")))
     print(f"all-MiniLM-L6-v2, onnxruntime {ort.__version__}, {args.threads} threads; int8 features as quantize "
           f"reads them: {detect().describe()}; time: median over {args.rounds} interleaved rounds of the median of "
           f"{args.runs} runs, speed-up against fp32 in the same round\n")
@@ -256,7 +261,8 @@ def main() -> None:
         batch, seq = map(int, shape.split("x"))
         with tempfile.TemporaryDirectory() as tmp:
             labels = GOAL_ROWS if args.goal_only else ("ORT quantize_dynamic", GOAL_ROWS[0], *OURS)
-            rows = run_shape(tokenizer, model, batch, seq, args.threads, args.runs, args.rounds, Path(tmp), labels)
+            rows = run_shape(tokenizer, model, batch, seq, args.threads, args.runs, args.rounds, Path(tmp), labels,
+                             not args.no_spin)
         for row in rows:
             print("| {} | {} | {:.2f} | {:.2f}x | {:.4f} | {:.1f} |".format(*row), flush=True)
         goals.append(goal(rows))
