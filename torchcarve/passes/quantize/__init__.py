@@ -41,12 +41,12 @@ class Quantize(Pass):
       backend) or int8 (accuracy_level 4: activations quantized per block); auto: int8 with VNNI/AMX.
     skip: layers kept in float (glob patterns over weight names without '.weight').
     smooth: SmoothQuant alpha (0 = off; needs calibration).
-    outliers: per linear input, this many channels with the largest calibrated magnitude stay in float
-      (LLM.int8(), Dettmers et al. 2022; needs calibration). fold-outliers: zero them in the producing
-      linear where one exists (gelu(linear(z)): its rows) instead of a Mul over the activation.
+    outliers: per linear input, up to this many channels with the largest calibrated magnitude leave the
+      int8 range (LLM.int8(), Dettmers et al. 2022; needs calibration). fold-outliers: zero them in the
+      producing linear where one exists (gelu(linear(z)): its rows), a float copy computes them.
       scale-outliers: elsewhere scale them down to the inliers' range (their weight columns up) inside
-      the int8 GEMM instead of a float side Gemm. outlier-gain: move channels of an input only
-      where that cuts its measured int8 error by at least this factor.
+      the int8 GEMM where that measures near the float path's error, else a float side Gemm.
+      outlier-gain: move an input's channels only where that cuts its measured int8 error this much.
     sensitivity: measure each layer's output error; with max-error, keep the most sensitive layers in
       float until the relative error fits.
     """
