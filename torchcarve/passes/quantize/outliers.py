@@ -22,9 +22,9 @@ stay inside the int8 GEMM, scaled down to the inliers' range and their weight co
     linear(x, W, b)  ->  linear(x * s, W / s, b),   s_c = max|inliers| / max|x_c| for outliers c, else 1
 
 One Mul over x remains; the float side Gemm (which reads and writes the whole output once more) is gone.
-This is SmoothQuant (Xiao et al. 2023) on the outlier channels alone: MiniLM's outlier channels meet
-small weights, so the widened weight columns cost about what the float path saves (measured per input:
-the chosen count's error is measured in this form). Splitting each outlier into n copies of x_c / n
+This is SmoothQuant (Xiao et al. 2023) on the outlier channels alone. It pays where the outlier channels
+meet small weights (MiniLM's do); the widened weight columns can cost accuracy elsewhere, so both forms
+are measured per input and the scaled one is used only within TOLERANCE of the float path's error. Splitting each outlier into n copies of x_c / n
 (Zhao et al. 2019) measured the same error and costs a Gather and a Concat more, so it is not used.
 """
 from __future__ import annotations
