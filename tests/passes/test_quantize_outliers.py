@@ -1,7 +1,8 @@
-"""quantize{outliers=k}: the LLM.int8()-style float side path for a linear's largest input channels.
+"""quantize{outliers=k}: a linear's largest input channels out of the int8 range, in the LLM.int8()-style
+float side path, folded into the producing linear, or scaled into range inside the int8 GEMM.
 
-The split itself is exact in float (checked to 1e-5, float32 summation order); quantized, it must
-cut the error that a few huge channels cause, and ORT must compute what the PyTorch backend does.
+Each form is exact in float (checked to 1e-5, float32 summation order); quantized, it must cut the
+error that a few huge channels cause, and ORT must compute what the PyTorch backend does.
 """
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ from torch import nn
 
 import torchcarve as tc
 from torchcarve.passes.manager import run_graph
-from torchcarve.passes.quantize.outliers import split_outliers
+from torchcarve.passes.quantize.outliers import channel_errors, fewest_channels, split_outliers
 from torchcarve.passes.quantize.rewrite import find_layers
 
 ort = pytest.importorskip("onnxruntime")
@@ -69,7 +70,7 @@ def test_outliers_cut_the_quantization_error():
     plain = tc.optimize(graph, "quantize", calibration=calibration).graph
     result = tc.optimize(graph, "quantize{outliers=2}", calibration=calibration)
     rows, split = result.report[0].stats["layers"], result.graph
-    assert rows["up"]["float channels"] == 2 and rows["down"]["float channels"] == 0
+    assert rows["up"]["outlier channels"] == 2 and rows["down"]["outlier channels"] == 0
     assert split.op_histogram()["carve.dynamic_linear"] == 2
     assert split.op_histogram()["aten.addmm"] == 1 and "aten.linear" not in split.op_histogram()  # side path float
     assert _error(model, split, x) < _error(model, plain, x) / 2.5  # measured 3.2x lower
@@ -98,6 +99,7 @@ def test_onnxruntime_matches_pytorch_backend(tmp_path):
 @pytest.mark.parametrize("pipeline, message", [
     ("quantize{outliers=2}", "needs calibration data"),
     ("quantize{outliers=-1}", "outliers is a channel count"),
+    ("quantize{outliers=2,outlier-gain=0.5}", "outlier-gain is an error ratio"),
 ])
 def test_bad_outlier_options_are_clear_errors(pipeline, message):
     model, _, x = _setup()
@@ -203,18 +205,88 @@ def test_no_fold_without_a_private_producing_linear(make):
 
 
 def test_channel_count_is_chosen_by_measured_error():
-    """fewest_channels keeps a channel float only where it measurably cuts the int8 error."""
-    from torchcarve.passes.quantize.outliers import fewest_channels
+    """fewest_channels keeps a channel out of range only where it measurably cuts the int8 error."""
     generator = torch.Generator().manual_seed(4)
     x = torch.randn(256, 64, generator=generator)
     weight = torch.randn(32, 64, generator=generator)
     x[:, 9] *= 60.0                                   # huge: stretches the per-tensor range 15x
     x[:, 40] *= 1.2                                   # a candidate that barely moves the range
     candidates = torch.tensor([9, 40])
-    assert fewest_channels(x, weight, candidates, 127) == 1
+    assert fewest_channels(channel_errors(x, weight, candidates, 127)) == 1
     x[:, 40] *= 50.0                                  # now both are huge: both must go
-    assert fewest_channels(x, weight, candidates, 127) == 2
-    assert fewest_channels(x, weight, torch.tensor([], dtype=torch.int64), 127) == 0
+    assert fewest_channels(channel_errors(x, weight, candidates, 127)) == 2
+    assert fewest_channels(channel_errors(x, weight, torch.tensor([], dtype=torch.int64), 127)) == 0
+    assert fewest_channels([0.03, 0.022]) == 0        # 1.36x better: below the 1.5x a side path must buy
+    assert fewest_channels([0.03, 0.022], min_gain=1.25) == 1
+
+
+class QuietOutliers(Outliers):
+    """Huge input channels that meet small weights (as all-MiniLM-L6's do): scaling them into range is
+    about as accurate as a float side path."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        with torch.no_grad():
+            self.up.weight[:, list(HUGE_CHANNELS)] *= 0.02
+
+
+def _quiet() -> tuple[nn.Module, list[tuple[torch.Tensor]], torch.Tensor]:
+    _, calibration, x = _setup()
+    torch.manual_seed(0)
+    return QuietOutliers().eval(), calibration, x
+
+
+def test_scaled_outliers_equal_the_side_path_in_float():
+    """Where scaling measures near the side path's error it is chosen: one Mul, no Gather, no Gemm; in
+    float it computes what the side path and the original do, to float rounding."""
+    model, calibration, x = _quiet()
+    graph = tc.capture(model, (x,))
+    scaled, side = graph.clone(), graph.clone()
+    assert split_outliers(scaled, find_layers(scaled, "dynamic"), calibration, 2) == {"up": 2}
+    assert split_outliers(side, find_layers(side, "dynamic"), calibration, 2, scale=False) == {"up": 2}
+    assert "%mul_outliers_scaled = aten.mul.Tensor(%mul, %up_outlier_scale) : f32[4,8,32]" in scaled.to_text()
+    assert "aten.linear(%mul_outliers_scaled, %up_weight_scaled, %up_bias)" in scaled.to_text()
+    histogram = scaled.op_histogram()
+    assert "aten.index_select" not in histogram and "aten.addmm" not in histogram
+    assert side.op_histogram()["aten.addmm"] == 1 and side.op_histogram()["aten.index_select"] == 1
+    scale = scaled.params["up.outlier_scale"]
+    assert torch.nonzero(scale < 1).flatten().tolist() == sorted(HUGE_CHANNELS)
+    magnitude = (x * model.gain).abs().amax((0, 1))
+    assert float((magnitude * scale).max()) < 2 * float(magnitude[scale == 1].max())  # in the inliers' range
+    torch.testing.assert_close(scaled.params["up.weight_scaled"], model.up.weight / scale)
+    with torch.no_grad():
+        a, b = run_graph(scaled, (x,))[0], run_graph(side, (x,))[0]
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(a, model(x), rtol=1e-5, atol=1e-5)
+
+
+def test_scaled_outliers_cut_the_error_in_onnxruntime(tmp_path):
+    model, calibration, x = _quiet()
+    graph = tc.capture(model, (x,))
+    errors = {spec: _error(model, tc.optimize(graph, spec, calibration=calibration).graph, x)
+              for spec in ("quantize", "quantize{outliers=2,scale-outliers=false}")}
+    result = tc.optimize(graph, "quantize{outliers=2}", calibration=calibration)
+    assert result.report[0].stats["layers"]["up"]["outlier channels"] == 2
+    assert "aten.addmm" not in result.graph.op_histogram()
+    error = _error(model, result.graph, x)
+    assert error < errors["quantize"] / 10                                       # measured 19x lower
+    assert error < errors["quantize{outliers=2,scale-outliers=false}"] * 1.5    # measured 1.22x the side path's
+    path = tmp_path / "scaled.onnx"
+    tc.to_onnx(result.graph, path)
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    actual = session.run(None, {session.get_inputs()[0].name: x.numpy()})[0]
+    with torch.no_grad():
+        expected = tc.to_torch(result.graph)(x).numpy()
+    np.testing.assert_allclose(actual, expected, rtol=1e-4, atol=1e-4)
+
+
+def test_outlier_gain_leaves_inputs_where_channels_do_not_pay():
+    model, calibration, x = _setup()
+    graph = tc.capture(model, (x,))
+    result = tc.optimize(graph, "quantize{outliers=2,outlier-gain=100.0}", calibration=calibration)
+    assert result.report[0].stats["layers"]["up"].get("outlier channels", 0) == 0
+    plain = tc.optimize(graph, "quantize", calibration=calibration).graph
+    assert result.graph.op_histogram() == plain.op_histogram()
 
 
 def test_bert_fuse_outliers_folded_in_onnxruntime(tmp_path):
@@ -248,7 +320,7 @@ def test_bert_fuse_outliers_folded_in_onnxruntime(tmp_path):
     assert weight_bytes(fused) <= weight_bytes(graph)
     result = tc.optimize(fused, "quantize{outliers=2}", calibration=[(t,) for t in ids[1:]])
     rows = result.report[0].stats["layers"]
-    assert all(rows[f"bert.encoder.layer.{i}.output.dense"]["float channels"] >= 1 for i in range(2))
+    assert all(rows[f"bert.encoder.layer.{i}.output.dense"]["outlier channels"] >= 1 for i in range(2))
     assert result.graph.op_histogram()["aten.gelu"] == 4  # each FFN's GELU and its outlier copy: folded
     path = tmp_path / "bert.onnx"
     tc.to_onnx(result.graph, path)

@@ -44,9 +44,12 @@ class Quantize(Pass):
       backend) or int8 (accuracy_level 4: activations quantized per block); auto: int8 with VNNI/AMX.
     skip: layers kept in float (glob patterns over weight names without '.weight').
     smooth: SmoothQuant alpha (0 = off; needs calibration).
-    outliers: per linear input, this many channels with the largest calibrated magnitude stay in float
-      (LLM.int8(), Dettmers et al. 2022; needs calibration). fold-outliers: zero them in the producing
-      linear where one exists (gelu(linear(z)): its rows) instead of a Mul over the activation.
+    outliers: per linear input, up to this many channels with the largest calibrated magnitude leave the
+      int8 range (LLM.int8(), Dettmers et al. 2022; needs calibration). fold-outliers: zero them in the
+      producing linear where one exists (gelu(linear(z)): its rows), a float copy computes them.
+      scale-outliers: elsewhere scale them down to the inliers' range (their weight columns up) inside
+      the int8 GEMM where that measures near the float path's error, else a float side Gemm.
+      outlier-gain: move an input's channels only where that cuts its measured int8 error this much.
     sensitivity: measure each layer's output error; with max-error, keep the most sensitive layers in
       float until the relative error fits.
     sequential: static mode, calibrate and quantize block by block: each layer is quantized as soon as
@@ -68,6 +71,8 @@ class Quantize(Pass):
     smooth: float = 0.0
     outliers: int = 0
     fold_outliers: bool = True
+    scale_outliers: bool = True
+    outlier_gain: float = 1.5
     sensitivity: bool = False
     max_error: float | None = None
     sequential: bool = False
@@ -82,8 +87,8 @@ class Quantize(Pass):
         budget = ctx.max_memory
         if self.smooth and layers:
             smooth_layers(graph, layers, batches, self.smooth, budget)
-        moved = split_outliers(graph, layers, batches, self.outliers, self.fold_outliers,
-                               self._format().qmax, budget) if self.outliers and layers else {}
+        moved = split_outliers(graph, layers, batches, self.outliers, self.fold_outliers, self._format().qmax,
+                               self.scale_outliers, self.outlier_gain, budget) if self.outliers and layers else {}
         names = {layer.node.outputs[0].name: layer.name for layer in layers}
         stats: dict[str, Any] = {"mode": self.mode, "dtype": self.dtype, **self._cpu_choices(detect())}
         if self.sequential:
@@ -109,6 +114,8 @@ class Quantize(Pass):
             raise CarveError(f"{self.spec()}: group-size must be >= 0 (0: one scale per output channel)")
         if self.outliers < 0:
             raise CarveError(f"{self.spec()}: outliers is a channel count, >= 0")
+        if self.outlier_gain < 1.0:
+            raise CarveError(f"{self.spec()}: outlier-gain is an error ratio, >= 1 (1: any improvement)")
         if not 0.0 <= self.smooth <= 1.0:
             raise CarveError(f"{self.spec()}: smooth is SmoothQuant's alpha, in [0, 1]")
         if self.sequential and (self.mode != "static" or self.sensitivity or self.max_error is not None):

@@ -15,6 +15,17 @@ Where x is made only for these linears by a linear through ops with f(0) = 0 (an
 `gelu(linear(z, W1, b1))`), the zeroing is folded into the producer instead: rows `idx` of W1 and b1
 are zeroed (gelu(0) = 0 keeps them zero) and a k-output float linear computes the outlier channels,
 `x[..., idx] = gelu(linear(z, W1[idx], b1[idx]))`. No pass over x remains: no Mul, no Gather.
+
+Where x has no such producer (a LayerNorm output that also feeds the residual), the outlier channels
+stay inside the int8 GEMM, scaled down to the inliers' range and their weight columns up to match:
+
+    linear(x, W, b)  ->  linear(x * s, W / s, b),   s_c = max|inliers| / max|x_c| for outliers c, else 1
+
+One Mul over x remains; the float side Gemm (which reads and writes the whole output once more) is gone.
+This is SmoothQuant (Xiao et al. 2023) on the outlier channels alone. It pays where the outlier channels
+meet small weights (MiniLM's do); the widened weight columns can cost accuracy elsewhere, so both forms
+are measured per input and the scaled one is used only within TOLERANCE of the float path's error. Splitting each outlier into n copies of x_c / n
+(Zhao et al. 2019) measured the same error and costs a Gather and a Concat more, so it is not used.
 """
 from __future__ import annotations
 
@@ -33,6 +44,7 @@ from .smooth import linear_groups
 RATIO = 6.0  # a channel is an outlier when its magnitude is this many times the median channel's
 SAMPLE_ROWS = 1024  # rows of each input kept from calibration to measure the error of each channel count
 TOLERANCE = 1.25  # the fewest float channels whose measured output error is within this factor of the best count's
+MIN_GAIN = 1.5  # no channel is moved unless the best count cuts the measured error by at least this factor
 LEVELS = 255  # uint8 activations, per tensor (dynamic quantization)
 ZERO_PRESERVING = ("aten.gelu", "aten.relu")  # elementwise f with f(0) = 0: zeroed channels stay zero through them
 
@@ -52,23 +64,36 @@ class SampleObserver(MinMaxObserver):
 
 
 def split_outliers(graph: Graph, layers: list[Layer], batches: Sequence[Any], count: int,
-                   fold: bool = True, qmax: int = 127, max_memory: int | None = None) -> dict[str, int]:
-    """Move up to `count` outlier channels of each shared input to a float side path; returns the
+                   fold: bool = True, qmax: int = 127, scale: bool = True,
+                   min_gain: float = MIN_GAIN, max_memory: int | None = None) -> dict[str, int]:
+    """Take up to `count` outlier channels of each shared input out of its int8 range; returns the
     channels moved per layer name. Candidates are channels RATIO times the median's; of them, the
-    fewest whose measured int8 output error (weights in [-qmax, qmax]) is near the best are taken.
-    fold: zero them in the producing linear where one exists (see the module docstring).
+    fewest whose measured int8 output error (weights in [-qmax, qmax]) is near the best are taken, none
+    unless the best cuts the error by `min_gain`. fold: zero them in the producing linear where one
+    exists; scale: elsewhere scale them into the inliers' range where that measures within TOLERANCE of
+    the float side path's error, else a float side Gemm (see the module docstring).
     max_memory: calibrate block by block."""
     groups = {x: members for x, members in linear_groups(layers).items() if x.type.shape[-1] > count}
     observers = {x: SampleObserver() for x in groups}
     calibrate(graph, batches, observers, max_memory)
     moved: dict[str, int] = {}
     for x, members in reversed(groups.items()):  # consumers first: a producer is still a plain linear
-        candidates = outlier_channels(observers[x], count)
+        observer, candidates = observers[x], outlier_channels(observers[x], count)
         weight = torch.cat([weight_tensor(graph, layer).float() for layer in members])
-        outliers = candidates[:fewest_channels(torch.cat(observers[x].rows), weight, candidates, qmax)].sort().values
-        if len(outliers):
-            _split_group(graph, x, members, outliers, fold)
-            moved.update((layer.name, len(outliers)) for layer in members)
+        rows = torch.cat(observer.rows)
+        chain = foldable_producer(x, members) if fold else None
+        errors = channel_errors(rows, weight, candidates, qmax)
+        magnitude = torch.maximum(observer.low.abs(), observer.high.abs())
+        scaled = channel_errors(rows, weight, candidates, qmax, magnitude) if scale and not chain else None
+        use_scale = scaled is not None and min(scaled) <= min(errors) * TOLERANCE
+        outliers = candidates[:fewest_channels(scaled if use_scale else errors, min_gain)].sort().values
+        if not len(outliers):
+            continue
+        if use_scale:
+            _scale_channels(graph, x, members, channel_scale(magnitude, outliers))
+        else:
+            _split_group(graph, x, members, outliers, chain)
+        moved.update((layer.name, len(outliers)) for layer in members)
     return moved
 
 
@@ -79,21 +104,49 @@ def outlier_channels(observer: MinMaxObserver, count: int) -> torch.Tensor:
     return top.indices[top.values >= RATIO * magnitude.median()]
 
 
-def fewest_channels(x: torch.Tensor, weight: torch.Tensor, candidates: torch.Tensor, qmax: int) -> int:
-    """How many of `candidates` (largest first) to keep float: the fewest whose relative output error of
-    dynamic int8 `x @ weight.T`, measured on rows `x`, is within TOLERANCE of the best count's."""
-    if not len(candidates):
-        return 0
+def channel_errors(x: torch.Tensor, weight: torch.Tensor, candidates: torch.Tensor, qmax: int,
+                   magnitude: torch.Tensor | None = None) -> list[float]:
+    """The relative output error of dynamic int8 `x @ weight.T`, measured on rows `x`, with the first k of
+    `candidates` out of the int8 range, for k = 0..len(candidates): scaled into range (channel_scale, from
+    their calibrated `magnitude`) when it is given, else in a float side path."""
     reference = x @ weight.t()
     errors = []
     for k in range(len(candidates) + 1):
-        keep = torch.ones(x.shape[-1])
-        keep[candidates[:k]] = 0.0
-        product = _fake_dynamic(x * keep) @ _fake_per_channel(weight * keep, qmax).t()
-        side = x[:, candidates[:k]] @ weight[:, candidates[:k]].t()
-        errors.append(float((product + side - reference).norm() / reference.norm().clamp(min=1e-12)))
+        product = _scaled_product(x, weight, magnitude, candidates[:k], qmax) if magnitude is not None else \
+            _side_path_product(x, weight, candidates[:k], qmax)
+        errors.append(float((product - reference).norm() / reference.norm().clamp(min=1e-12)))
+    return errors
+
+
+def fewest_channels(errors: list[float], min_gain: float = MIN_GAIN) -> int:
+    """How many channels to take (errors[k]: with k taken): the fewest whose error is within TOLERANCE of
+    the best count's; 0 when the best is not `min_gain` times better than none."""
     best = min(errors)
+    if errors[0] <= best * min_gain:
+        return 0
     return next(k for k, error in enumerate(errors) if error <= best * TOLERANCE)
+
+
+def _side_path_product(x: torch.Tensor, weight: torch.Tensor, outliers: torch.Tensor, qmax: int) -> torch.Tensor:
+    keep = torch.ones(x.shape[-1])
+    keep[outliers] = 0.0
+    return _fake_dynamic(x * keep) @ _fake_per_channel(weight * keep, qmax).t() + x[:, outliers] @ weight[:, outliers].t()
+
+
+def _scaled_product(x: torch.Tensor, weight: torch.Tensor, magnitude: torch.Tensor, outliers: torch.Tensor,
+                    qmax: int) -> torch.Tensor:
+    scale = channel_scale(magnitude, outliers)
+    return _fake_dynamic(x * scale) @ _fake_per_channel(weight / scale, qmax).t()
+
+
+def channel_scale(magnitude: torch.Tensor, outliers: torch.Tensor) -> torch.Tensor:
+    """1 per channel, and for each outlier channel the largest inlier magnitude / its own: x * scale has
+    every channel within the inliers' range, and (x * scale) @ (W / scale).T = x @ W.T."""
+    inliers = magnitude.clone()
+    inliers[outliers] = 0.0
+    scale = torch.ones(len(magnitude))
+    scale[outliers] = inliers.max().clamp(min=1e-12) / magnitude[outliers].clamp(min=1e-12)
+    return scale
 
 
 def _fake_dynamic(x: torch.Tensor) -> torch.Tensor:
@@ -109,10 +162,24 @@ def _fake_per_channel(weight: torch.Tensor, qmax: int) -> torch.Tensor:
     return (weight / scale).round().clamp(-qmax, qmax) * scale
 
 
-def _split_group(graph: Graph, x: Value, members: list[Layer], outliers: torch.Tensor, fold: bool) -> None:
+def _scale_channels(graph: Graph, x: Value, members: list[Layer], scale: torch.Tensor) -> None:
+    """The members read `x * scale` with weights `W / scale` (channel_scale)."""
+    base = members[0].name
+    anchor = {"after": x.producer} if x.producer is not None else {"before": members[0].node}
+    scale_param = graph.add_param(graph.params.unique_name(f"{base}.outlier_scale"), scale)
+    scaled = graph.add_node("aten.mul.Tensor", [x, scale_param], names=[f"{x.name}_outliers_scaled"], **anchor)
+    for layer in members:
+        original = layer.weight.producer
+        weight = (weight_tensor(graph, layer) / scale).contiguous()
+        layer.node.set_input(0, scaled.output)
+        layer.node.set_input(1, graph.add_param(graph.params.unique_name(f"{layer.name}.weight_scaled"), weight))
+        graph.erase_unused([original])
+
+
+def _split_group(graph: Graph, x: Value, members: list[Layer], outliers: torch.Tensor,
+                 chain: list[Node] | None) -> None:
     keep = torch.ones(x.type.shape[-1], dtype=torch.float32)
     keep[outliers] = 0.0
-    chain = foldable_producer(x, members) if fold else None
     if chain:
         masked, picked = _fold_into_producer(graph, x, chain, outliers)
     else:

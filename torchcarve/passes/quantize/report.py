@@ -23,7 +23,7 @@ def layer_rows(graph: Graph, precision: dict[str, str], quantized: set[str], out
         if scale is not None:
             row["weight scale"] = f"{float(scale.min()):.2e}..{float(scale.max()):.2e}"
         if outliers:
-            row["float channels"] = outliers.get(name, 0)
+            row["outlier channels"] = outliers.get(name, 0)
         if name in sensitivity:
             row["error alone"] = sensitivity[name]
         rows[name] = row
