@@ -154,7 +154,8 @@ def run(folder: Path, hidden: int, layers: int, max_memory: str | None, batches:
     already = (result.graph.params.bytes_read, result.graph.params.bytes_written)
     tc.to_onnx(result.graph, out, external_data=True)
     stage("onnx export", result.graph.params, already)
-    return {"max_memory": max_memory, "stages": stages, "passes": [(r.spec, r.seconds) for r in result.report]}
+    return {"max_memory": max_memory, "stages": stages, "passes": [{"spec": r.spec, "seconds": r.seconds, "peak_rss": r.peak_memory, "store_read": r.bytes_read,
+                        "store_written": r.bytes_written} for r in result.report]}
 
 
 def parity(batches: int, seq: int, max_memory: str) -> float:
@@ -214,6 +215,10 @@ def main() -> None:
             print(f"| {name} | {s['stage']} | {s['seconds']:.1f} | {s['peak_rss'] / 1e9:.2f} "
                   f"| {s['store_read'] / 1e9:.2f} "
                   f"| {s['store_written'] / 1e9:.2f} | {s['rchar'] / 1e9:.2f} |")
+            if s["stage"] == "optimize":
+                for p in numbers["passes"]:
+                    print(f"| {name} | &nbsp;&nbsp;{p['spec']} | {p['seconds']:.1f} | {(p['peak_rss'] or 0) / 1e9:.2f} "
+                          f"| {p['store_read'] / 1e9:.2f} | {p['store_written'] / 1e9:.2f} | |")
     print(f"\nparity (hidden 128, 2 layers): max |in-memory - meta+checkpoint+budget| = "
           f"{parity(args.batches, args.seq, '1MB'):.3g}")
 
