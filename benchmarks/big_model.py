@@ -27,6 +27,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import torchcarve as tc  # noqa: E402
+from torchcarve.analysis.memory import Peak, peak_memory  # noqa: E402
 from machine import header  # noqa: E402
 
 PIPELINE = "fuse,prune{ratio=0.3},low-rank{method=whitened,budget-params=0.8},quantize{mode=weight-only,dtype=int4}"
@@ -122,39 +123,41 @@ def calibration(batches: int, seq: int) -> list[tuple[torch.Tensor]]:
     return [(torch.randint(0, VOCAB, (1, seq), generator=generator),) for _ in range(batches)]
 
 
-def peak_rss() -> int:
-    status = Path("/proc/self/status").read_text()
-    return int(next(line.split()[1] for line in status.splitlines() if line.startswith("VmHWM"))) * 1024
-
-
 def bytes_read() -> int:
     io = Path("/proc/self/io").read_text()
     return int(next(line.split()[1] for line in io.splitlines() if line.startswith("rchar")))
 
 
 def run(folder: Path, hidden: int, layers: int, max_memory: str | None, batches: int, seq: int, out: Path) -> dict:
-    """One configuration, in this process: capture on meta, optimize, export; the numbers per stage."""
+    """One configuration, in this process: capture on meta, optimize, export; the numbers per stage (the peak
+    RSS of a stage is its own: the kernel's high-water mark is reset as it starts, and by each pass)."""
     stages = []
-    start, read = time.perf_counter(), bytes_read()
 
-    def stage(name: str, store: tc.ParamStore, already: tuple[int, int] = (0, 0)) -> None:
-        nonlocal start, read
-        stages.append({"stage": name, "seconds": time.perf_counter() - start, "peak_rss": peak_rss(),
+    def stage(name: str, peak: Peak, started: float, read: int, store: tc.ParamStore, already: tuple[int, int],
+              passes: list = ()) -> None:
+        stages.append({"stage": name, "seconds": time.perf_counter() - started,
+                       "peak_rss": max([peak.peak or 0, *(r.peak_memory or 0 for r in passes)]),
                        "store_read": store.bytes_read - already[0], "store_written": store.bytes_written - already[1],
                        "rchar": bytes_read() - read})
-        start, read = time.perf_counter(), bytes_read()
 
     with torch.device("meta"):
         model = Decoder(hidden, layers).eval()
     ids = calibration(1, seq)[0]
-    graph = tc.capture(model, ids, weights="meta", checkpoint=folder)
-    stage("capture", graph.params)
-    result = tc.optimize(graph, PIPELINE, calibration=calibration(batches, seq), max_memory=max_memory)
-    stage("optimize", result.graph.params)
+    started, read = time.perf_counter(), bytes_read()
+    with peak_memory() as peak:
+        graph = tc.capture(model, ids, weights="meta", checkpoint=folder)
+    stage("capture", peak, started, read, graph.params, (0, 0))
+    started, read = time.perf_counter(), bytes_read()
+    with peak_memory() as peak:
+        result = tc.optimize(graph, PIPELINE, calibration=calibration(batches, seq), max_memory=max_memory)
+    stage("optimize", peak, started, read, result.graph.params, (0, 0), result.report)
     already = (result.graph.params.bytes_read, result.graph.params.bytes_written)
-    tc.to_onnx(result.graph, out, external_data=True)
-    stage("onnx export", result.graph.params, already)
-    return {"max_memory": max_memory, "stages": stages, "passes": [{"spec": r.spec, "seconds": r.seconds, "peak_rss": r.peak_memory, "store_read": r.bytes_read,
+    started, read = time.perf_counter(), bytes_read()
+    with peak_memory() as peak:
+        tc.to_onnx(result.graph, out, external_data=True)
+    stage("onnx export", peak, started, read, result.graph.params, already)
+    return {"max_memory": max_memory, "stages": stages,
+            "passes": [{"spec": r.spec, "seconds": r.seconds, "peak_rss": r.peak_memory, "store_read": r.bytes_read,
                         "store_written": r.bytes_written} for r in result.report]}
 
 
