@@ -154,7 +154,8 @@ class LowRank(Pass):
             del graph.params[entry]
 
     def _keep_spectra(self, graph: Graph, observers: MomentObservers, pending: dict[str, Layer],
-                      kept: dict[str, tuple[str, torch.Tensor]], whitened: dict[str, bool], complete: set | None) -> bool:
+                      kept: dict[str, tuple[str, torch.Tensor]], whitened: dict[str, bool],
+                      complete: set | None) -> bool:
         """Streamed step: the spectra of the pending layers whose inputs are complete (all left when
         `complete` is None); their moments are dropped, their usable singular vectors stored."""
         ready = [layer for layer in pending.values()
