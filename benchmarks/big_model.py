@@ -205,8 +205,11 @@ def main() -> None:
     largest = max(_layer_bytes(hidden).values())
     print(f"model: hidden {hidden}, {layers} layers, {params / 1e9:.2f} B parameters, {4 * params / 1e9:.2f} GB "
           f"float32 on disk; largest layer {largest / 1e6:.0f} MB; pipeline {PIPELINE}\n")
+    bound = goal_bound(hidden, args.batches, args.seq)
+    print(f"goal: peak RSS <= 1.5 x largest layer + calibration activations + 1 GB = {bound / 1e9:.2f} GB\n")
     print("| run | stage | wall s | peak RSS GB | store read GB | store spilled GB | process read GB |")
     print("|---|---|---:|---:|---:|---:|---:|")
+    peaks: dict[str, int] = {}
     for mode in ("budget", "full"):
         child = subprocess.run([sys.executable, __file__, *sys.argv[1:], "--run", mode], capture_output=True, text=True)
         if child.returncode:
@@ -214,6 +217,7 @@ def main() -> None:
             continue
         numbers = json.loads(child.stdout.strip().splitlines()[-1])
         name = f"max_memory={numbers['max_memory']}" if numbers["max_memory"] else "no budget"
+        peaks[name] = max(s["peak_rss"] for s in numbers["stages"])
         for s in numbers["stages"]:
             print(f"| {name} | {s['stage']} | {s['seconds']:.1f} | {s['peak_rss'] / 1e9:.2f} "
                   f"| {s['store_read'] / 1e9:.2f} "
@@ -222,8 +226,18 @@ def main() -> None:
                 for p in numbers["passes"]:
                     print(f"| {name} | &nbsp;&nbsp;{p['spec']} | {p['seconds']:.1f} | {(p['peak_rss'] or 0) / 1e9:.2f} "
                           f"| {p['store_read'] / 1e9:.2f} | {p['store_written'] / 1e9:.2f} | |")
+    print("\n" + "; ".join(f"{name}: peak {peak / 1e9:.2f} GB, {'within' if peak <= bound else 'over'} the goal"
+                            for name, peak in peaks.items()))
     print(f"\nparity (hidden 128, 2 layers): max |in-memory - meta+checkpoint+budget| = "
           f"{parity(args.batches, args.seq, '1MB'):.3g}")
+
+
+def goal_bound(hidden: int, batches: int, seq: int) -> int:
+    """Issue 20's goal in bytes: 1.5 x the largest decoder layer's float32 weights + calibration activations
+    (the residual stream of every batch at a cut, and one batch's widest values inside a block) + 1 GB."""
+    largest = max(_layer_bytes(hidden).values())
+    activations = 4 * seq * (batches * hidden + 3 * ffn_width(hidden) + 4 * hidden + VOCAB)
+    return int(1.5 * largest + activations + 1e9)
 
 
 def _meta_state(hidden: int, layers: int) -> dict[str, torch.Tensor]:
