@@ -27,6 +27,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import torchcarve as tc  # noqa: E402
+from torchcarve.analysis.memory import Peak, peak_memory  # noqa: E402
 from machine import header  # noqa: E402
 
 PIPELINE = "fuse,prune{ratio=0.3},low-rank{method=whitened,budget-params=0.8},quantize{mode=weight-only,dtype=int4}"
@@ -122,39 +123,42 @@ def calibration(batches: int, seq: int) -> list[tuple[torch.Tensor]]:
     return [(torch.randint(0, VOCAB, (1, seq), generator=generator),) for _ in range(batches)]
 
 
-def peak_rss() -> int:
-    status = Path("/proc/self/status").read_text()
-    return int(next(line.split()[1] for line in status.splitlines() if line.startswith("VmHWM"))) * 1024
-
-
 def bytes_read() -> int:
     io = Path("/proc/self/io").read_text()
     return int(next(line.split()[1] for line in io.splitlines() if line.startswith("rchar")))
 
 
 def run(folder: Path, hidden: int, layers: int, max_memory: str | None, batches: int, seq: int, out: Path) -> dict:
-    """One configuration, in this process: capture on meta, optimize, export; the numbers per stage."""
+    """One configuration, in this process: capture on meta, optimize, export; the numbers per stage (the peak
+    RSS of a stage is its own: the kernel's high-water mark is reset as it starts, and by each pass)."""
     stages = []
-    start, read = time.perf_counter(), bytes_read()
 
-    def stage(name: str, store: tc.ParamStore, already: tuple[int, int] = (0, 0)) -> None:
-        nonlocal start, read
-        stages.append({"stage": name, "seconds": time.perf_counter() - start, "peak_rss": peak_rss(),
+    def stage(name: str, peak: Peak, started: float, read: int, store: tc.ParamStore, already: tuple[int, int],
+              passes: list = ()) -> None:
+        stages.append({"stage": name, "seconds": time.perf_counter() - started,
+                       "peak_rss": max([peak.peak or 0, *(r.peak_memory or 0 for r in passes)]),
                        "store_read": store.bytes_read - already[0], "store_written": store.bytes_written - already[1],
                        "rchar": bytes_read() - read})
-        start, read = time.perf_counter(), bytes_read()
 
     with torch.device("meta"):
         model = Decoder(hidden, layers).eval()
     ids = calibration(1, seq)[0]
-    graph = tc.capture(model, ids, weights="meta", checkpoint=folder)
-    stage("capture", graph.params)
-    result = tc.optimize(graph, PIPELINE, calibration=calibration(batches, seq), max_memory=max_memory)
-    stage("optimize", result.graph.params)
+    started, read = time.perf_counter(), bytes_read()
+    with peak_memory() as peak:
+        graph = tc.capture(model, ids, weights="meta", checkpoint=folder)
+    stage("capture", peak, started, read, graph.params, (0, 0))
+    started, read = time.perf_counter(), bytes_read()
+    with peak_memory() as peak:
+        result = tc.optimize(graph, PIPELINE, calibration=calibration(batches, seq), max_memory=max_memory)
+    stage("optimize", peak, started, read, result.graph.params, (0, 0), result.report)
     already = (result.graph.params.bytes_read, result.graph.params.bytes_written)
-    tc.to_onnx(result.graph, out, external_data=True)
-    stage("onnx export", result.graph.params, already)
-    return {"max_memory": max_memory, "stages": stages, "passes": [(r.spec, r.seconds) for r in result.report]}
+    started, read = time.perf_counter(), bytes_read()
+    with peak_memory() as peak:
+        tc.to_onnx(result.graph, out, external_data=True)
+    stage("onnx export", peak, started, read, result.graph.params, already)
+    return {"max_memory": max_memory, "stages": stages,
+            "passes": [{"spec": r.spec, "seconds": r.seconds, "peak_rss": r.peak_memory, "store_read": r.bytes_read,
+                        "store_written": r.bytes_written} for r in result.report]}
 
 
 def parity(batches: int, seq: int, max_memory: str) -> float:
@@ -201,8 +205,11 @@ def main() -> None:
     largest = max(_layer_bytes(hidden).values())
     print(f"model: hidden {hidden}, {layers} layers, {params / 1e9:.2f} B parameters, {4 * params / 1e9:.2f} GB "
           f"float32 on disk; largest layer {largest / 1e6:.0f} MB; pipeline {PIPELINE}\n")
+    bound = goal_bound(hidden, args.batches, args.seq)
+    print(f"goal: peak RSS <= 1.5 x largest layer + calibration activations + 1 GB = {bound / 1e9:.2f} GB\n")
     print("| run | stage | wall s | peak RSS GB | store read GB | store spilled GB | process read GB |")
     print("|---|---|---:|---:|---:|---:|---:|")
+    peaks: dict[str, int] = {}
     for mode in ("budget", "full"):
         child = subprocess.run([sys.executable, __file__, *sys.argv[1:], "--run", mode], capture_output=True, text=True)
         if child.returncode:
@@ -210,12 +217,27 @@ def main() -> None:
             continue
         numbers = json.loads(child.stdout.strip().splitlines()[-1])
         name = f"max_memory={numbers['max_memory']}" if numbers["max_memory"] else "no budget"
+        peaks[name] = max(s["peak_rss"] for s in numbers["stages"])
         for s in numbers["stages"]:
             print(f"| {name} | {s['stage']} | {s['seconds']:.1f} | {s['peak_rss'] / 1e9:.2f} "
                   f"| {s['store_read'] / 1e9:.2f} "
                   f"| {s['store_written'] / 1e9:.2f} | {s['rchar'] / 1e9:.2f} |")
+            if s["stage"] == "optimize":
+                for p in numbers["passes"]:
+                    print(f"| {name} | &nbsp;&nbsp;{p['spec']} | {p['seconds']:.1f} | {(p['peak_rss'] or 0) / 1e9:.2f} "
+                          f"| {p['store_read'] / 1e9:.2f} | {p['store_written'] / 1e9:.2f} | |")
+    print("\n" + "; ".join(f"{name}: peak {peak / 1e9:.2f} GB, {'within' if peak <= bound else 'over'} the goal"
+                            for name, peak in peaks.items()))
     print(f"\nparity (hidden 128, 2 layers): max |in-memory - meta+checkpoint+budget| = "
           f"{parity(args.batches, args.seq, '1MB'):.3g}")
+
+
+def goal_bound(hidden: int, batches: int, seq: int) -> int:
+    """Issue 20's goal in bytes: 1.5 x the largest decoder layer's float32 weights + calibration activations
+    (the residual stream of every batch at a cut, and one batch's widest values inside a block) + 1 GB."""
+    largest = max(_layer_bytes(hidden).values())
+    activations = 4 * seq * (batches * hidden + 3 * ffn_width(hidden) + 4 * hidden + VOCAB)
+    return int(1.5 * largest + activations + 1e9)
 
 
 def _meta_state(hidden: int, layers: int) -> dict[str, torch.Tensor]:

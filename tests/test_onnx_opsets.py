@@ -178,3 +178,18 @@ def test_norms_use_the_native_op_from_its_opset_and_decompose_before(module, x, 
         proto = tc.to_onnx(graph, opset=opset)
         assert (native in op_types(proto)) == (opset >= since)
         np.testing.assert_allclose(run_ort(proto, (x,))[0], module(x).detach().numpy(), rtol=1e-5, atol=1e-5)
+
+
+def test_int4_initializers_are_packed_bytes_and_go_to_external_data(tmp_path: Path) -> None:
+    graph = blocked_int4_graph()
+    tc.to_onnx(graph, tmp_path / "m.onnx", external_data=True)
+    proto = onnx.load(str(tmp_path / "m.onnx"), load_external_data=False)
+    int4 = [t for t in proto.graph.initializer if t.data_type == onnx.TensorProto.INT4]
+    assert int4 and all(not t.int32_data for t in int4)
+    assert any(t.data_location == onnx.TensorProto.EXTERNAL for t in int4)
+    x = MODELS["mlp"]()[1]
+    expected = tc.to_torch(graph)(*x).detach().numpy()
+    session = ort.InferenceSession(str(tmp_path / "m.onnx"), providers=["CPUExecutionProvider"])
+    from_file = session.run(None, {i.name: t.numpy() for i, t in zip(session.get_inputs(), x)})[0]
+    np.testing.assert_allclose(from_file, expected, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(run_ort(tc.to_onnx(graph), x)[0], expected, rtol=1e-5, atol=1e-5)

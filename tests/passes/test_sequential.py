@@ -142,6 +142,7 @@ def test_low_rank_holds_one_layers_weight_at_a_time(tmp_path):
     "quantize{mode=dynamic,smooth=0.5}",
     "quantize{mode=dynamic,sensitivity=true}",
     "low-rank{method=whitened,ratio=0.5}",
+    "low-rank{method=whitened,budget-params=0.8}",
 ])
 def test_calibration_block_by_block_equals_whole_graph(pipeline, segment_calls):
     graph = captured("hf_llama")[2]
@@ -152,6 +153,24 @@ def test_calibration_block_by_block_equals_whole_graph(pipeline, segment_calls):
     assert segment_calls, "max_memory must calibrate block by block"
     assert same_weights(whole.graph, blockwise.graph)
     assert whole.report[0].stats == blockwise.report[0].stats
+
+
+def test_whitened_low_rank_under_a_budget_holds_one_blocks_moments(monkeypatch):
+    graph = captured("hf_llama")[2]
+    live_blocks = []
+    original = LowRank._keep_spectra
+
+    def spy(self, graph, observers, *args):
+        live = {name for name, obs in observers.per_layer.items() if any(o.gram is not None for o in obs)}
+        live_blocks.append({sequential.block_name(name) for name in live})
+        return original(self, graph, observers, *args)
+
+    monkeypatch.setattr(LowRank, "_keep_spectra", spy)
+    result = optimize(graph, "low-rank{method=whitened,budget-params=0.8}", batches(graph, 2), TINY)
+    assert result.report[0].stats["factorized"] > 0
+    assert {"layers.0"} in live_blocks and {"layers.1"} in live_blocks
+    assert all(len(blocks) <= 1 for blocks in live_blocks)  # never two blocks' moments at once
+    assert not any(name.endswith("lowrank_vectors") for name in result.graph.params)
 
 
 def test_taylor_pruning_refuses_a_memory_budget():

@@ -90,6 +90,18 @@ class LoweringContext:
             self._defer(name, self.made, name)
         return name
 
+    def int4(self, tensor: torch.Tensor, base: str) -> str:
+        """An INT4 initializer of `tensor` (integers in [-8, 7]): packed two to a byte, the first in the low
+        nibble, and kept in a store like any large tensor (streamed to external data when asked)."""
+        name = self.fresh(base)
+        nibbles = (tensor.flatten().to(torch.int16) & 0xF).to(torch.uint8)
+        if nibbles.numel() % 2:
+            nibbles = torch.cat([nibbles, nibbles.new_zeros(1)])
+        self.made[name] = nibbles[0::2] | (nibbles[1::2] << 4)
+        self.initializers[name] = onnx.TensorProto(name=name, data_type=onnx.TensorProto.INT4, dims=list(tensor.shape))
+        self.deferred[name] = (self.made, name)
+        return name
+
     def _defer(self, name: str, store: ParamStore, key: str) -> None:
         """An initializer whose data stays in `store` until the model is written (see `Lowered`)."""
         type = store.type_of(key)

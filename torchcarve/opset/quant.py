@@ -9,7 +9,6 @@ carve.quantized_embedding -> Gather of int8 rows and of their scales, Cast, Mul.
 from __future__ import annotations
 
 import torch
-from onnx import TensorProto, helper
 
 from ..ir.node import Node
 from ..ir.ops.quant import pack_nbits
@@ -117,10 +116,7 @@ def _int_data(ctx, value, block_size: int) -> str:
     small = tensor is not None and tensor.dtype == torch.int8 and int(tensor.min()) >= -8 and int(tensor.max()) <= 7
     if not (block_size and small):
         return ctx.name(value)
-    name = ctx.fresh(_base(value))
-    ctx.initializers[name] = helper.make_tensor(name, TensorProto.INT4, list(tensor.shape),
-                                                tensor.flatten().tolist())
-    return name
+    return ctx.int4(tensor, _base(value))
 
 
 def _base(value) -> str:

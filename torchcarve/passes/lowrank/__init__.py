@@ -4,7 +4,9 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 from functools import partial
-from typing import Any, Literal
+from typing import Any, Callable, Literal
+
+import torch
 
 from ...errors import CarveError
 from ...ir import Graph
@@ -16,6 +18,7 @@ from ..sequential import run_sequential
 from .layers import Found, Layer, MomentObservers, collect_moments, factorize, find_layers, moment_observers
 
 RANK_RULES = ("energy", "ratio", "rank", "budget_params", "budget_macs")
+_EMPTY = torch.empty(0, 0, dtype=torch.float64)
 
 
 @register_pass("low-rank")
@@ -86,6 +89,9 @@ class LowRank(Pass):
         if self.sequential:
             self._run_sequential(graph, found, calibration, ctx.max_memory, report)
             return PassResult(bool(report), _stats(self.method, report, found.skipped))
+        if calibration and ctx.max_memory is not None and self.method == "whitened" and self.structure == "low-rank":
+            self._run_streamed(graph, found, calibration, ctx.max_memory, report)
+            return PassResult(bool(report), _stats(self.method, report, found.skipped))
         if calibration:
             collect_moments(graph, found.layers, calibration, ctx.max_memory)
         whiten = self.method == "whitened"
@@ -98,7 +104,7 @@ class LowRank(Pass):
                           report: dict[str, dict[str, Any]]) -> None:
         """Rank each layer (a budget shared among `layers`) and factorize those where it pays, one layer at
         a time: a budget needs every layer's singular values first (vectors dropped, recomputed here)."""
-        budget_ranks = self._budget_ranks(layers)
+        budget_ranks = self._budget_ranks(layers, lambda layer: self._spectrum(layer).values_only())
         for layer in layers:
             s = self._spectrum(layer)
             rank = budget_ranks[layer.name] if budget_ranks is not None else self._layer_rank(s)
@@ -106,8 +112,11 @@ class LowRank(Pass):
             if reason:
                 skipped[layer.name] = reason
             else:
-                report[layer.name] = self._factorize(graph, layer, s, rank)
+                report[layer.name] = self._factorize(graph, layer, s, rank, self._whitened(layer))
             graph.params.release(layer.weight_name)
+
+    def _whitened(self, layer: Layer) -> bool:
+        return self.method == "whitened" and layer.moment is not None
 
     def _spectrum(self, layer: Layer) -> Spectrum:
         if self.method != "whitened" or layer.moment is None:
@@ -115,6 +124,54 @@ class LowRank(Pass):
         if layer.cross is None:
             return spectrum(layer.matrix, layer.moment)
         return spectrum(corrected_weight(layer.matrix, layer.moment, layer.cross), layer.moment)
+
+    def _run_streamed(self, graph: Graph, found: Found, calibration: Any, max_memory: int,
+                      report: dict[str, dict[str, Any]]) -> None:
+        """Whitened under a budget: block by block, each layer's spectrum is taken as soon as its input
+        statistics are in and its moment is freed; the singular vectors a factorization can use wait in the
+        ParamStore (spilled past the budget) until every layer's singular values are known for the ranks.
+        Same statistics, ranks and factors as the whole-graph run; one block's moments at a time."""
+        pending = {layer.name: layer for layer in found.layers}
+        observers = moment_observers(found.layers)
+        kept: dict[str, tuple[str, torch.Tensor]] = {}   # layer -> (store entry of its vectors, squared values)
+        whitened: dict[str, bool] = {}
+        run_sequential(graph, calibration, observers.by_value, max_memory=max_memory,
+                       compress=partial(self._keep_spectra, graph, observers, pending, kept, whitened),
+                       description="whitening: block by block")
+        self._keep_spectra(graph, observers, pending, kept, whitened, None)
+        spectra = {name: Spectrum(_EMPTY, _EMPTY, s2) for name, (_, s2) in kept.items()}
+        budget_ranks = self._budget_ranks(found.layers, lambda layer: spectra[layer.name])
+        for layer in found.layers:
+            entry, s2 = kept[layer.name]
+            rank = budget_ranks[layer.name] if budget_ranks is not None else self._layer_rank(spectra[layer.name])
+            reason = self._why_dense(layer, spectra[layer.name], rank)
+            if reason:
+                found.skipped[layer.name] = reason
+            else:
+                s = Spectrum(layer.matrix, graph.params[entry], s2)
+                report[layer.name] = self._factorize(graph, layer, s, rank, whitened[layer.name])
+            graph.params.release(layer.weight_name)
+            del graph.params[entry]
+
+    def _keep_spectra(self, graph: Graph, observers: MomentObservers, pending: dict[str, Layer],
+                      kept: dict[str, tuple[str, torch.Tensor]], whitened: dict[str, bool],
+                      complete: set | None) -> bool:
+        """Streamed step: the spectra of the pending layers whose inputs are complete (all left when
+        `complete` is None); their moments are dropped, their usable singular vectors stored."""
+        ready = [layer for layer in pending.values()
+                 if complete is None or all(node.inputs[0] in complete for node in layer.nodes)]
+        observers.fill(ready)
+        for layer in ready:
+            del pending[layer.name]
+            s = self._spectrum(layer)
+            usable = max_rank(layer.shape[1], layer.shape[0], s.full_rank, self.min_gain)
+            entry = graph.params.unique_name(f"{layer.name}.lowrank_vectors")
+            graph.params[entry] = s.u[:, :usable].contiguous()
+            kept[layer.name] = entry, s.s2
+            whitened[layer.name] = self._whitened(layer)
+            graph.params.release(layer.weight_name)
+        observers.drop(ready)
+        return False
 
     def _run_sequential(self, graph: Graph, found: Found, calibration: Any, max_memory: int | None,
                         report: dict[str, dict[str, Any]]) -> None:
@@ -136,13 +193,13 @@ class LowRank(Pass):
         observers.drop(ready)
         return any(layer.name in report for layer in ready)
 
-    def _budget_ranks(self, layers: list[Layer]) -> dict[str, int | None] | None:
-        """Ranks under a global budget (None without one), from each layer's singular values."""
+    def _budget_ranks(self, layers: list[Layer], values: Callable[[Layer], Spectrum]) -> dict[str, int | None] | None:
+        """Ranks under a global budget (None without one), from each layer's singular values (`values`)."""
         budget = self.budget_params if self.budget_params is not None else self.budget_macs
         if budget is None:
             return None
         use_macs = self.budget_macs is not None
-        budgeted = [Budgeted(layer.name, self._spectrum(layer).values_only(), layer.shape[1], layer.shape[0],
+        budgeted = [Budgeted(layer.name, values(layer), layer.shape[1], layer.shape[0],
                              layer.macs if use_macs else layer.params) for layer in layers]
         return global_ranks(budgeted, budget, self.round_to, self.min_rank, self.min_gain)
 
@@ -164,7 +221,8 @@ class LowRank(Pass):
             return f"rank {rank} saves {saved:.0%} of its cost, below min-gain {self.min_gain:g}"
         return ""
 
-    def _factorize(self, graph: Graph, layer: Layer, s: Spectrum, rank: int) -> dict[str, Any]:
+    def _factorize(self, graph: Graph, layer: Layer, s: Spectrum, rank: int, whitened: bool) -> dict[str, Any]:
+        """Rewrite `layer` at `rank`; its report line. A whitened spectrum's truncated share is the output error."""
         a, b = s.factors(rank)
         approx = b @ a
         matrix = layer.matrix
@@ -174,7 +232,9 @@ class LowRank(Pass):
                 "params": [layer.params, rank * (n_in + n_out)],
                 "macs": [layer.macs, round(layer.macs * fraction)],
                 "weight_error": relative_error(matrix, approx)}
-        if layer.moment is not None:
+        if whitened and layer.cross is None:
+            line["output_error"] = math.sqrt(s.squared_error(rank))
+        elif layer.moment is not None:  # plain SVD, or the spectrum of a corrected weight: measure W's own error
             line["output_error"] = relative_error(matrix, approx, layer.moment)
         factorize(graph, layer, a, b)
         return line
