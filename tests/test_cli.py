@@ -63,6 +63,23 @@ def test_capture_show_export_torch(workdir: Path, capsys: pytest.CaptureFixture)
     assert torch.allclose(tc.to_torch(graph)(x), model(x), atol=1e-5)
 
 
+def test_capture_from_a_checkpoint_builds_the_model_on_meta(workdir: Path, capsys: pytest.CaptureFixture) -> None:
+    from safetensors.torch import save_file
+
+    model = __import__("factories").small_cnn().eval()
+    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(workdir / "ckpt.safetensors"))
+    code, out, _ = run_cli(capsys, "capture", "factories:small_cnn", "--input", "2x3x8x8",
+                           "--checkpoint", "ckpt.safetensors", "-o", "m.carve")
+    assert code == 0 and "captured" in out
+    x = torch.randn(2, 3, 8, 8)
+    assert torch.allclose(tc.to_torch(tc.load("m.carve"))(x), model(x), atol=1e-5)
+
+    save_file({"0.weight": torch.zeros(4, 3, 3, 3)}, str(workdir / "partial.safetensors"))
+    code, _, err = run_cli(capsys, "capture", "factories:small_cnn", "--input", "2x3x8x8",
+                           "--checkpoint", "partial.safetensors", "-o", "p.carve")
+    assert code == 1 and "0.bias" in err and not (workdir / "p.carve").exists()
+
+
 @pytest.mark.parametrize("argv, message", [
     (["show", "missing.carve"], "no such file"),
     (["show", "garbage.ir"], "1:1: unexpected character"),

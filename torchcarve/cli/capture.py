@@ -27,6 +27,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--dynamic", metavar="NAME[,NAME...]",
                         help="symbolic dims, in order from dim 0, of every input that has them: 'batch,seq' makes "
                              "dim 0 'batch' and dim 1 'seq' (an empty name keeps a dim static: ',seq')")
+    parser.add_argument("--checkpoint", metavar="PATH",
+                        help="build the model on the meta device (no memory for weights) and take its weights from "
+                             "PATH, a .safetensors file or a Hugging Face folder of shards, read per use "
+                             "(docs/big-models.md)")
     parser.add_argument("-o", "--output", required=True, help="output directory (graph.ir + weights.safetensors)")
     parser.set_defaults(run=run)
 
@@ -35,11 +39,16 @@ def run(args: argparse.Namespace) -> int:
     from ..api import save
     from ..frontends import capture
 
-    model = load_factory(args.factory)
+    if args.checkpoint is None:
+        model = load_factory(args.factory)
+    else:
+        with torch.device("meta"):
+            model = load_factory(args.factory)
     inputs = tuple(example_input(spec) for spec in args.input)
     with step(f"capturing {args.factory} (torch.export)"):
         graph = capture(model, inputs, method=args.method, dynamic_batch=args.dynamic_batch,
-                        dynamic=dynamic_spec(args.dynamic, inputs))
+                        dynamic=dynamic_spec(args.dynamic, inputs),
+                        weights="model" if args.checkpoint is None else "meta", checkpoint=args.checkpoint)
     save(graph, args.output)
     print(printable(f"captured {len(graph)} nodes ({len(graph.params)} weights) -> {args.output}"))
     return 0
