@@ -27,6 +27,7 @@ from ..errors import CarveError
 from ..ir import Graph
 from ..ir.node import Node
 from ..ir.signature import bind_inputs
+from ..ir.tensorfile import read_tensor, safetensors_index, write_safetensors
 from ..ir.value import Value
 from ..progress import track
 from .blocks import find_blocks
@@ -108,23 +109,20 @@ class Boundary:
             self._memory[index] = values
             self.resident += size
             return
-        from safetensors.torch import save_file
-
         tensors = [v for v, t in values.items() if isinstance(t, torch.Tensor)]
         others = {v: t for v, t in values.items() if not isinstance(t, torch.Tensor)}
         path = self.folder / f"{self.label}-{index}.safetensors"
-        save_file({str(k): values[v].detach().contiguous().clone() for k, v in enumerate(tensors)}, str(path))
+        named = {str(k): values[v] for k, v in enumerate(tensors)}
+        write_safetensors(path, [(name, t.dtype, tuple(t.shape)) for name, t in named.items()], named.__getitem__)
         self._files[index] = (path, tensors, others)
         self.spilled += size
 
     def get(self, index: int) -> dict[Value, Any]:
         if index in self._memory:
             return dict(self._memory[index])
-        from safetensors.torch import load_file
-
         path, tensors, others = self._files[index]
-        loaded = load_file(str(path))
-        return {**others, **{v: loaded[str(k)] for k, v in enumerate(tensors)}}
+        locations, _ = safetensors_index(path)
+        return {**others, **{v: read_tensor(locations[str(k)]) for k, v in enumerate(tensors)}}
 
     def rename(self, mapping: dict[Value, Value]) -> None:
         """Key the stored values by their replacements (a rewrite replaced values read across the cut)."""
