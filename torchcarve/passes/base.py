@@ -41,9 +41,9 @@ class PassContext:
 
     calibration: Sequence[tuple[torch.Tensor, ...]] | None = None
     seed: int = 0
-    max_memory: int | None = None    # bytes of weights to keep resident (the graph's ParamStore budget); None: no limit
+    max_memory: int | None = None    # bytes of weights to keep resident (the graph's ParamStore budget); None: no
+                                     # limit. Under a budget, calibration runs block by block (passes/sequential.py)
     log: Callable[[str], None] = lambda message: None
-    max_memory: int | None = None  # bytes; None: no budget. Under one, calibration runs block by block
 
     def require_calibration(self, spec: str) -> Sequence[tuple[torch.Tensor, ...]]:
         if not self.calibration:
