@@ -149,7 +149,8 @@ class ParamStore(MutableMapping[str, torch.Tensor]):
 
     def save(self, path: str | Path) -> None:
         """Write every tensor to a safetensors file, one at a time: an entry read for it is released after."""
-        entries = [(name, self.type_of(name).torch_dtype, self.type_of(name).shape) for name in self]
+        types = {name: self.type_of(name) for name in self}
+        entries = [(name, t.torch_dtype, t.shape) for name, t in types.items()]
         self.bytes_written += write_safetensors(path, entries, self.read_once,
                                                 metadata={"trainable": ",".join(sorted(self.trainable))})
 
@@ -186,7 +187,7 @@ class ParamStore(MutableMapping[str, torch.Tensor]):
 
     def _make_room(self, incoming: int) -> None:
         """Release (then spill) least recently used entries until `incoming` more bytes fit the budget."""
-        if self.budget is None:
+        if self.budget is None or self.resident_bytes + incoming <= self.budget:
             return
         for name in [n for n in self._tensors if n in self._files]:
             if self.resident_bytes + incoming <= self.budget:
